@@ -1,0 +1,1 @@
+"""Data: palette, discovery and splits, validation, caches, dataset and loader, synthetic data."""

@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Every error a user can fix (bad config, bad data, bad checkpoint) is raised as a
+:class:`DistSegError` whose message names the file or key and says how to fix it.
+Entry points print these without a traceback; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class DistSegError(Exception):
+    """An error caused by user input, with a message that names the fix."""
+
+
+class ConfigError(DistSegError):
+    """The configuration is missing a key, has an unknown key, a wrong type or an impossible value."""
+
+
+class DataError(DistSegError):
+    """The dataset on disk is incomplete, unreadable or inconsistent."""
+
+
+class CheckpointError(DistSegError):
+    """A checkpoint is missing, truncated or was not written by dist_seg."""
