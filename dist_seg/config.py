@@ -142,6 +142,8 @@ class BackendConfig:
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
     # Seconds a collective may wait for a peer before the run fails instead of hanging.
     dist_timeout_s: float = 600.0
+    # Seconds other ranks wait while each node's local rank 0 decodes and caches the dataset.
+    prepare_timeout_s: float = 7200.0
     sync_bn: bool = False
 
 
@@ -506,8 +508,10 @@ def _validate(cfg: Config, source: str) -> None:
     if md.output_stride not in (8, 16, 32):
         fail("model.output_stride", f"must be 8, 16 or 32, got {md.output_stride}")
 
-    if be.dist_timeout_s <= 0:
-        fail("backend.dist_timeout_s", f"must be positive, got {be.dist_timeout_s}")
+    for key, value in {"backend.dist_timeout_s": be.dist_timeout_s,
+                       "backend.prepare_timeout_s": be.prepare_timeout_s}.items():
+        if value <= 0:
+            fail(key, f"must be positive, got {value}")
 
     positive_ints = {
         "training.batch_size": tr.batch_size, "training.val_batch_size": tr.val_batch_size,

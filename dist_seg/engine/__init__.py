@@ -1,0 +1,1 @@
+"""Engine: distributed setup, training loop, evaluation, checkpoints, losses, schedule."""

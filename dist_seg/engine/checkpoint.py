@@ -1,0 +1,141 @@
+"""Checkpoints: atomic writes, rotation, best-model mirror, validated loading.
+
+A checkpoint is a plain dict of tensors and builtins, so it loads with
+``torch.load(weights_only=True)``; the model state dict is unwrapped (no ``module.`` /
+``_orig_mod.`` prefixes) and the config travels inside as plain data, so a checkpoint
+alone is enough to rebuild the model (``dist_seg.predict``).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import atomic
+from ..errors import CheckpointError
+
+FORMAT = "dist_seg.checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("format", "version", "model", "epoch", "global_step", "config")
+_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?\.pth$")
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside DDP and torch.compile wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's RNG states, as weights_only-loadable data."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+@dataclass
+class CheckpointInfo:
+    """A checkpoint file in the rotation, with the position it was taken at."""
+
+    path: Path
+    epoch: int
+    step: int | None  # step within the epoch for a mid-epoch (preemption) checkpoint
+
+
+def checkpoint_name(epoch: int, batch_in_epoch: int | None = None) -> str:
+    """``epoch_0007.pth`` after 7 complete epochs, ``epoch_0007_step_000120.pth`` mid-way through the 8th."""
+    return f"epoch_{epoch:04d}.pth" if batch_in_epoch is None else f"epoch_{epoch:04d}_step_{batch_in_epoch:06d}.pth"
+
+
+def list_checkpoints(directory: Path) -> list[CheckpointInfo]:
+    """Checkpoints in ``directory``, oldest first (by position in training)."""
+    found = []
+    if directory.is_dir():
+        for path in directory.iterdir():
+            m = _NAME.match(path.name)
+            if m:
+                found.append(CheckpointInfo(path, int(m.group(1)), None if m.group(2) is None else int(m.group(2))))
+    return sorted(found, key=lambda c: (c.epoch, -1 if c.step is None else c.step))
+
+
+def save_checkpoint(state: dict[str, Any], directory: Path, name: str, keep: int) -> Path:
+    """Write ``state`` atomically as ``directory/name`` and delete all but the newest ``keep`` checkpoints."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    with atomic.atomic_open(path, "wb") as fh:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
+    for old in list_checkpoints(directory)[:-keep]:
+        old.path.unlink(missing_ok=True)
+    return path
+
+
+def mirror_best(source: Path, best_path: Path) -> None:
+    """Copy a checkpoint to ``best_model.pth`` atomically."""
+    with atomic.atomic_open(best_path, "wb") as dst, open(source, "rb") as src:
+        shutil.copyfileobj(src, dst)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and check a dist_seg checkpoint; every failure is a CheckpointError saying what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check training.resume_from_checkpoint "
+                              "(or use 'auto' to pick the latest in the output directory)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is truncated, "
+                              "corrupt or not a torch file: use an earlier checkpoint from the same directory") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"checkpoint {path} was not written by dist_seg (found {keys}); "
+                              "to start from foreign weights use model.backbone_weights instead")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is incomplete: use another one")
+    if state["version"] > VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {state['version']}, newer than this "
+                              f"dist_seg understands ({VERSION}); upgrade dist_seg")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """Load a checkpoint's weights into an unwrapped model, naming mismatches as a CheckpointError."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit the configured model ({exc}); "
+                              "the model.* or dataset.classes settings differ from the run that wrote it") from exc

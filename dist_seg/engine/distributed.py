@@ -1,0 +1,140 @@
+"""Process group and device setup from the torchrun environment.
+
+The same code path serves ``python -m dist_seg.train`` (one process, no process group)
+and ``torchrun --nproc_per_node=N`` (one process per device, ``LOCAL_RANK`` picks it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..config import BackendConfig
+from ..errors import ConfigError
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in the job and which device it drives."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str | None  # None when no process group is up
+    # CPU (gloo) group with a long timeout, for waits that are legitimately slow (cache builds).
+    control_group: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        return self.local_rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.backend is not None
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op without a process group)."""
+        if self.is_distributed:
+            if self.backend == "nccl":
+                dist.barrier(device_ids=[self.device.index])
+            else:
+                dist.barrier()
+
+    def wait_for_local_main(self) -> None:
+        """Block until every rank reaches this point; used while local rank 0 builds the node's caches."""
+        if self.is_distributed:
+            dist.barrier(group=self.control_group)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over ranks in place and return it (no-op without a process group)."""
+        if self.is_distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Max of ``tensor`` over ranks in place (no-op without a process group)."""
+        if self.is_distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.is_distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.is_distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def select_device(cfg: BackendConfig, local_rank: int) -> torch.device:
+    """The device this process trains on, per ``backend.target``; errors if it is not there."""
+    has_gpu = torch.cuda.is_available()
+    is_rocm = torch.version.hip is not None
+    target = cfg.target
+    if target == "auto":
+        target = ("rocm" if is_rocm else "cuda") if has_gpu else "cpu"
+    if target == "cpu":
+        return torch.device("cpu")
+    if not has_gpu:
+        raise ConfigError(f"backend.target: {cfg.target!r} asked for a GPU but torch sees none "
+                          f"(torch {torch.__version__}); set backend.target: cpu or install a GPU build of torch")
+    if target == "rocm" and not is_rocm:
+        raise ConfigError("backend.target: 'rocm' but this torch is a CUDA build; set backend.target: cuda or auto")
+    if target == "cuda" and is_rocm:
+        raise ConfigError("backend.target: 'cuda' but this torch is a ROCm build; set backend.target: rocm or auto")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(f"LOCAL_RANK {local_rank} has no GPU: only {count} visible; "
+                          f"use --nproc_per_node <= {count} or check CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES")
+    return torch.device("cuda", local_rank)
+
+
+def setup_distributed(cfg: BackendConfig) -> DistContext:
+    """Read the torchrun environment, pick the device, start the process group if launched by torchrun."""
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    device = select_device(cfg, local_rank)
+    if device.type == "cuda":
+        # Before the process group: NCCL and every later allocation bind to this device.
+        torch.cuda.set_device(device)
+    if not launched:
+        return DistContext(0, 0, 1, device, None)
+    backend = cfg.dist_backend
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError("backend.dist_backend: 'nccl' needs a GPU; use gloo (or auto) on CPU")
+    # The timeout turns a dead peer into an error on the survivors instead of a hang.
+    timeout = datetime.timedelta(seconds=cfg.dist_timeout_s)
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout}
+    if backend == "nccl":
+        kwargs["device_id"] = device
+    dist.init_process_group(**kwargs)
+    control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=cfg.prepare_timeout_s))
+    return DistContext(rank, local_rank, world_size, device, backend, control)
+
+
+def teardown_distributed(ctx: DistContext) -> None:
+    """Destroy the process group if one was started."""
+    if ctx.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()

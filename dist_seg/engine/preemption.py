@@ -1,0 +1,41 @@
+"""Preemption notices (SIGTERM from Kubernetes / torchrun, SIGUSR1 from SLURM's ``--signal``).
+
+The handler only records the request; the training loop acts on it at the next step
+boundary it agrees on with the other ranks, so every rank saves the same position.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+
+class PreemptionWatch:
+    """Context manager that turns preemption signals into a flag while it is active."""
+
+    def __init__(self, signals: tuple[int, ...] = PREEMPTION_SIGNALS) -> None:
+        self.signals = signals
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "PreemptionWatch":
+        # Signal handlers can only be installed from the main thread (tests may train from others).
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()

@@ -1,0 +1,79 @@
+"""Precision, memory layout and compilation choices resolved for one device.
+
+Resolving them once, with one log line per decision, keeps the training loop free of
+device special cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..config import BackendConfig
+
+
+@dataclass
+class Runtime:
+    """How the model runs on ``device``."""
+
+    device: torch.device
+    amp: bool
+    amp_dtype: torch.dtype
+    use_grad_scaler: bool
+    channels_last: bool
+    compile: bool
+    compile_mode: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast context for forward passes (a no-op when AMP is off)."""
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler, enabled only for float16 autocast (bf16 has fp32's range)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.use_grad_scaler)
+
+
+def resolve_runtime(cfg: BackendConfig, device: torch.device, log: Callable[[str], None] = print) -> Runtime:
+    """Turn ``backend.*`` settings into concrete choices for ``device`` and log each non-obvious one."""
+    notes: list[str] = []
+    on_gpu = device.type == "cuda"
+    dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+    amp = cfg.amp
+    if amp and not on_gpu and dtype == torch.float16:
+        amp = False
+        notes.append("AMP off: float16 autocast needs a GPU; set backend.amp_dtype: bfloat16 for CPU autocast")
+    if amp and on_gpu and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+        notes.append("AMP: this GPU has no bfloat16 support, using float16 with a GradScaler")
+    channels_last = on_gpu if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    compile_ = on_gpu if cfg.compile == "auto" else bool(cfg.compile)
+    if on_gpu and cfg.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if on_gpu:
+        # TF32 matmuls/convs: the standard speed/accuracy trade for fp32 parts on Ampere and later.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    runtime = Runtime(
+        device=device,
+        amp=amp,
+        amp_dtype=dtype,
+        use_grad_scaler=amp and dtype == torch.float16,
+        channels_last=channels_last,
+        compile=compile_,
+        compile_mode=cfg.compile_mode,
+        notes=notes,
+    )
+    for note in notes:
+        log(note)
+    precision = f"autocast {str(dtype).removeprefix('torch.')}" if amp else "float32"
+    log(f"device {device} | {precision} | channels_last={channels_last} | compile={compile_}"
+        + (f" ({cfg.compile_mode})" if compile_ else ""))
+    return runtime

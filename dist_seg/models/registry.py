@@ -1,0 +1,67 @@
+"""Model registry: ``model.type`` name -> builder function.
+
+Adding a model is one decorated function::
+
+    @register("mynet", "my_net")
+    def build_mynet(cfg: ModelConfig, num_classes: int) -> nn.Module: ...
+
+Builders receive the whole :class:`~dist_seg.config.ModelConfig` and return a module whose
+``forward(x)`` gives ``{"out": logits}`` at the input resolution.
+"""
+
+from __future__ import annotations
+
+import difflib
+from types import MappingProxyType
+from typing import Callable
+
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+
+Builder = Callable[[ModelConfig, int], nn.Module]
+
+_BUILDERS: dict[str, Builder] = {}
+# Every accepted spelling (canonical names and aliases) -> canonical name.
+_NAMES: dict[str, str] = {}
+
+# Read-only view of every accepted ``model.type`` name (aliases included) -> builder.
+MODEL_TYPES = MappingProxyType(_BUILDERS)
+
+
+def register(name: str, *aliases: str) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder`` under ``name`` and its ``aliases``."""
+
+    def decorate(builder: Builder) -> Builder:
+        for spelling in (name, *aliases):
+            if spelling in _BUILDERS:
+                raise ValueError(f"model type {spelling!r} is registered twice")  # a bug, not user input
+            _BUILDERS[spelling] = builder
+            _NAMES[spelling] = name
+        return builder
+
+    return decorate
+
+
+def available_types() -> str:
+    """Human-readable list of model types, aliases in parentheses."""
+    canonical = sorted(set(_NAMES.values()))
+    parts = []
+    for name in canonical:
+        aliases = [s for s, c in _NAMES.items() if c == name and s != name]
+        parts.append(f"{name} ({', '.join(aliases)})" if aliases else name)
+    return ", ".join(parts)
+
+
+def resolve(model_type: str) -> Builder:
+    """The builder for ``model_type``; unknown names raise :class:`ConfigError` with a suggestion."""
+    builder = _BUILDERS.get(model_type)
+    if builder is not None:
+        return builder
+    close = difflib.get_close_matches(model_type.lower(), list(_BUILDERS), n=1, cutoff=0.5)
+    hint = f"did you mean {_NAMES[close[0]]!r}? " if close else ""
+    raise ConfigError(
+        f"model.type: unknown model type {model_type!r}; {hint}choose one of {available_types()}, "
+        "or give a custom model as an import path 'package.module:ClassName'"
+    )

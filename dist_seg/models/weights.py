@@ -1,0 +1,97 @@
+"""Backbone weights from a local file (``model.backbone_weights``); nothing is ever downloaded.
+
+Accepted files, all read with ``torch.load(weights_only=True)``:
+
+* a torchvision classification state dict (e.g. ``resnet50-11ad3fa6.pth``, the ImageNet
+  weights); its classifier (``fc.*`` / ``classifier.*``) is ignored, and a single wrapping
+  attribute such as MobileNet's ``features.`` is stripped;
+* a segmentation state dict or a dist_seg checkpoint (``{"model": state_dict, ...}``): only
+  the ``backbone.*`` entries are used.
+
+The entries must fit the model's ``backbone`` submodule exactly (names and shapes), so a
+file for the wrong architecture is an error instead of a silently half-initialised network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+_HEAD_PREFIXES = ("fc.", "classifier.")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DDP and torch.compile
+_SHOWN = 5  # mismatching keys quoted in an error
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors in the weights file ``path``; unreadable or non-state-dict files raise :class:`ConfigError`."""
+    if not path.is_file():
+        raise ConfigError(f"model.backbone_weights: file {path} does not exist; give the path of a local "
+                          "torch state dict (.pth), or remove the key to start from random weights")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load fails with many types (zip, pickle, EOF, KeyError)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"model.backbone_weights: cannot read {path} as a torch weights file "
+                          f"({type(exc).__name__}: {first_line}); the file may be truncated or not a "
+                          "torch.save() state dict") from exc
+    for container_key in ("model", "state_dict"):
+        if isinstance(data, Mapping) and isinstance(data.get(container_key), Mapping):
+            data = data[container_key]
+    if not isinstance(data, Mapping) or not data or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+        raise ConfigError(f"model.backbone_weights: {path} does not hold a state dict (a mapping of "
+                          "parameter names to tensors); save one with torch.save(model.state_dict(), path)")
+    return dict(data)
+
+
+def _strip(key: str, prefix: str) -> str:
+    return key[len(prefix):] if key.startswith(prefix) else key
+
+
+def backbone_entries(state: dict[str, torch.Tensor], backbone_keys: set[str]) -> dict[str, torch.Tensor]:
+    """The part of ``state`` meant for the backbone, renamed to the backbone's own keys."""
+    for prefix in _WRAPPER_PREFIXES:
+        state = {_strip(k, prefix): v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+    # A classifier whose feature extractor sits under one attribute (MobileNet's features.N)
+    # while the segmentation backbone is that extractor itself.
+    roots = {k.split(".", 1)[0] for k in state}
+    if len(roots) == 1:
+        wrapper = f"{roots.pop()}."
+        if not any(k.startswith(wrapper) for k in backbone_keys):
+            return {_strip(k, wrapper): v for k, v in state.items()}
+    return state
+
+
+def load_backbone_weights(model: nn.Module, path: Path, model_name: str) -> None:
+    """Load the backbone weights in ``path`` into ``model.backbone``, checking names and shapes.
+
+    ``model_name`` describes the model in error messages (e.g. ``"deeplabv3plus / resnet50"``).
+    """
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise ConfigError(f"model.backbone_weights: model {model_name} has no 'backbone' submodule to load "
+                          "weights into; remove the key, or load the weights in your model's constructor "
+                          "(pass the path as an extra model key)")
+    expected = backbone.state_dict()
+    state = backbone_entries(read_state_dict(path), set(expected))
+    # Files from before BatchNorm counted its batches lack num_batches_tracked; it is not a weight.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k} (file {list(state[k].shape)}, model {list(expected[k].shape)})"
+                   for k in state if k in expected and state[k].shape != expected[k].shape]
+    problems = [f"{len(keys)} {what}: {', '.join(keys[:_SHOWN])}{', ...' if len(keys) > _SHOWN else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong_shape))
+                if keys]
+    if problems:
+        raise ConfigError(f"model.backbone_weights: {path} does not fit the backbone of {model_name}: "
+                          f"{'; '.join(problems)}. Use a state dict saved from the same architecture "
+                          "(e.g. torchvision's ImageNet file for model.backbone)")
+    backbone.load_state_dict(state, strict=False)

@@ -1,0 +1,31 @@
+"""``python -m dist_seg.train CONFIG [--set KEY=VALUE ...]`` (also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .cli_common import add_config_arguments, run_cli
+from .config import load_config
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dist_seg.train", description=__doc__)
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    # Imported after the config is known good: a config typo should not wait for torch to import.
+    from .engine.trainer import run_training
+
+    run_training(cfg)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

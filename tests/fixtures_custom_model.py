@@ -1,0 +1,25 @@
+"""A tiny custom segmentation model imported by import path in tests/test_models.py."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """Two convs; ``output`` picks what forward returns: a tensor, a dict, or (wrongly) a list."""
+
+    def __init__(self, num_classes: int, width: int = 8, output: str = "tensor") -> None:
+        super().__init__()
+        self.width = width
+        self.output = output
+        self.backbone = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor):
+        logits = self.classifier(self.backbone(x))
+        if self.output == "dict":
+            return {"out": logits, "features": logits.detach()}
+        if self.output == "list":
+            return [logits]
+        return logits
