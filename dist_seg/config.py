@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -191,6 +192,7 @@ class TrainingConfig:
     # A checkpoint path, "auto" (latest in output_dir/checkpoints, if any) or null.
     resume_from_checkpoint: Literal["auto"] | Path | None = None
     # Stop after this many optimizer steps in total (smoke runs, benchmarks); null = all epochs.
+    # The LR schedule still spans training.epochs, so a stopped run can be resumed exactly.
     max_steps: int | None = None
     log_interval: int = 20
 
@@ -437,7 +439,8 @@ class _Builder:
     def path(self, value: str | Path) -> Path:
         p = Path(value).expanduser()
         if not p.is_absolute() and self.base_dir is not None:
-            p = self.base_dir / p
+            # normpath, not resolve(): drop "configs/../" without following symlinks.
+            p = Path(os.path.normpath(self.base_dir / p))
         return p
 
     def class_spec(self, value: Any, key: str) -> ClassSpec:

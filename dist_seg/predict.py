@@ -106,7 +106,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 raise DataError(f"cannot read image {job.source}: {exc}") from exc
             originals.append(rgb)
             small = Image.fromarray(rgb).resize((width, height), Image.BILINEAR)
-            resized.append(torch.from_numpy(np.asarray(small)).permute(2, 0, 1))
+            resized.append(torch.from_numpy(np.array(small)).permute(2, 0, 1))
         ids = predictor.predict(torch.stack(resized), [o.shape[:2] for o in originals])
         for job, rgb, pred in zip(batch, originals, ids):
             folder = out_dir / job.relative_dir

@@ -23,3 +23,31 @@ class TinyNet(nn.Module):
         if self.output == "list":
             return [logits]
         return logits
+
+
+class NanAfter(TinyNet):
+    """TinyNet whose output turns NaN from the ``bad_call``-th training forward on (NaN-guard tests)."""
+
+    def __init__(self, num_classes: int, bad_call: int = 3) -> None:
+        super().__init__(num_classes)
+        self.bad_call = bad_call
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor):
+        logits = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.bad_call:
+                logits = logits * float("nan")
+        return logits
+
+
+class LinearPixelNet(nn.Module):
+    """Per-pixel linear classifier: no BatchNorm, no dropout, so data-parallel splits cannot change its maths."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(3, num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor):
+        return self.classifier(x)

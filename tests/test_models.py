@@ -222,7 +222,7 @@ def test_custom_model_wrong_output_type(on_path):
 
 @pytest.mark.parametrize("model_type, extra, pattern", [
     ("no_such_pkg.models:Net", {}, r"cannot import module 'no_such_pkg\.models'.*PYTHONPATH"),
-    ("fixtures_custom_model:TinyNett", {}, r"has no attribute 'TinyNett'.*classes defined there: TinyNet"),
+    ("fixtures_custom_model:TinyNett", {}, r"has no attribute 'TinyNett'.*classes defined there: .*\bTinyNet\b"),
     ("fixtures_custom_model:TinyNet", {"depth": 3}, r"cannot construct fixtures_custom_model:TinyNet\(.*depth=3.*unexpected keyword"),
     ("fixtures_custom_model:", {}, r"not an import path"),
 ])

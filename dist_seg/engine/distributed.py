@@ -84,6 +84,39 @@ class DistContext:
         return box[0]
 
 
+class StopVote:
+    """Lets ranks agree to stop at the same step without stalling the GPU.
+
+    Each call starts an asynchronous MAX all-reduce of this rank's flag on the CPU
+    control group and returns the result of the vote started by the previous call, so
+    all ranks stop at the same step, one step after the first of them asked.
+    """
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+        self._pending: tuple[Any, torch.Tensor] | None = None
+
+    def poll(self, local_flag: bool) -> bool:
+        """Vote ``local_flag``; True when the previous vote found a rank that wants to stop."""
+        if not self.ctx.is_distributed:
+            return local_flag
+        decided = False
+        if self._pending is not None:
+            work, flag = self._pending
+            work.wait()
+            decided = bool(flag.item())
+        flag = torch.tensor([int(local_flag)], dtype=torch.int32)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.ctx.control_group, async_op=True)
+        self._pending = (work, flag)
+        return decided
+
+    def drain(self) -> None:
+        """Wait for the vote in flight (call on every rank before leaving the loop)."""
+        if self._pending is not None:
+            self._pending[0].wait()
+            self._pending = None
+
+
 def select_device(cfg: BackendConfig, local_rank: int) -> torch.device:
     """The device this process trains on, per ``backend.target``; errors if it is not there."""
     has_gpu = torch.cuda.is_available()

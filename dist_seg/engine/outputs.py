@@ -77,7 +77,7 @@ class RunOutputs:
     @_main_rank_only
     def truncate_history(self, completed_epochs: int) -> None:
         """On resume: drop records of epochs after the checkpoint, they are trained again."""
-        assert self.history is not None
+        self.history = History.load(self.dir / "history.json")
         self.history.truncate(completed_epochs)
 
     @_main_rank_only

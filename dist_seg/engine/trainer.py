@@ -28,11 +28,11 @@ from ..models import build_model
 from ..telemetry.history import EpochRecord
 from ..telemetry.memlog import MemoryLog
 from ..telemetry.progress import Progress
-from ..telemetry.tensorboard import RunWriter
-from ..telemetry.vram import TensorBoardVramSink, VramSampler
+from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
+from ..telemetry.vram import VramSampler
 from .augment import MEAN, STD, BatchPreparer
 from .checkpoint import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state, unwrap_model
-from .distributed import DistContext, setup_distributed, teardown_distributed
+from .distributed import DistContext, StopVote, setup_distributed, teardown_distributed
 from .evaluation import EvalResult, evaluate
 from .losses import SegmentationLoss, class_weights
 from .outputs import RunOutputs
@@ -104,9 +104,11 @@ class Trainer:
                 f"training split has {len(self.data.train)} frames: too few for one optimizer step of "
                 f"{ctx.world_size} rank(s) x training.batch_size {tr.batch_size} x grad_accum_steps "
                 f"{tr.grad_accum_steps}; lower the batch size or add data")
+        # Micro-batches left over after the last full accumulation group are skipped, so
+        # gradients never leak from one epoch into the next.
+        self.batches_per_epoch = self.steps_per_epoch * tr.grad_accum_steps
+        # The schedule spans all epochs; max_steps only stops early (so a stopped run resumes exactly).
         self.total_steps = tr.epochs * self.steps_per_epoch
-        if tr.max_steps is not None:
-            self.total_steps = min(self.total_steps, tr.max_steps)
 
         self.model, self.eval_model = self._build_model()
         self.optimizer = self._build_optimizer()
@@ -249,14 +251,12 @@ class Trainer:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         self.model.train()
-        batches = iter(self.train_loader)
-        if st.batch_in_epoch:
-            # Resuming mid-epoch: the sampler's order is a function of the epoch, so skipping
-            # the trained batches lands exactly where the preempted run stopped.
-            batches = itertools.islice(batches, st.batch_in_epoch, None)
+        # When resuming mid-epoch, the sampler's order is a function of the epoch, so skipping
+        # the batches already trained lands exactly where the stopped run left off.
+        batches = itertools.islice(iter(self.train_loader), st.batch_in_epoch, self.batches_per_epoch)
         accum = tr.grad_accum_steps
         global_batch = tr.batch_size * ctx.world_size
-        progress.start_epoch(epoch + 1, tr.epochs, len(self.train_loader) - st.batch_in_epoch)
+        progress.start_epoch(epoch + 1, tr.epochs, self.batches_per_epoch - st.batch_in_epoch)
 
         # Running sums live on the device and are read only at log steps (no per-step sync).
         device = ctx.device
@@ -264,6 +264,7 @@ class Trainer:
         first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         window = _Window()
         epoch_timer = _Window()
+        vote = StopVote(ctx)
         status = "done"
 
         t_wait = time.perf_counter()
@@ -285,31 +286,34 @@ class Trainer:
             if sync:
                 self._optimizer_step()
                 st.global_step += 1
+            preempted = sync and vote.poll(preemption.requested)
             at_log = sync and (st.global_step % tr.log_interval == 0)
             out_of_steps = tr.max_steps is not None and st.global_step >= tr.max_steps and sync
-            if at_log or out_of_steps:
-                stop = self._log_window(window, loss_sum, first_bad_step, preemption, global_batch, progress)
+            if at_log or out_of_steps or preempted:
+                self._log_window(window, loss_sum, first_bad_step, global_batch, progress)
                 epoch_timer.absorb(window)
                 window = _Window()
                 loss_sum.zero_()
-                if stop:
-                    status = "preempted"
-                    break
-                if out_of_steps:
-                    status = "max_steps"
-                    break
+            if preempted:
+                status = "preempted"
+                break
+            if out_of_steps:
+                status = "max_steps"
+                break
             t_wait = time.perf_counter()
+        vote.drain()
 
         if status == "preempted":
             return status
         if window.batches:
-            self._log_window(window, loss_sum, first_bad_step, preemption, global_batch, progress)
+            self._log_window(window, loss_sum, first_bad_step, global_batch, progress)
             epoch_timer.absorb(window)
         progress.end_epoch()
-        if status == "done":
+        complete = st.batch_in_epoch >= self.batches_per_epoch
+        if complete:
             st.epoch += 1
             st.batch_in_epoch = 0
-        self._end_epoch(epoch_timer, global_batch, partial=status == "max_steps")
+        self._end_epoch(epoch_timer, global_batch, partial=not complete)
         return status
 
     def _maybe_no_sync(self, sync: bool):
@@ -329,15 +333,15 @@ class Trainer:
         self.scheduler.step()
 
     def _log_window(self, window: "_Window", loss_sum: torch.Tensor, first_bad_step: torch.Tensor,
-                    preemption: PreemptionWatch, global_batch: int, progress: Progress) -> bool:
-        """All-reduce the window's loss and flags, log them; True when the ranks agree to stop for preemption."""
+                    global_batch: int, progress: Progress) -> None:
+        """All-reduce the window's loss and the non-finite-loss flag, and log them."""
         ctx = self.ctx
-        flags = torch.stack([first_bad_step, torch.tensor(int(preemption.requested), device=ctx.device)])
+        flags = first_bad_step.clone()
         ctx.all_reduce_max(flags)
         totals = torch.stack([loss_sum, torch.tensor(float(window.batches), dtype=torch.float64, device=ctx.device),
                               torch.tensor(window.data_wait, dtype=torch.float64, device=ctx.device)])
         ctx.all_reduce_sum(totals)
-        bad_step, stop = (int(v) for v in flags.tolist())
+        bad_step = int(flags.item())
         if bad_step >= 0:
             raise NonFiniteLossError(
                 f"non-finite training loss at optimizer step {bad_step} (epoch {self.state.epoch + 1}); stopped "
@@ -354,7 +358,6 @@ class Trainer:
                           "train/data_wait_frac": wait_frac}, self.state.global_step)
         progress.update(window.batches, loss=loss, lr=lr, images_per_s=images_per_s,
                         memory_mb=_allocated_mb(ctx.device), step=self.state.global_step)
-        return bool(stop)
 
     # ------------------------------------------------------------------ epoch end
 
@@ -458,8 +461,14 @@ def _allocated_mb(device: torch.device) -> float | None:
 
 
 def _resume_path(cfg: Config, out: RunOutputs) -> Path | None:
+    """The checkpoint to resume from, if any; refuses to overwrite an earlier run's checkpoints."""
     setting = cfg.training.resume_from_checkpoint
     if setting is None:
+        existing = out.latest_checkpoint()
+        if existing is not None:
+            raise DistSegError(
+                f"{out.dir} already holds checkpoints of an earlier run ({existing.name}); set "
+                "training.resume_from_checkpoint: auto to continue it, or choose another training.output_dir")
         return None
     if setting == "auto":
         return out.latest_checkpoint()
@@ -475,27 +484,28 @@ def run_training(cfg: Config) -> RunSummary:
     try:
         out.log(f"dist_seg: rank {ctx.rank}/{ctx.world_size} on {ctx.device}"
                 + (f" ({ctx.backend})" if ctx.backend else ""))
+        resume_from = _resume_path(cfg, out)
         trainer = Trainer(cfg, ctx, out)
         out.start(trainer.class_names, ctx.world_size)
-        resume_from = _resume_path(cfg, out)
         if resume_from is not None:
             trainer.resume(resume_from)
         elif cfg.training.resume_from_checkpoint == "auto":
             out.log("resume_from_checkpoint: auto found no checkpoint; starting fresh")
 
         # Each rank samples its own device into its own event files: no collectives in the thread.
-        sinks = [MemoryLog(Path(cfg.training.output_dir) / "memory_diagnostics.log", ctx.rank)]
+        memory_log = MemoryLog(Path(cfg.training.output_dir) / "memory_diagnostics.log", ctx.rank)
+        sinks: list = [memory_log]
         if cfg.telemetry.tensorboard:
             vram_writer = (out.writer if ctx.is_main and out.writer is not None
-                           else RunWriter(Path(cfg.training.output_dir) / "tensorboard" / f"rank{ctx.rank}"))
-            sinks.append(TensorBoardVramSink(vram_writer, ctx.rank))
+                           else RunWriter(rank_log_dir(Path(cfg.training.output_dir) / "tensorboard", ctx.rank)))
+            sinks.append(TensorBoardVramSink(vram_writer))
         sampler = VramSampler(ctx.rank, ctx.device, cfg.telemetry.vram_interval_s, cfg.telemetry.vram_sampler,
                               sinks=sinks, step_fn=lambda: trainer.state.global_step, log=out.log)
         progress = Progress(cfg.telemetry.progress if ctx.is_main else "none", cfg.training.log_interval)
         with PreemptionWatch() as preemption, sampler:
             summary = trainer.fit(preemption, progress)
         progress.close()
-        sinks[0].write_summary(sampler.peaks())
+        memory_log.write_summary(sampler.peaks())
         final = summary.final
         out.finish(
             hparams={"model": cfg.model.type, "backbone": cfg.model.backbone, "lr": cfg.training.learning_rate,

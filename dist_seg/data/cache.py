@@ -1,0 +1,374 @@
+"""Per-sequence memory-mapped uint8 caches of decoded frames, built once, reused until stale.
+
+Layout (one folder per dataset root and cache resolution)::
+
+    <cache root>/<root name>-<hash of resolved root>/<H>x<W>/
+        .lock                                 held while checking / building
+        <sequence>/manifest.json              written LAST: its presence means "valid"
+        <sequence>/masks-<fingerprint>.npy    [N, H, W] uint8 class ids (255 = ignore)
+        <sequence>/images-<fingerprint>.npy   [N, 3, H, W] uint8, channels-first (optional)
+
+The fingerprint covers the frame files (names, sizes, mtimes) and every setting that
+changes the arrays. Array files are named by it, so a rebuild never overwrites the
+arrays an older manifest points to, and two nodes building the same cache write the
+same names and bytes. A build killed at any point leaves at worst temporary or
+unreferenced array files and no new manifest; the next build removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .. import atomic
+from ..config import IGNORE_INDEX, Config, DatasetConfig
+from ..errors import DataError
+from .discovery import DatasetListing, Frame, SequenceListing
+from .validation import DecodedFrame, FrameCheck, LabelSpec, decode_frame, map_in_pool, worker_count
+
+CACHE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PREPARE_FIX = "run python -m dist_seg.prepare CONFIG (training runs it for you) with this config"
+
+
+def output_size(cfg: Config) -> tuple[int, int]:
+    """(H, W) of cached and served frames: ``dataset.cache_size`` or ``training.image_size``."""
+    return tuple(cfg.dataset.cache_size or cfg.training.image_size)
+
+
+def cache_root(ds: DatasetConfig) -> Path:
+    """``dataset.cache_dir``, else ``$DIST_SEG_CACHE``, else ``~/.cache/dist_seg``."""
+    if ds.cache_dir is not None:
+        return Path(ds.cache_dir)
+    return Path(os.environ.get("DIST_SEG_CACHE") or Path.home() / ".cache" / "dist_seg")
+
+
+def dataset_cache_dir(root: Path, cfg: Config) -> Path:
+    """Cache folder of one dataset root at the configured resolution (root may be read-only)."""
+    resolved = Path(root).resolve()
+    key = f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:12]}"
+    height, width = output_size(cfg)
+    return cache_root(cfg.dataset) / key / f"{height}x{width}"
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Every setting that changes the cached arrays."""
+
+    size: tuple[int, int]
+    cache_images: bool
+    spec: LabelSpec
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "CacheSettings":
+        return cls(output_size(cfg), cfg.dataset.cache_images, LabelSpec.from_config(cfg.dataset))
+
+    def as_json(self) -> dict:
+        return {"format_version": CACHE_FORMAT_VERSION, "size": list(self.size), "cache_images": self.cache_images,
+                "classes": [[c.name, list(c.color)] for c in self.spec.classes],
+                "mask_format": self.spec.mask_format, "unknown_colors": self.spec.unknown_colors}
+
+
+@dataclass(frozen=True)
+class SequenceCache:
+    """A valid cache of one sequence, as its manifest describes it."""
+
+    name: str
+    directory: Path
+    frames: tuple[str, ...]  # image paths (under the root it was opened for), in array order
+    size: tuple[int, int]
+    masks_file: str
+    images_file: str | None
+    class_pixel_counts: np.ndarray  # [num_classes] int64, at cache resolution
+    ignored_pixels: int
+
+    def open_masks(self) -> np.ndarray:
+        """Read-only ``[N, H, W]`` uint8 memmap."""
+        return np.load(self.directory / self.masks_file, mmap_mode="r")
+
+    def open_images(self) -> np.ndarray | None:
+        """Read-only ``[N, 3, H, W]`` uint8 memmap, or None when images are not cached."""
+        return None if self.images_file is None else np.load(self.directory / self.images_file, mmap_mode="r")
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def _file_entries(root: Path, frames: Sequence[Frame]) -> list[list]:
+    entries = []
+    for frame in frames:
+        image, mask = frame.image.stat(), frame.mask.stat()
+        entries.append([str(frame.image.relative_to(root)), image.st_size, image.st_mtime_ns,
+                        str(frame.mask.relative_to(root)), mask.st_size, mask.st_mtime_ns])
+    return entries
+
+
+def _digest(settings: dict, files: list[list]) -> str:
+    blob = json.dumps({"settings": settings, "files": files}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _read_manifest(directory: Path, root: Path, settings: dict) -> tuple[SequenceCache | None, dict | None, str]:
+    """The cache a manifest describes if it is intact and made with ``settings``, else why not.
+
+    Frame paths are stored relative to the dataset root and joined to ``root`` here, so
+    the same cache serves a root spelled differently (symlink, relative config path).
+    """
+    path = directory / MANIFEST
+    if not path.exists():
+        return None, None, "not built yet"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        stored = data["settings"]
+        frames = tuple(str(Path(root) / entry[0]) for entry in data["files"])
+        cache = SequenceCache(data["sequence"], directory, frames, tuple(data["size"]),
+                              data["masks"], data["images"], np.asarray(data["class_pixel_counts"], dtype=np.int64),
+                              int(data["ignored_pixels"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, None, f"manifest {path} is unreadable ({exc})"
+    if stored != settings:
+        changed = ", ".join(k for k in settings if stored.get(k) != settings[k])
+        return None, data, f"settings changed ({changed})"
+    try:
+        expected = (len(cache.frames), *cache.size)
+        if cache.open_masks().shape != expected:
+            return None, data, "mask array has the wrong shape"
+        images = cache.open_images()
+        if images is not None and images.shape != (expected[0], 3, *expected[1:]):
+            return None, data, "image array has the wrong shape"
+    except (OSError, ValueError) as exc:
+        return None, data, f"array file missing or truncated ({exc})"
+    return cache, data, ""
+
+
+def load_sequence_cache(root: Path, name: str, frames: Sequence[str], cfg: Config) -> SequenceCache:
+    """Open the cache of one sequence for serving, checking it matches ``frames`` (image paths).
+
+    Does not look at the source PNGs (prepare checks freshness): raises DataError with
+    the fix when the cache is missing, made with other settings, or for other frames.
+    """
+    directory = dataset_cache_dir(root, cfg) / name
+    cache, _, reason = _read_manifest(directory, root, CacheSettings.from_config(cfg).as_json())
+    if cache is None:
+        raise DataError(f"cache of sequence {name} in {directory} is not usable ({reason}): {PREPARE_FIX}")
+    if list(cache.frames) != list(frames):
+        raise DataError(f"cache of sequence {name} in {directory} holds other frames than splits.json: {PREPARE_FIX}")
+    return cache
+
+
+# ----------------------------------------------------------------------------- building
+
+
+@dataclass
+class _CachedFrame:
+    decoded: DecodedFrame
+    class_counts: np.ndarray | None  # [256] int64 over the resized mask
+
+
+def _decode_for_cache(frame: Frame, spec: LabelSpec, size: tuple[int, int], with_image: bool) -> _CachedFrame:
+    # Runs in a pool worker: counting here keeps the parent free to write arrays.
+    decoded = decode_frame(frame, spec, size, with_image)
+    counts = None if decoded.mask is None else np.bincount(decoded.mask.ravel(), minlength=256)
+    return _CachedFrame(decoded, counts)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _SequenceWriter:
+    """Fills the temporary arrays of one sequence and publishes them if every frame was usable."""
+
+    def __init__(self, directory: Path, root: Path, listing: SequenceListing, files: list[list],
+                 settings: CacheSettings) -> None:
+        self.directory, self.root, self.listing, self.files, self.settings = directory, root, listing, files, settings
+        self.settings_json = settings.as_json()
+        self.fingerprint = _digest(self.settings_json, files)
+        self.remaining = len(listing.frames)
+        self.usable = True
+        self.counts = np.zeros(256, dtype=np.int64)
+        n, (h, w) = len(listing.frames), settings.size
+        directory.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}.tmp"
+        self.masks_name = f"masks-{self.fingerprint}.npy"
+        self.images_name = f"images-{self.fingerprint}.npy" if settings.cache_images else None
+        self.tmp_masks = directory / f".{self.masks_name}.{tag}"
+        self.masks = np.lib.format.open_memmap(self.tmp_masks, mode="w+", dtype=np.uint8, shape=(n, h, w))
+        self.tmp_images = self.images = None
+        if self.images_name:
+            self.tmp_images = directory / f".{self.images_name}.{tag}"
+            self.images = np.lib.format.open_memmap(self.tmp_images, mode="w+", dtype=np.uint8, shape=(n, 3, h, w))
+
+    def add(self, index: int, frame: _CachedFrame) -> None:
+        self.remaining -= 1
+        decoded = frame.decoded
+        if decoded.mask is None:  # the frame has an error; its check says which
+            self.usable = False
+            return
+        self.masks[index] = decoded.mask
+        if self.images is not None:
+            self.images[index] = decoded.image
+        self.counts += frame.class_counts
+
+    def finish(self) -> SequenceCache | None:
+        """Publish: arrays renamed to their final names, then the manifest, atomically, last."""
+        if not self.usable:
+            self.abort()
+            return None
+        published = [(self.tmp_masks, self.masks_name)]
+        if self.tmp_images is not None:
+            published.append((self.tmp_images, self.images_name))
+        self.masks.flush()
+        if self.images is not None:
+            self.images.flush()
+        self.masks = self.images = None
+        for tmp, name in published:
+            _fsync(tmp)
+            os.replace(tmp, self.directory / name)
+        num_classes = len(self.settings.spec.classes)
+        frames = tuple(str(f.image) for f in self.listing.frames)
+        manifest = {
+            "sequence": self.listing.name, "root": str(self.root), "settings": self.settings_json,
+            "fingerprint": self.fingerprint, "size": list(self.settings.size),
+            "masks": self.masks_name, "images": self.images_name,
+            "class_pixel_counts": self.counts[:num_classes].tolist(),
+            "ignored_pixels": int(self.counts[IGNORE_INDEX]), "files": self.files,
+        }
+        # Compact: the file list has one entry per frame.
+        atomic.write_text(self.directory / MANIFEST, json.dumps(manifest, separators=(",", ":")) + "\n")
+        _remove_unreferenced(self.directory, {self.masks_name, self.images_name})
+        return SequenceCache(self.listing.name, self.directory, frames, self.settings.size, self.masks_name,
+                             self.images_name, self.counts[:num_classes].copy(), int(self.counts[IGNORE_INDEX]))
+
+    def abort(self) -> None:
+        self.masks = self.images = None
+        for tmp in (self.tmp_masks, self.tmp_images):
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+
+def _remove_unreferenced(directory: Path, keep: set[str | None]) -> None:
+    # Called with the folder's lock held, so no other build is writing here.
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        is_array = path.suffix == ".npy" and path.name.startswith(("masks-", "images-"))
+        if (is_array and path.name not in keep) or path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(directories: Sequence[Path], log: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive lock on each cache folder so concurrent prepares build once."""
+    with contextlib.ExitStack() as stack:
+        for directory in sorted(set(directories)):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                handle = stack.enter_context(open(directory / ".lock", "a+b"))
+            except OSError as exc:
+                raise DataError(f"cannot write the cache folder {directory} ({exc}): set dataset.cache_dir "
+                                "or $DIST_SEG_CACHE to a writable folder") from exc
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            except OSError as exc:
+                # Some network file systems lack flock; builds stay atomic, only not deduplicated.
+                log(f"cache: cannot lock {directory} ({exc}); continuing without a lock")
+        yield
+
+
+@dataclass
+class CacheOutcome:
+    """What ensuring the caches did: usable caches, which were built or reused, frame checks."""
+
+    caches: list[SequenceCache] = field(default_factory=list)
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    directories: list[Path] = field(default_factory=list)
+    checks: list[FrameCheck] = field(default_factory=list)
+
+
+def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Callable[[str], None] = print,
+                  progress: bool = True) -> CacheOutcome:
+    """Reuse every fresh sequence cache and rebuild the stale ones in one parallel pass.
+
+    Fresh caches are detected from file names, sizes and mtimes alone (no PNG is opened).
+    Building decodes each frame once with the same checks as the validator; the frame
+    checks are returned so the caller can report problems. A sequence with an unusable
+    frame gets no manifest.
+    """
+    settings = CacheSettings.from_config(cfg)
+    outcome = CacheOutcome(directories=[dataset_cache_dir(listing.root, cfg) for listing in listings])
+    with _locked(outcome.directories, log):
+        writers: list[_SequenceWriter] = []
+        try:
+            for listing, directory in zip(listings, outcome.directories):
+                for seq in listing.sequences:
+                    if seq.frames:
+                        writer = _reuse_or_plan(seq, listing.root, directory / seq.name, settings, outcome, log)
+                        writers += [writer] if writer else []
+            _fill(writers, settings, cfg.dataset, outcome, progress)
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            raise
+    return outcome
+
+
+def _reuse_or_plan(seq: SequenceListing, root: Path, directory: Path, settings: CacheSettings,
+                   outcome: CacheOutcome, log: Callable[[str], None]) -> _SequenceWriter | None:
+    """Record a fresh cache as reused, or return the writer that rebuilds a stale one."""
+    files = _file_entries(root, seq.frames)
+    cache, data, reason = _read_manifest(directory, root, settings.as_json())
+    if cache is not None and data["files"] == files:
+        outcome.caches.append(cache)
+        outcome.reused.append(seq.name)
+        return None
+    if cache is not None:
+        reason = _files_change(data["files"], files)
+    log(f"cache: building {seq.name} ({reason})")
+    # Leftovers of killed builds go; the arrays of the current manifest stay valid meanwhile.
+    _remove_unreferenced(directory, {data.get("masks"), data.get("images")} if data else set())
+    return _SequenceWriter(directory, root, seq, files, settings)
+
+
+def _fill(writers: list[_SequenceWriter], settings: CacheSettings, ds: DatasetConfig, outcome: CacheOutcome,
+          progress: bool) -> None:
+    jobs = [(w, i, frame) for w in writers for i, frame in enumerate(w.listing.frames)]
+    if not jobs:
+        return
+    decode = functools.partial(_decode_for_cache, spec=settings.spec, size=settings.size,
+                               with_image=settings.cache_images)
+    results = map_in_pool(decode, [frame for _, _, frame in jobs], workers=worker_count(ds),
+                          desc="building cache", progress=progress)
+    for (writer, index, _), result in zip(jobs, results):
+        outcome.checks.append(result.decoded.check)
+        writer.add(index, result)
+        if writer.remaining == 0:
+            cache = writer.finish()
+            if cache is not None:
+                outcome.caches.append(cache)
+                outcome.built.append(writer.listing.name)
+
+
+def _files_change(old: list[list], new: list[list]) -> str:
+    """Why a file list no longer matches, in words (for the rebuild log line)."""
+    old_by_name, new_by_name = {e[0]: e for e in old}, {e[0]: e for e in new}
+    added = len(new_by_name.keys() - old_by_name.keys())
+    removed = len(old_by_name.keys() - new_by_name.keys())
+    modified = sum(1 for k in new_by_name.keys() & old_by_name.keys() if new_by_name[k] != old_by_name[k])
+    parts = [f"{n} {what}" for n, what in ((added, "frames added"), (removed, "frames removed"),
+                                          (modified, "frames modified")) if n]
+    return ", ".join(parts) or "file list changed"

@@ -1,0 +1,88 @@
+"""DataLoaders for training and evaluation, single-process or distributed.
+
+Training shuffles with a :class:`~torch.utils.data.DistributedSampler` (also with one
+process, as one replica) so the order depends only on ``training.seed`` and the epoch:
+call :func:`set_epoch` before each epoch, and a resumed run sees the same order as an
+uninterrupted one. The last incomplete batch is dropped, because a batch of one
+crashes the pooled BatchNorm of ASPP in training mode.
+
+Evaluation shards with :class:`ShardSampler`, which never pads: ``DistributedSampler``
+repeats frames to even out ranks, and repeated frames would be counted twice in the
+all-reduced confusion matrix.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from ..config import Config
+from ..errors import DataError
+from .dataset import collate_samples
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` in order: every index on exactly one rank, none padded."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a worker from torch's per-worker seed (base seed + worker id)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def build_loader(dataset: Dataset, cfg: Config, *, train: bool, device_type: str) -> DataLoader:
+    """A DataLoader yielding :class:`~dist_seg.data.dataset.Batch` (uint8 images, uint8 masks, paths).
+
+    ``train`` selects shuffled, drop-last batches of ``training.batch_size``; otherwise
+    ordered, unpadded shards in batches of ``training.val_batch_size``. Memory is pinned
+    unless ``device_type`` is ``"cpu"``.
+    """
+    tr = cfg.training
+    rank, world = _rank_and_world()
+    batch_size = tr.batch_size if train else tr.val_batch_size
+    if train:
+        if len(dataset) < batch_size * world:
+            raise DataError(f"the training split has {len(dataset)} frames, fewer than one batch per process "
+                            f"(training.batch_size {batch_size} x {world} processes): lower training.batch_size "
+                            "or add training sequences")
+        sampler: Sampler[int] = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                   seed=tr.seed, drop_last=True)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world)
+    generator = torch.Generator()
+    generator.manual_seed(tr.seed + rank)
+    worker_options = ({"persistent_workers": tr.persistent_workers, "prefetch_factor": tr.prefetch_factor}
+                      if tr.num_workers > 0 else {})
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=tr.num_workers,
+                      collate_fn=collate_samples, pin_memory=device_type != "cpu", worker_init_fn=seed_worker,
+                      generator=generator, **worker_options)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle the training order for ``epoch`` (a no-op for evaluation loaders)."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)

@@ -1,0 +1,252 @@
+"""Split sequences into train / val / test, persist the split, and reuse it on later runs.
+
+Splitting is by sequence, never by frame: consecutive video frames are near duplicates,
+so a frame-level split would leak validation data into training. The assignment is a
+pure function of the sorted sequence names, ``training.seed`` and the split settings;
+it is written to ``<output_dir>/splits.json`` and reused while those inputs are
+unchanged, so a run keeps its split even if a later version splits differently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .. import atomic
+from ..config import Config, SplitConfig
+from ..errors import ConfigError, DataError
+from .discovery import DatasetListing, Frame
+
+SPLITS_FILE = "splits.json"
+SPLITS_FORMAT_VERSION = 1
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """Everything that decides the assignment of sequences to splits."""
+
+    root: str
+    test_root: str | None
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    val: tuple[str, ...] | None
+    test: tuple[str, ...] | None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "SplitSettings":
+        ds, split = cfg.dataset, cfg.dataset.split
+        return cls(str(Path(ds.root).resolve()), None if ds.test_root is None else str(Path(ds.test_root).resolve()),
+                   cfg.training.seed, split.val_fraction, split.test_fraction,
+                   None if split.val is None else tuple(split.val), None if split.test is None else tuple(split.test))
+
+    def as_json(self) -> dict:
+        """Plain data as stored in splits.json (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclass(frozen=True)
+class SplitSequence:
+    """One sequence in a split, with its frames (image file names) in order."""
+
+    name: str
+    root: Path
+    image_dir: str  # relative to root, e.g. "Images/Video_000"
+    label_dir: str
+    frames: tuple[str, ...]
+
+    def frame_records(self) -> list[Frame]:
+        """The (image, mask) paths of every frame; masks are ``<label_dir>/<stem>.png``."""
+        images, labels = self.root / self.image_dir, self.root / self.label_dir
+        return [Frame(self.name, images / f, labels / (Path(f).stem + ".png")) for f in self.frames]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The persisted split: which sequences (and frames) are train, val and test."""
+
+    train: tuple[SplitSequence, ...]
+    val: tuple[SplitSequence, ...]
+    test: tuple[SplitSequence, ...]
+
+    def get(self, split: str) -> tuple[SplitSequence, ...]:
+        return getattr(self, split)
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """``{split: (sequences, frames)}``."""
+        return {s: (len(self.get(s)), sum(len(q.frames) for q in self.get(s))) for s in SPLIT_NAMES}
+
+
+# ----------------------------------------------------------------------------- assignment
+
+
+def _count(total: int, fraction: float, available: int) -> int:
+    # At least one sequence for any non-zero fraction (tiny datasets still get validated),
+    # but never the last sequence that training needs.
+    if fraction <= 0:
+        return 0
+    return max(0, min(max(1, round(total * fraction)), available - 1))
+
+
+def _check_named(key: str, wanted: Sequence[str] | None, names: Sequence[str]) -> None:
+    for name in wanted or ():
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{key}: {name!r} is not one of the dataset's sequences; {hint}"
+                              f"choose from {', '.join(names)} (after dataset.include / exclude)")
+
+
+def assign_sequences(names: Sequence[str], split: SplitConfig, seed: int, *,
+                     test_from_root: bool) -> dict[str, list[str]]:
+    """Assign sequence names to train / val / test.
+
+    Named lists (``split.val`` / ``split.test``) win over fractions; the other split is
+    drawn from the remaining sequences in an order shuffled by ``seed``. With
+    ``test_from_root`` the test split comes from ``dataset.test_root`` instead.
+    """
+    names = sorted(names)
+    if test_from_root and split.test is not None:
+        raise ConfigError("dataset.split.test and dataset.test_root both choose the test split; remove one of them")
+    _check_named("dataset.split.val", split.val, names)
+    _check_named("dataset.split.test", split.test, names)
+    named = set(split.val or ()) | set(split.test or ())
+    shuffled = [n for n in names if n not in named]
+    random.Random(seed).shuffle(shuffled)
+
+    if split.val is not None:
+        val = list(split.val)
+    else:
+        val = shuffled[:_count(len(names), split.val_fraction, len(shuffled))]
+        shuffled = shuffled[len(val):]
+    if test_from_root:
+        test = []
+    elif split.test is not None:
+        test = list(split.test)
+    else:
+        test = shuffled[:_count(len(names), split.test_fraction, len(shuffled))]
+    train = [n for n in names if n not in set(val) | set(test)]
+    if not train:
+        raise ConfigError("dataset.split: the named val/test lists leave no sequence for training; "
+                          "shorten dataset.split.val / dataset.split.test")
+    return {"train": train, "val": sorted(val), "test": sorted(test)}
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def splits_path(cfg: Config) -> Path:
+    return Path(cfg.training.output_dir) / SPLITS_FILE
+
+
+def _sequence_json(seq: SplitSequence) -> dict:
+    return {"name": seq.name, "root": str(seq.root), "image_dir": seq.image_dir,
+            "label_dir": seq.label_dir, "frames": list(seq.frames)}
+
+
+def _sequence_from_json(data: dict) -> SplitSequence:
+    return SplitSequence(data["name"], Path(data["root"]), data["image_dir"], data["label_dir"],
+                         tuple(data["frames"]))
+
+
+def _load(path: Path) -> dict:
+    """The parsed splits.json; ValueError / KeyError / TypeError when it is not one of ours."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("format_version") != SPLITS_FORMAT_VERSION:
+        raise ValueError(f"format_version {data.get('format_version')!r}")
+    for split in SPLIT_NAMES:
+        for entry in data["splits"][split]:
+            _sequence_from_json(entry)
+    return data
+
+
+def _resplit_reason(path: Path, force: bool, settings: dict, sequences: dict) -> tuple[str | None, dict | None]:
+    """Why the split must be recomputed (None = reuse), and the previous file's data."""
+    if force:
+        return "training.force_resplit is set", None
+    if not path.exists():
+        return f"no {SPLITS_FILE} yet", None
+    try:
+        previous = _load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{path} is unreadable ({exc})", None
+    if previous["settings"] != settings:
+        changed = [k for k in settings if previous["settings"].get(k) != settings[k]]
+        return "split settings changed: " + ", ".join(
+            f"{k} {previous['settings'].get(k)!r} -> {settings[k]!r}" for k in changed), None
+    if previous["sequences"] != sequences:
+        old = {n for names in previous["sequences"].values() for n in names}
+        new = {n for names in sequences.values() for n in names}
+        diff = [f"+{n}" for n in sorted(new - old)] + [f"-{n}" for n in sorted(old - new)]
+        return "sequence list changed: " + (" ".join(diff) or "sequences moved between roots"), None
+    # A hand-edited file may move sequences between splits, but must not drop or repeat one.
+    from_main_root = ("train", "val") if settings["test_root"] else SPLIT_NAMES
+    assigned = sorted(e["name"] for split in from_main_root for e in previous["splits"][split])
+    if assigned != sorted(sequences["root"]):
+        return f"{path} does not assign every sequence exactly once", None
+    return None, previous
+
+
+def _split_sequence(listing: DatasetListing, name: str) -> SplitSequence:
+    seq = next(s for s in listing.sequences if s.name == name)
+    return SplitSequence(name, listing.root, str(seq.image_dir.relative_to(listing.root)),
+                         str(seq.label_dir.relative_to(listing.root)), tuple(f.image.name for f in seq.frames))
+
+
+def resolve_splits(main: DatasetListing, test: DatasetListing | None, cfg: Config, *,
+                   log: Callable[[str], None] = print) -> Splits:
+    """Reuse ``<output_dir>/splits.json`` when still valid, else compute and write it (atomically).
+
+    Frame lists always come from ``main`` / ``test``; the file is rewritten only when its
+    content changes, so concurrent callers with the same inputs write identical bytes.
+    """
+    path = splits_path(cfg)
+    settings = SplitSettings.from_config(cfg).as_json()
+    sequences = {"root": main.sequence_names, "test_root": test.sequence_names if test else []}
+    reason, previous = _resplit_reason(path, cfg.training.force_resplit, settings, sequences)
+    if previous is not None:
+        assignment = {s: [e["name"] for e in previous["splits"][s]] for s in SPLIT_NAMES}
+        log(f"splits: reusing {path}")
+    else:
+        assignment = assign_sequences(main.sequence_names, cfg.dataset.split, cfg.training.seed,
+                                      test_from_root=test is not None)
+        log(f"splits: computed a new split ({reason})")
+        if test is not None and cfg.dataset.split.test_fraction > 0:
+            log(f"splits: the test split is dataset.test_root ({test.root}); dataset.split.test_fraction is unused")
+
+    def build(split: str) -> tuple[SplitSequence, ...]:
+        if split == "test" and test is not None:
+            return tuple(_split_sequence(test, n) for n in test.sequence_names)
+        return tuple(_split_sequence(main, n) for n in assignment[split])
+
+    splits = Splits(build("train"), build("val"), build("test"))
+    if not splits.val:
+        log("splits: no validation sequences (a single sequence, or val_fraction 0): "
+            "validation and visualization will be skipped")
+    text = json.dumps({"format_version": SPLITS_FORMAT_VERSION, "settings": settings, "sequences": sequences,
+                       "splits": {s: [_sequence_json(q) for q in splits.get(s)] for s in SPLIT_NAMES}},
+                      indent=2) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic.write_text(path, text)
+    return splits
+
+
+def read_splits(cfg: Config) -> Splits:
+    """Load splits.json for the current config; DataError with the fix if missing or outdated."""
+    path = splits_path(cfg)
+    fix = "run python -m dist_seg.prepare CONFIG (training runs it for you) with this config"
+    if not path.exists():
+        raise DataError(f"{path} does not exist: {fix}")
+    try:
+        data = _load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} is damaged ({exc}): {fix}") from exc
+    if data["settings"] != SplitSettings.from_config(cfg).as_json():
+        raise DataError(f"{path} was made with other split settings than this config: {fix}")
+    return Splits(*(tuple(_sequence_from_json(e) for e in data["splits"][s]) for s in SPLIT_NAMES))

@@ -1,0 +1,33 @@
+"""``python -m dist_seg.prepare CONFIG [--set KEY=VALUE ...]``: check the data, write splits, build caches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .cli_common import add_config_arguments, run_cli
+from .config import load_config
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dist_seg.prepare",
+                                     description="Validate the dataset, write splits.json and build the caches.")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    # Imported after the config is known good: a config typo should not wait for torch to import.
+    from .data.pipeline import prepare
+
+    summary = prepare(cfg, log=lambda line: print(line, flush=True), progress=True)
+    print(summary.format())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status (1 with ``error: ...`` on bad config or data)."""
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Several nodes, started once on every node with the same arguments:
+#   MASTER_ADDR=node0.example NNODES=2 NODE_RANK=0 launch/multi_node.sh configs/david.yaml
+# Variables:
+#   MASTER_ADDR   host of the c10d rendezvous (any node; required)
+#   MASTER_PORT   its port (default 29500)
+#   NNODES        number of nodes, or MIN:MAX for an elastic job (default 1)
+#   NODE_RANK     this node's rank, optional with c10d (the rendezvous assigns ranks)
+#   NPROC         processes per node (default: visible GPUs, else 1)
+#   RDZV_ID       job id shared by all nodes (default dist_seg)
+#   MAX_RESTARTS  torchrun restarts after a failure (default 3)
+# The output directory must be on storage every node sees; caches are built per node.
+set -euo pipefail
+config=${1:?usage: launch/multi_node.sh CONFIG [--set KEY=VALUE ...]}
+shift
+: "${MASTER_ADDR:?set MASTER_ADDR to the rendezvous host}"
+if [[ -z "${NPROC:-}" ]]; then
+  NPROC=$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')
+fi
+node_rank_args=()
+if [[ -n "${NODE_RANK:-}" ]]; then node_rank_args=(--node-rank="$NODE_RANK"); fi
+exec torchrun \
+  --nnodes="${NNODES:-1}" --nproc-per-node="$NPROC" "${node_rank_args[@]}" \
+  --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:${MASTER_PORT:-29500}" --rdzv-id="${RDZV_ID:-dist_seg}" \
+  --max-restarts="${MAX_RESTARTS:-3}" \
+  -m dist_seg.train "$config" --set training.resume_from_checkpoint=auto "$@"

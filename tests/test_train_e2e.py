@@ -1,0 +1,222 @@
+"""Real training runs on synthetic data: learning, outputs, resume, precision, compile, NaN guard, predict."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import PYTHON, REPO_ROOT, subprocess_env, tiny_config
+from dist_seg.data.loader import build_loader
+from dist_seg.data.pipeline import load_datasets, prepare
+from dist_seg.engine.augment import BatchPreparer
+from dist_seg.engine.checkpoint import list_checkpoints
+from dist_seg.engine.distributed import DistContext
+from dist_seg.engine.evaluation import evaluate
+from dist_seg.engine.losses import SegmentationLoss
+from dist_seg.engine.runtime import resolve_runtime
+from dist_seg.engine.trainer import NonFiniteLossError, run_training
+from dist_seg.errors import CheckpointError
+from dist_seg.models import build_model
+from dist_seg.predict import main as predict_main
+
+CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
+
+
+def final_state(out_dir: Path) -> dict[str, torch.Tensor]:
+    """Model weights of the newest checkpoint of a run."""
+    latest = list_checkpoints(out_dir / "checkpoints")[-1].path
+    return torch.load(latest, weights_only=True)["model"]
+
+
+def untrained_miou(cfg) -> float:
+    """Validation mIoU of a freshly initialised model, through the same evaluation code."""
+    prepare(cfg, log=lambda _m: None, progress=False)
+    data = load_datasets(cfg)
+    torch.manual_seed(cfg.training.seed)
+    model = build_model(cfg.model, cfg.dataset.num_classes)
+    runtime = resolve_runtime(cfg.backend, CPU.device, log=lambda _m: None)
+    prep = BatchPreparer(CPU.device, runtime.memory_format, tuple(cfg.training.image_size))
+    loader = build_loader(data.val, cfg, train=False, device_type="cpu")
+    return evaluate(model, loader, prep, runtime, SegmentationLoss(), CPU, cfg.dataset.class_names, None).mean_iou
+
+
+def test_short_training_learns_and_writes_every_output(synth_root, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(synth_root, out, training__epochs=8, training__max_checkpoints=2,
+                      training__visualization_interval=4)
+    before = untrained_miou(cfg)
+    summary = run_training(cfg)
+
+    assert summary.status == "completed" and summary.epochs_completed == 8
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, 9))
+    after = history[-1]["val_mIoU"]
+    assert after > before + 0.15 and after > 2 * before, (before, after)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert set(history[-1]["val_iou"]) == set(cfg.dataset.class_names)
+    for key in ("lr", "train_images_per_s", "data_wait_frac", "epoch_time_s", "val_pixel_acc", "global_batch_size"):
+        assert history[-1][key] is not None
+
+    # resolved config, splits, rotation, best mirror
+    assert (out / "config.yaml").is_file()
+    splits = json.loads((out / "splits.json").read_text())
+    assert "Video_003" in json.dumps(splits)
+    assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == ["epoch_0007.pth", "epoch_0008.pth"]
+    best = torch.load(out / "best_model.pth", weights_only=True)
+    best_epoch = max(history, key=lambda r: r["val_mIoU"])["epoch"]
+    assert best["epoch"] == best_epoch and best["best_metric"] == pytest.approx(history[best_epoch - 1]["val_mIoU"])
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in best["model"])
+    assert best["config"]["model"]["backbone"] == "resnet18"
+
+    # visualizations every 4 epochs, memory log in the original format
+    for epoch in (4, 8):
+        panels = sorted((out / "visualizations" / f"epoch_{epoch:03d}").glob("*.png"))
+        assert len(panels) == 2
+        assert Image.open(panels[0]).size[0] > 3 * 64
+    log = (out / "memory_diagnostics.log").read_text().splitlines()
+    assert any(re.search(r"VRAM: \S+ MB \(alloc\), \S+ MB \(reserved\), \S+ MB free / \S+ MB total", line)
+               for line in log)
+
+
+def test_training_writes_tensorboard_tags(synth_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run_training(tiny_config(synth_root, out, training__epochs=1))
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {"train/loss", "train/lr", "train/throughput_img_s", "train/data_wait_frac", "val/loss",
+                "val/mIoU", "val/pixel_acc", "host/rank0/rss_mb"}
+    assert expected <= tags, expected - tags
+    assert any(t.startswith("val/IoU/") for t in tags)
+    assert "val/overlay" in acc.Tags()["images"]
+
+
+def test_resume_equivalence_epoch_boundary(synth_root, tmp_path):
+    straight = tmp_path / "straight"
+    run_training(tiny_config(synth_root, straight, training__epochs=2))
+    split = tmp_path / "split"
+    run_training(tiny_config(synth_root, split, training__epochs=2, training__max_steps=6))
+    resumed = run_training(tiny_config(synth_root, split, training__epochs=2,
+                                       training__resume_from_checkpoint="auto"))
+    assert resumed.status == "completed" and resumed.epochs_completed == 2
+    a, b = final_state(straight), final_state(split)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    history = json.loads((split / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+def test_resume_equivalence_mid_epoch(synth_root, tmp_path):
+    """A run stopped inside an epoch (as by preemption) continues exactly where it stopped."""
+    straight = tmp_path / "straight"
+    run_training(tiny_config(synth_root, straight, training__epochs=2))
+    split = tmp_path / "split"
+    first = run_training(tiny_config(synth_root, split, training__epochs=2, training__max_steps=4))
+    assert first.status == "max_steps"
+    assert list_checkpoints(split / "checkpoints")[-1].step == 4
+    run_training(tiny_config(synth_root, split, training__epochs=2, training__resume_from_checkpoint="auto"))
+    a, b = final_state(straight), final_state(split)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_bfloat16_autocast_on_cpu(synth_root, tmp_path, capsys):
+    summary = run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1,
+                                       backend__amp_dtype="bfloat16"))
+    assert "autocast bfloat16" in capsys.readouterr().out
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert math.isfinite(history[0]["train_loss"]) and summary.status == "completed"
+
+
+def test_float16_amp_is_switched_off_on_cpu_with_a_message(synth_root, tmp_path, capsys):
+    run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1, training__max_steps=1))
+    assert "AMP off" in capsys.readouterr().out
+
+
+def test_compile_path_on_a_tiny_model(synth_root, tmp_path, capsys):
+    summary = run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1, training__max_steps=2,
+                                       model={"type": "fixtures_custom_model:TinyNet", "width": 4},
+                                       backend__compile=True))
+    assert "compile=True" in capsys.readouterr().out
+    assert summary.status == "max_steps"
+    state = torch.load(tmp_path / "run" / "checkpoints" / "epoch_0000_step_000002.pth", weights_only=True)
+    assert not any("_orig_mod" in k for k in state["model"])
+
+
+def test_custom_model_by_import_path_trains(synth_root, tmp_path):
+    out = tmp_path / "run"
+    summary = run_training(tiny_config(synth_root, out, training__epochs=1,
+                                       model={"type": "fixtures_custom_model:TinyNet", "width": 6}))
+    assert summary.status == "completed"
+    weights = torch.load(out / "best_model.pth", weights_only=True)["model"]
+    assert weights["backbone.0.weight"].shape[0] == 6
+
+
+def test_nan_guard_stops_and_names_the_step(synth_root, tmp_path):
+    cfg = tiny_config(synth_root, tmp_path / "run", training__epochs=2, training__log_interval=1,
+                      model={"type": "fixtures_custom_model:NanAfter", "bad_call": 3})
+    with pytest.raises(NonFiniteLossError, match="optimizer step 3"):
+        run_training(cfg)
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
+
+
+def test_resume_errors_are_clear(synth_root, tmp_path):
+    good = tmp_path / "good"
+    run_training(tiny_config(synth_root, good, training__epochs=1))
+    ckpt = good / "best_model.pth"
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        run_training(tiny_config(synth_root, tmp_path / "a", training__resume_from_checkpoint=str(truncated)))
+    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+        run_training(tiny_config(synth_root, tmp_path / "b", training__resume_from_checkpoint=str(ckpt),
+                                 model__backbone="resnet34"))
+
+
+def test_predict_round_trip(synth_root, tmp_path):
+    out = tmp_path / "run"
+    run_training(tiny_config(synth_root, out, training__epochs=1))
+    pred_dir = tmp_path / "pred"
+    sequence = synth_root / "Images" / "Video_003"
+    assert predict_main(["--checkpoint", str(out / "best_model.pth"), str(sequence), "--out", str(pred_dir),
+                         "--device", "cpu"]) == 0
+    frames = sorted(sequence.glob("*.png"))
+    written = sorted((pred_dir / "Video_003").glob("*_ids.png"))
+    assert len(written) == len(frames)
+    assert len(list((pred_dir / "Video_003").glob("*_overlay.png"))) == len(frames)
+
+    # The ids written equal the model's own argmax on the same input.
+    state = torch.load(out / "best_model.pth", weights_only=True)
+    cfg = tiny_config(synth_root, out)
+    model = build_model(cfg.model, cfg.dataset.num_classes)
+    model.load_state_dict(state["model"])
+    model.eval()
+    prep = BatchPreparer(torch.device("cpu"), torch.contiguous_format, (48, 64))
+    image = torch.from_numpy(np.array(Image.open(frames[0]).convert("RGB"))).permute(2, 0, 1).unsqueeze(0)
+    x, _ = prep.eval_batch(image, torch.zeros(1, 48, 64, dtype=torch.uint8))
+    with torch.no_grad():
+        expected = model(x)["out"].argmax(1)[0].numpy().astype(np.uint8)
+    assert np.array_equal(np.asarray(Image.open(written[0])), expected)
+    color = np.asarray(Image.open(pred_dir / "Video_003" / f"{frames[0].stem}_color.png"))
+    assert color.shape == (48, 64, 3)
+
+
+def test_train_cli_reports_config_errors_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  root: data\ntraining:\n  output_dir: out\n  bach_size: 4\n")
+    proc = subprocess.run([PYTHON, "-m", "dist_seg.train", str(bad)], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=REPO_ROOT, timeout=120)
+    assert proc.returncode == 1
+    assert "training.bach_size: unknown key; did you mean training.batch_size?" in proc.stderr
+    assert "Traceback" not in proc.stderr
