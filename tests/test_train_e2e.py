@@ -6,6 +6,7 @@ import json
 import math
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,10 @@ from dist_seg.models import build_model
 from dist_seg.predict import main as predict_main
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
+
+
+def sampler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("vram-sampler")]
 
 
 def final_state(out_dir: Path) -> dict[str, torch.Tensor]:
@@ -56,6 +61,7 @@ def test_short_training_learns_and_writes_every_output(synth_root, tmp_path):
     summary = run_training(cfg)
 
     assert summary.status == "completed" and summary.epochs_completed == 8
+    assert sampler_threads() == []
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == list(range(1, 9))
     after = history[-1]["val_mIoU"]
@@ -169,6 +175,7 @@ def test_nan_guard_stops_and_names_the_step(synth_root, tmp_path):
     with pytest.raises(NonFiniteLossError, match="optimizer step 3"):
         run_training(cfg)
     assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
+    assert sampler_threads() == []  # stopped and joined on the exception path too
 
 
 def test_resume_errors_are_clear(synth_root, tmp_path):
