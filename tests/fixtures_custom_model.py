@@ -51,3 +51,22 @@ class LinearPixelNet(nn.Module):
 
     def forward(self, x: torch.Tensor):
         return self.classifier(x)
+
+
+class SignalAt(TinyNet):
+    """TinyNet that sends SIGTERM to its own process at the ``call``-th training forward (preemption tests)."""
+
+    def __init__(self, num_classes: int, call: int = 6) -> None:
+        super().__init__(num_classes)
+        self.call = call
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.call:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(x)

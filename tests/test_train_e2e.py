@@ -227,3 +227,19 @@ def test_train_cli_reports_config_errors_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert "training.bach_size: unknown key; did you mean training.batch_size?" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("call, checkpoint, batches", [(4, "epoch_0000_step_000004.pth", [4]),
+                                                       (6, "epoch_0001.pth", [])])
+def test_sigterm_checkpoints_at_the_next_step(synth_root, tmp_path, call, checkpoint, batches):
+    """SIGTERM mid-epoch saves a mid-epoch checkpoint; on an epoch's last step the epoch is finished first."""
+    out = tmp_path / "run"
+    model = {"type": "fixtures_custom_model:SignalAt", "call": call}
+    summary = run_training(tiny_config(synth_root, out, model=model))
+    assert summary.status == "preempted"
+    assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == [checkpoint]
+    assert [c.step for c in list_checkpoints(out / "checkpoints") if c.step] == batches
+    resumed = run_training(tiny_config(synth_root, out, model={**model, "call": 10**6},
+                                       training__resume_from_checkpoint="auto"))
+    assert resumed.status == "completed" and resumed.epochs_completed == 2
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2]

@@ -42,14 +42,6 @@ class DistContext:
     def is_distributed(self) -> bool:
         return self.backend is not None
 
-    def barrier(self) -> None:
-        """Wait for every rank (no-op without a process group)."""
-        if self.is_distributed:
-            if self.backend == "nccl":
-                dist.barrier(device_ids=[self.device.index])
-            else:
-                dist.barrier()
-
     def wait_for_local_main(self) -> None:
         """Block until every rank reaches this point; used while local rank 0 builds the node's caches."""
         if self.is_distributed:
@@ -72,16 +64,9 @@ class DistContext:
         if not self.is_distributed:
             return [obj]
         out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
+        # Over the CPU control group: pickled objects need no trip through GPU memory.
+        dist.all_gather_object(out, obj, group=self.control_group)
         return out
-
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.is_distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
 
 
 class StopVote:
@@ -165,6 +150,23 @@ def setup_distributed(cfg: BackendConfig) -> DistContext:
     dist.init_process_group(**kwargs)
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=cfg.prepare_timeout_s))
     return DistContext(rank, local_rank, world_size, device, backend, control)
+
+
+def restart_hazard() -> str | None:
+    """Why torchrun's restarts of this job may fail to reconnect, or None when nothing is wrong.
+
+    By default torchrun shares its rendezvous TCP store with the workers and keeps it, without
+    a per-attempt prefix, across restarts: a restarted worker group can read the addresses the
+    failed group left there, and its process-group setup then fails at random
+    (pytorch/pytorch#135712). Only a launch with restarts allowed is at risk.
+    """
+    restarts = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    if restarts > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return (f"torchrun may restart the workers (--max-restarts={restarts}) but shares its rendezvous store "
+                "with them, so a restarted group can pick up the failed group's addresses and fail to connect "
+                "(pytorch/pytorch#135712); use the c10d rendezvous (--standalone or --rdzv-backend=c10d) with "
+                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 exported, as launch/*.sh do")
+    return None
 
 
 def teardown_distributed(ctx: DistContext) -> None:

@@ -30,16 +30,16 @@ from ..telemetry.memlog import MemoryLog
 from ..telemetry.progress import Progress
 from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
 from ..telemetry.vram import VramSampler
-from .augment import MEAN, STD, BatchPreparer
+from .augment import BatchPreparer
 from .checkpoint import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state, unwrap_model
-from .distributed import DistContext, StopVote, setup_distributed, teardown_distributed
+from .distributed import DistContext, StopVote, restart_hazard, setup_distributed, teardown_distributed
 from .evaluation import EvalResult, evaluate
 from .losses import SegmentationLoss, class_weights
 from .outputs import RunOutputs
 from .preemption import PreemptionWatch
 from .runtime import Runtime, resolve_runtime
 from .schedule import build_scheduler
-from .visualize import comparison_panel, denormalize
+from .visualize import comparison_panel
 
 
 class NonFiniteLossError(DistSegError):
@@ -189,11 +189,39 @@ class Trainer:
             self.aug_generator.set_state(rng[self.ctx.rank]["augment"])
         else:
             self.out.warn(f"checkpoint was written by {len(rng)} rank(s), this run has {self.ctx.world_size}: "
-                          "random streams restart from the seed (training itself continues exactly)")
+                          "random streams restart from the seed")
+        self._carry_position_over(state, len(rng))
         self.out.truncate_history(self.state.epoch)
         where = f"epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}" if self.state.batch_in_epoch \
             else f"the start of epoch {self.state.epoch + 1}"
         self.out.log(f"resumed from {path}: continuing at {where} (global step {self.state.global_step})")
+
+    def _carry_position_over(self, state: dict[str, Any], saved_world: int) -> None:
+        """Re-express the checkpoint's position in this run's batches and steps if the global batch changed.
+
+        An elastic restart can change the number of ranks (or a user the batch size). Whatever
+        the world size, the ranks' k-th batches together are the k-th run of one permutation of
+        the epoch (seeded by the epoch), so a position inside an epoch is a count of samples. It is
+        rounded down to a whole optimizer step: at most one global batch is trained again, none is
+        skipped. The step count and the LR schedule follow, so the schedule still ends with the
+        last epoch.
+        """
+        tr, st = self.cfg.training, self.state
+        saved = state["config"]["training"]
+        saved_batch = saved["batch_size"] * saved_world
+        batch = tr.batch_size * self.ctx.world_size
+        if (saved_batch, saved["grad_accum_steps"]) == (batch, tr.grad_accum_steps):
+            return
+        steps_in_epoch = st.batch_in_epoch * saved_batch // (batch * tr.grad_accum_steps)
+        st.batch_in_epoch = min(steps_in_epoch * tr.grad_accum_steps, self.batches_per_epoch)
+        st.global_step = st.epoch * self.steps_per_epoch + st.batch_in_epoch // tr.grad_accum_steps
+        self.scheduler.last_epoch = st.global_step
+        for group, base_lr, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                          self.scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(st.global_step)
+        self.out.warn(f"checkpoint was trained with {saved_batch} samples per micro-batch over all ranks and "
+                      f"{saved['grad_accum_steps']} accumulation step(s), this run with {batch} and "
+                      f"{tr.grad_accum_steps}: its position is carried over as a count of samples")
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The checkpoint payload; gathers every rank's RNG state, so all ranks must call it."""
@@ -230,8 +258,11 @@ class Trainer:
         while self.state.epoch < tr.epochs:
             epoch_status = self.train_epoch(preemption, progress)
             if epoch_status == "preempted":
-                self.save(mid_epoch=True)
-                self.out.log(f"stopped on {preemption.received} at epoch {self.state.epoch + 1}, batch "
+                if self.state.batch_in_epoch:
+                    self.save(mid_epoch=True)
+                # Only rank 0 logs, and it may be stopping because another rank (node) was signalled.
+                cause = preemption.received or "a preemption signal to another rank"
+                self.out.log(f"stopped on {cause} at epoch {self.state.epoch + 1}, batch "
                              f"{self.state.batch_in_epoch}: resume with training.resume_from_checkpoint: auto")
                 return self._summary("preempted")
             if epoch_status == "max_steps":
@@ -303,8 +334,9 @@ class Trainer:
             t_wait = time.perf_counter()
         vote.drain()
 
-        if status == "preempted":
-            return status
+        if status == "preempted" and st.batch_in_epoch < self.batches_per_epoch:
+            return status  # the caller saves a mid-epoch checkpoint
+        # A stop on the epoch's last step finishes the epoch first (validation, epoch checkpoint).
         if window.batches:
             self._log_window(window, loss_sum, first_bad_step, global_batch, progress)
             epoch_timer.absorb(window)
@@ -484,7 +516,12 @@ def run_training(cfg: Config) -> RunSummary:
     try:
         out.log(f"dist_seg: rank {ctx.rank}/{ctx.world_size} on {ctx.device}"
                 + (f" ({ctx.backend})" if ctx.backend else ""))
-        resume_from = _resume_path(cfg, out)
+        hazard = restart_hazard()
+        if hazard is not None:
+            out.warn(hazard)
+        # Every rank resumes from rank 0's choice: another node's listing of the shared output
+        # directory can lag behind, and ranks resuming from different checkpoints would diverge.
+        resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
         trainer = Trainer(cfg, ctx, out)
         out.start(trainer.class_names, ctx.world_size)
         if resume_from is not None:

@@ -40,8 +40,3 @@ def comparison_panel(image: np.ndarray, target: np.ndarray, pred: np.ndarray, pa
     present = set(np.unique(target).tolist()) | set(np.unique(pred).tolist())
     return np.concatenate([top, legend(palette, present, top.shape[1])], axis=0)
 
-
-def denormalize(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """A normalised ``[3, H, W]`` float image back to ``[H, W, 3]`` uint8."""
-    img = x.transpose(1, 2, 0) * np.array(std) + np.array(mean)
-    return (img.clip(0, 1) * 255).round().astype(np.uint8)
