@@ -135,6 +135,10 @@ def test_resume_equivalence_mid_epoch(synth_root, tmp_path):
     a, b = final_state(straight), final_state(split)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # the epoch cut in two reports the same loss as the uninterrupted one: its totals were checkpointed
+    first_straight = json.loads((straight / "history.json").read_text())[0]
+    first_split = json.loads((split / "history.json").read_text())[0]
+    assert first_split["train_loss"] == pytest.approx(first_straight["train_loss"], rel=1e-6)
 
 
 def test_bfloat16_autocast_on_cpu(synth_root, tmp_path, capsys):

@@ -7,6 +7,7 @@ laptop CPU, one GPU and ``torchrun`` on many nodes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
@@ -55,6 +56,12 @@ class TrainState:
     global_step: int = 0  # optimizer steps
     best_miou: float = -1.0
     best_epoch: int = -1
+    # Totals of the current epoch's finished log windows, carried through a mid-epoch
+    # checkpoint so that a resumed epoch's history record covers the whole epoch.
+    epoch_batches: int = 0
+    epoch_elapsed_s: float = 0.0
+    epoch_loss_total: float = 0.0
+    epoch_wait_frac: float = 0.0
 
 
 @dataclass
@@ -294,7 +301,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         window = _Window()
-        epoch_timer = _Window()
+        epoch_timer = _Window.resumed(st)
         vote = StopVote(ctx)
         status = "done"
 
@@ -335,6 +342,7 @@ class Trainer:
         vote.drain()
 
         if status == "preempted" and st.batch_in_epoch < self.batches_per_epoch:
+            epoch_timer.store(st)
             return status  # the caller saves a mid-epoch checkpoint
         # A stop on the epoch's last step finishes the epoch first (validation, epoch checkpoint).
         if window.batches:
@@ -345,6 +353,9 @@ class Trainer:
         if complete:
             st.epoch += 1
             st.batch_in_epoch = 0
+            _Window().store(st)
+        else:
+            epoch_timer.store(st)
         self._end_epoch(epoch_timer, global_batch, partial=not complete)
         return status
 
@@ -352,7 +363,7 @@ class Trainer:
         """Skip DDP's gradient all-reduce on accumulation micro-steps."""
         if not sync and isinstance(self.model, DistributedDataParallel):
             return self.model.no_sync()
-        return _NullContext()
+        return contextlib.nullcontext()
 
     def _optimizer_step(self) -> None:
         clip = self.cfg.training.grad_clip_norm
@@ -469,6 +480,19 @@ class _Window:
         self.loss_total = 0.0
         self.wait_frac = 0.0
 
+    @classmethod
+    def resumed(cls, state: TrainState) -> "_Window":
+        """An epoch total that continues the one saved in ``state`` (empty at an epoch's start)."""
+        window = cls()
+        window.batches, window.elapsed = state.epoch_batches, state.epoch_elapsed_s
+        window.loss_total, window.wait_frac = state.epoch_loss_total, state.epoch_wait_frac
+        return window
+
+    def store(self, state: TrainState) -> None:
+        """Save this epoch total into ``state`` (for the next checkpoint)."""
+        state.epoch_batches, state.epoch_elapsed_s = self.batches, self.elapsed
+        state.epoch_loss_total, state.epoch_wait_frac = self.loss_total, self.wait_frac
+
     def absorb(self, other: "_Window") -> None:
         """Fold a finished log window into an epoch total."""
         wait_time = self.wait_frac * self.elapsed + other.wait_frac * other.elapsed
@@ -476,14 +500,6 @@ class _Window:
         self.elapsed += other.elapsed
         self.loss_total += other.loss_total
         self.wait_frac = wait_time / max(self.elapsed, 1e-9)
-
-
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _allocated_mb(device: torch.device) -> float | None:
