@@ -1,0 +1,176 @@
+"""Samples/s the training DataLoader delivers: decode vs mask cache vs full uint8 cache, and the copy floor.
+
+Variants (each through the real ``build_loader`` at the training resolution):
+
+* ``decode``: the original pipeline's way (``dataset.use_cache: false``): decode the RGB
+  image PNG and the RGB mask PNG and colour-match every mask pixel, for every sample;
+* ``mask cache``: masks from the cache, images decoded (``dataset.cache_images: false``);
+* ``full cache``: image and mask from the memory-mapped uint8 cache (the default).
+
+Floors, measured in the same run with the same bytes per sample:
+
+* ``floor: plain copy``: gathering a batch's samples from a preallocated in-memory array
+  into a preallocated batch array, one core: what a memcpy-bound loader cannot beat;
+* ``floor: fresh shared copy``: the same copy into a new shared-memory batch each time,
+  which is what every DataLoader worker process must do to hand a batch over.
+
+The consumer only takes each batch (no device copy, no training step).
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from dist_seg.config import config_from_dict
+from dist_seg.data.loader import build_loader, set_epoch
+from dist_seg.data.pipeline import load_datasets, prepare
+
+from ..common import Record, ratio
+from ..context import Context, quiet
+from ..data import raw_config
+
+NAME = "loader"
+TITLE = "DataLoader samples/s: decode vs caches vs the memory-copy floor"
+
+# (variant, use_cache, cache_images); mask-only and full caches live in separate folders
+# because a cache folder holds one setting at a time.
+VARIANTS = (("decode", False, True), ("mask cache", True, False), ("full cache", True, True))
+BASELINE = "decode"
+CACHED = "full cache"
+
+
+def run(ctx: Context) -> list[Record]:
+    sizes = ctx.sizes
+    workers = [w for w in sizes.loader_workers if w <= ctx.machine.cores]
+    records: list[Record] = []
+    frames = 0
+    for variant, use_cache, cache_images in VARIANTS:
+        raw = raw_config(ctx.data_root(), ctx.suite_dir(NAME) / variant.replace(" ", "_"),
+                         ctx.scratch / ("cache-full" if cache_images else "cache-masks"),
+                         image_size=sizes.loader_size, batch_size=sizes.loader_batch, num_workers=0,
+                         use_cache=use_cache, cache_images=cache_images)
+        cfg = config_from_dict(raw)
+        prepare(cfg, log=quiet, progress=False)
+        dataset = load_datasets(cfg).train
+        frames = len(dataset)
+        for num_workers in workers:
+            cfg.training.num_workers = num_workers
+            ctx.log(f"  {variant}, {num_workers} workers")
+            loader = build_loader(dataset, cfg, train=True, device_type=ctx.device.type)
+            values = _measure(loader, sizes.repeats, sizes.loader_seconds)
+            settings = {"pipeline": variant, **_settings(sizes, frames, num_workers, loader)}
+            records.append(ctx.record(NAME, f"{variant}, {num_workers} worker{'' if num_workers == 1 else 's'}", "samples_per_s", "samples/s",
+                                      values, settings))
+            del loader
+            gc.collect()  # shuts persistent workers down before the next measurement starts its own
+    shape = (3, *sizes.loader_size)
+    for variant, shared in (("floor: plain copy", False), ("floor: fresh shared copy", True)):
+        runs = [_copy_floor(frames, shape, sizes.loader_batch, sizes.loader_seconds, shared)
+                for _ in range(sizes.repeats)]
+        faults = statistics.median(f for _, f in runs)
+        records.append(ctx.record(NAME, variant, "samples_per_s", "samples/s", [rate for rate, _ in runs],
+                                  {"pipeline": variant, **_settings(sizes, frames, 0, None)},
+                                  {"page_faults_per_sample": round(faults, 1)}))
+    return _with_ratios(records)
+
+
+def _settings(sizes, frames: int, num_workers: int, loader: DataLoader | None) -> dict:
+    settings = {"image_size": list(sizes.loader_size), "batch_size": sizes.loader_batch, "frames": frames,
+                "num_workers": num_workers, "source_frame_size": "800x600"}
+    if loader is not None:
+        settings["pin_memory"] = loader.pin_memory
+        settings["prefetch_factor"] = loader.prefetch_factor
+    return settings
+
+
+def _measure(loader: DataLoader, repeats: int, min_seconds: float) -> list[float]:
+    """Samples/s per repeat; a repeat is whole epochs lasting at least ``min_seconds``.
+
+    One warm-up epoch first: it starts the workers, maps the cache pages and fills the
+    prefetch queues, none of which a long training run pays per epoch.
+    """
+    epoch = 0
+
+    def one_epoch() -> int:
+        nonlocal epoch
+        set_epoch(loader, epoch)
+        epoch += 1
+        return sum(len(batch.paths) for batch in loader)
+
+    one_epoch()
+    results = []
+    for _ in range(repeats):
+        samples = 0
+        start = time.perf_counter()
+        while True:
+            samples += one_epoch()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        results.append(samples / elapsed)
+    return results
+
+
+def _copy_floor(frames: int, image_shape: tuple[int, ...], batch_size: int, min_seconds: float,
+                shared: bool) -> tuple[float, float]:
+    """(samples/s, minor page faults per sample) of gathering shuffled batches from in-memory uint8 arrays.
+
+    One core. The source arrays have the cache's shapes and are touched before timing.
+    ``shared`` copies into a new shared-memory buffer per batch (what a worker process
+    hands over: every page of it is fresh and faults on first write); otherwise into one
+    preallocated buffer.
+    """
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (frames, *image_shape), dtype=np.uint8)
+    masks = rng.integers(0, 13, (frames, *image_shape[1:]), dtype=np.uint8)
+    sample_bytes = images[0].nbytes + masks[0].nbytes
+    fixed = np.zeros(batch_size * sample_bytes, dtype=np.uint8)
+
+    def batch_buffer() -> np.ndarray:
+        if not shared:
+            return fixed
+        storage = torch.UntypedStorage._new_shared(batch_size * sample_bytes)
+        return torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+
+    samples = 0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    while True:
+        order = rng.permutation(frames)
+        for first in range(0, frames - batch_size + 1, batch_size):
+            buffer = batch_buffer()
+            out_images = buffer[: batch_size * images[0].nbytes].reshape(batch_size, *image_shape)
+            out_masks = buffer[batch_size * images[0].nbytes:].reshape(batch_size, *image_shape[1:])
+            for k, index in enumerate(order[first:first + batch_size]):
+                out_images[k] = images[index]
+                out_masks[k] = masks[index]
+            samples += batch_size
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+            return samples / elapsed, faults / samples
+
+
+def _with_ratios(records: list[Record]) -> list[Record]:
+    """Add per-core throughput and the ratios to decode (same workers) and to the plain-copy floor."""
+    decode = {r.settings["num_workers"]: r.stats.median for r in records if r.settings["pipeline"] == BASELINE}
+    floor = next(r.stats.median for r in records if r.settings["pipeline"] == "floor: plain copy")
+    for r in records:
+        if r.settings["pipeline"].startswith("floor"):
+            r.derived["vs_plain_copy_floor"] = ratio(r.stats.median, floor)
+            continue
+        workers = r.settings["num_workers"]
+        r.derived["per_core_samples_per_s"] = round(r.stats.median / max(1, workers), 1)
+        r.derived["vs_decode_same_workers"] = ratio(r.stats.median, decode[workers])
+        r.derived["vs_plain_copy_floor"] = ratio(r.stats.median, floor)
+        if r.settings["pipeline"] == CACHED:
+            r.derived["at_least_20x_decode"] = r.derived["vs_decode_same_workers"] >= 20
+            r.derived["within_2x_of_floor"] = r.derived["vs_plain_copy_floor"] >= 0.5
+    return records
