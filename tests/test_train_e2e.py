@@ -24,7 +24,7 @@ from dist_seg.engine.evaluation import evaluate
 from dist_seg.engine.losses import SegmentationLoss
 from dist_seg.engine.runtime import resolve_runtime
 from dist_seg.engine.trainer import NonFiniteLossError, run_training
-from dist_seg.errors import CheckpointError
+from dist_seg.errors import CheckpointError, DistSegError
 from dist_seg.models import build_model
 from dist_seg.predict import main as predict_main
 
@@ -186,6 +186,10 @@ def test_resume_errors_are_clear(synth_root, tmp_path):
     good = tmp_path / "good"
     run_training(tiny_config(synth_root, good, training__epochs=1))
     ckpt = good / "best_model.pth"
+    # a fresh run must not rotate away another run's checkpoints
+    with pytest.raises(DistSegError, match="already holds checkpoints of an earlier run"):
+        run_training(tiny_config(synth_root, good, training__epochs=1))
+    assert (good / "checkpoints" / "epoch_0001.pth").is_file()
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="truncated"):
