@@ -141,7 +141,11 @@ class Trainer:
         return load_datasets(self.cfg)
 
     def _build_model(self) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """Model on the device: resume weights, SyncBN, layout, compile, then DDP (in that order)."""
+        """Model on the device: SyncBN, layout, compile, then DDP (in that order).
+
+        Resumed weights are loaded later into the unwrapped module; every rank loads the same
+        checkpoint, so DDP's initial broadcast of rank 0's random weights does no harm.
+        """
         cfg, ctx, rt = self.cfg, self.ctx, self.runtime
         model = build_model(cfg.model, len(self.class_names))
         if cfg.backend.sync_bn:
