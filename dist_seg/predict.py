@@ -16,9 +16,9 @@ from typing import Sequence
 import numpy as np
 
 from .cli_common import run_cli
+from .data.discovery import IMAGE_SUFFIXES, list_files
 from .errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ def collect_inputs(inputs: Sequence[str], images_dir: str = "Images") -> list[Pr
             jobs.append(PredictJob(path, Path(".")))
         elif (path / images_dir).is_dir():
             for seq in sorted(p for p in (path / images_dir).iterdir() if p.is_dir()):
-                jobs += [PredictJob(f, Path(seq.name)) for f in _images_in(seq)]
+                jobs += [PredictJob(f, Path(seq.name)) for f in list_files(seq, IMAGE_SUFFIXES)]
         elif path.is_dir():
-            found = _images_in(path)
+            found = list_files(path, IMAGE_SUFFIXES)
             if not found:
                 raise DataError(f"{path} holds no .png/.jpg images and no {images_dir}/ folder; "
                                 "pass image files, a sequence folder or a dataset root")
@@ -53,10 +53,6 @@ def collect_inputs(inputs: Sequence[str], images_dir: str = "Images") -> list[Pr
     if not unique:
         raise DataError("no input images found")
     return unique
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data.synth import IMAGE_EXTS, MIN_SIZE, generate_dataset
+from .data.discovery import IMAGE_SUFFIXES
+from .data.synth import MIN_SIZE, generate_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=_count(0), default=0, help="random seed (default 0)")
     parser.add_argument("--mask-format", choices=("rgb", "index"), default="rgb",
                         help="labels as palette-coloured RGB PNGs (default) or single-channel class-id PNGs")
-    parser.add_argument("--image-ext", choices=IMAGE_EXTS, default=".png", help="frame file type (default .png)")
+    parser.add_argument("--image-ext", choices=IMAGE_SUFFIXES, default=".png", help="frame file type (default .png)")
     return parser
 
 

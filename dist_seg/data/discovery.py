@@ -70,7 +70,8 @@ class DatasetListing:
         return [s.name for s in self.sequences]
 
 
-def _files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def list_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files in ``directory`` with one of ``suffixes`` (any case), sorted."""
     # Hidden files (".DS_Store", macOS "._x.png" forks) are never data.
     return sorted(p for p in directory.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
@@ -85,10 +86,10 @@ def _subdirs(directory: Path) -> list[str]:
 def list_sequence(name: str, image_dir: Path, label_dir: Path) -> SequenceListing:
     """Pair the images of one sequence folder with the masks of the same stem."""
     images_by_stem: dict[str, list[Path]] = {}
-    for path in _files(image_dir, IMAGE_SUFFIXES):
+    for path in list_files(image_dir, IMAGE_SUFFIXES):
         images_by_stem.setdefault(path.stem, []).append(path)
     has_label_dir = label_dir.is_dir()
-    masks = {p.stem: p for p in _files(label_dir, (MASK_SUFFIX,))} if has_label_dir else {}
+    masks = {p.stem: p for p in list_files(label_dir, (MASK_SUFFIX,))} if has_label_dir else {}
 
     frames, without_mask, ambiguous = [], [], []
     for stem in sorted(images_by_stem):

@@ -35,12 +35,12 @@ from PIL import Image
 
 from ..atomic import write_bytes
 from ..config import DAVID_CLASSES, ClassSpec
+from .discovery import IMAGE_SUFFIXES
 
 # Drawing roles are DAVID's class names; a custom class list is mapped onto them by name.
 ROLES: tuple[str, ...] = tuple(c.name for c in DAVID_CLASSES)
 _ROLE = {name: i for i, name in enumerate(ROLES)}
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 MIN_SIZE = 16
 
 # Image materials: how a region's base colour is textured (see _TEXTURES).
@@ -700,8 +700,8 @@ def _check_args(sequences: int, frames: int, size: tuple[int, int], seed: int, m
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     if mask_format not in ("rgb", "index"):
         raise ValueError(f"mask_format must be 'rgb' or 'index', got {mask_format!r}")
-    if image_ext.lower() not in IMAGE_EXTS:
-        raise ValueError(f"image_ext must be one of {', '.join(IMAGE_EXTS)}, got {image_ext!r}")
+    if image_ext.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"image_ext must be one of {', '.join(IMAGE_SUFFIXES)}, got {image_ext!r}")
     colors = [c.color for c in classes]
     if mask_format == "rgb" and len(set(colors)) != len(colors):
         raise ValueError("two classes share a colour; RGB masks need one colour per class (or use mask_format='index')")
