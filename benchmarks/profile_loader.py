@@ -1,13 +1,14 @@
-"""Profile the full-cache DataLoader with py-spy, and summarise where each process spent its samples.
+"""Profile a training loader with py-spy, and summarise where each process and thread spent its samples.
 
     py-spy record -r 500 --subprocesses -f raw -o loader.prof -- \\
         python benchmarks/profile_loader.py --workers 1 --seconds 6
     python benchmarks/profile_loader.py --summarize loader.prof
 
-The first command iterates the loader of the ``loader`` suite (full cache, quick sizes)
-for a while; the second groups py-spy's raw samples by process role (worker main
-thread, the worker's queue-feeder and file-descriptor-sharing threads, the main
-process) and prints each role's heaviest call sites.
+The first command iterates a loader of the ``loader`` suite (quick sizes; the full
+cache by default, ``--pipeline`` picks another) for a while; the second groups
+py-spy's raw samples by role (a gather thread of the full cache's loader; a worker
+process's main, queue-feeder and file-descriptor-sharing threads; the main process)
+and prints each role's heaviest call sites.
 """
 
 from __future__ import annotations
@@ -26,21 +27,27 @@ from benchmarks.context import quiet  # noqa: E402
 from benchmarks.data import ensure_dataset, raw_config  # noqa: E402
 from benchmarks.sizes import PRESETS  # noqa: E402
 from dist_seg.config import config_from_dict  # noqa: E402
-from dist_seg.data.loader import build_loader  # noqa: E402
+from dist_seg.data.loader import build_loader, describe_loader  # noqa: E402
 from dist_seg.data.pipeline import load_datasets, prepare  # noqa: E402
 
 # Function names that identify which process / thread a py-spy stack belongs to (checked in order).
-ROLES = (("_worker_loop", "worker: main thread"), ("Queue._feed", "worker: queue feeder thread"),
-         ("_ResourceSharer._serve", "worker: fd-sharing thread"), ("_pin_memory_loop", "main: pin-memory thread"))
+ROLES = (("_WorkItem.run", "main: gather thread"), ("_worker_loop", "worker: main thread"),
+         ("Queue._feed", "worker: queue feeder thread"), ("_ResourceSharer._serve", "worker: fd-sharing thread"),
+         ("_pin_memory_loop", "main: pin-memory thread"))
+# --pipeline: (use_cache, cache_images, cache folder of the loader suite)
+PIPELINES = {"full-cache": (True, True, "cache-full"), "mask-cache": (True, False, "cache-masks"),
+             "decode": (False, True, "cache-full")}
 
 
-def iterate(workers: int, seconds: float, scratch: Path) -> None:
-    """Iterate the full-cache training loader for ``seconds`` and print the samples/s."""
+def iterate(pipeline: str, workers: int, seconds: float, scratch: Path) -> None:
+    """Iterate one pipeline's training loader for ``seconds`` and print the samples/s."""
     sizes = PRESETS["quick"]
     root = ensure_dataset(scratch, sizes, print)
-    cfg = config_from_dict(raw_config(root, scratch / "profile_run", scratch / "cache-full",
+    use_cache, cache_images, cache_dir = PIPELINES[pipeline]
+    cfg = config_from_dict(raw_config(root, scratch / "profile_run", scratch / cache_dir,
                                       image_size=sizes.loader_size, batch_size=sizes.loader_batch,
-                                      num_workers=workers, target="cpu"))
+                                      num_workers=workers, target="cpu", use_cache=use_cache,
+                                      cache_images=cache_images))
     prepare(cfg, log=quiet, progress=False)
     loader = build_loader(load_datasets(cfg).train, cfg, train=True, device_type="cpu")
     for _batch in loader:  # warm-up epoch: workers started, cache pages mapped
@@ -49,7 +56,8 @@ def iterate(workers: int, seconds: float, scratch: Path) -> None:
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         samples += sum(len(batch.paths) for batch in loader)
-    print(f"{workers} workers: {samples / (time.perf_counter() - start):.0f} samples/s")
+    print(f"{pipeline}, {workers} workers ({describe_loader(loader)}): "
+          f"{samples / (time.perf_counter() - start):.0f} samples/s")
 
 
 def summarize(path: Path, top: int) -> str:
@@ -74,6 +82,7 @@ def summarize(path: Path, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/profile_loader.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="full-cache")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--scratch", type=Path, default=REPO_ROOT / "benchmarks" / "out" / "scratch")
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         print(summarize(args.summarize, args.top))
     else:
-        iterate(args.workers, args.seconds, args.scratch.resolve())
+        iterate(args.pipeline, args.workers, args.seconds, args.scratch.resolve())
     return 0
 
 

@@ -84,3 +84,12 @@ def test_profile_summary_groups_samples_by_process_role(tmp_path):
     assert "worker: main thread: 30 samples (30% of all)" in text
     assert "worker: queue feeder thread: 10 samples" in text and "main process: 60 samples" in text
     assert "100.0%  <module> > _worker_loop > CachedDataset._fill" in text
+
+
+def test_profile_summary_names_the_gather_threads(tmp_path):
+    raw = tmp_path / "loader.prof"
+    raw.write_text(
+        'process 1:"python x";Thread.run (t.py:1);_WorkItem.run (f.py:2);CacheLoader.gather (c.py:3) 40\n'
+        'process 1:"python x";<module> (x.py:1);CacheLoader._ahead (c.py:4) 10\n')
+    text = profile_loader.summarize(raw, top=3)
+    assert "main: gather thread: 40 samples (80% of all)" in text and "main process: 10 samples" in text

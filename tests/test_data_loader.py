@@ -1,12 +1,14 @@
-"""DataLoaders: correct batches with workers, drop_last, seeded order, unpadded evaluation shards."""
+"""build_loader: which loader serves which data, correct batches, drop_last, seeded order, unpadded shards."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from dist_seg.data.cache_loader import CacheLoader
 from dist_seg.data.dataset import Batch
-from dist_seg.data.loader import ShardSampler, build_loader, set_epoch
+from dist_seg.data.loader import ShardSampler, build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.errors import DataError
 from test_data_support import make_config, make_dataset
@@ -20,23 +22,42 @@ def bundle_and_cfg(tmp_path):
     return load_datasets(cfg), cfg
 
 
-def test_training_loader_with_workers_yields_correct_full_batches(bundle_and_cfg):
-    bundle, cfg = bundle_and_cfg
-    dataset = bundle.train
+def check_training_batches(loader, dataset, shape):
+    """Two full batches of distinct frames, each image and mask equal to the dataset's own."""
     by_path = {dataset[i].path: dataset[i] for i in range(len(dataset))}
-    loader = build_loader(dataset, cfg, train=True, device_type="cpu")
-    assert not loader.pin_memory and loader.persistent_workers and loader.prefetch_factor == 2
     batches = list(loader)
     assert len(batches) == len(loader) == 2  # 5 frames, batch 2: the last single frame is dropped
     seen = []
     for batch in batches:
         assert isinstance(batch, Batch)
-        assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 3, 16, 20)
-        assert batch.masks.dtype == torch.uint8 and batch.masks.shape == (2, 16, 20)
+        assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 3, *shape)
+        assert batch.masks.dtype == torch.uint8 and batch.masks.shape == (2, *shape)
         for image, mask, path in zip(batch.images, batch.masks, batch.paths):
             assert torch.equal(image, by_path[path].image) and torch.equal(mask, by_path[path].mask)
             seen.append(path)
     assert len(set(seen)) == 4
+
+
+def test_full_cache_is_served_by_gather_threads(bundle_and_cfg):
+    bundle, cfg = bundle_and_cfg
+    loader = build_loader(bundle.train, cfg, train=True, device_type="cpu")
+    assert isinstance(loader, CacheLoader) and loader.threads == 2 and not loader.pin_memory
+    assert describe_loader(loader) == ("full cache served by 2 gather threads into reused batch buffers "
+                                       "(no worker processes)")
+    check_training_batches(loader, bundle.train, (16, 20))
+
+
+def test_decoded_images_are_served_by_worker_processes(tmp_path):
+    root = make_dataset(tmp_path / "data", {"Video_000": 5})
+    cfg = make_config(tmp_path, root, dataset={"cache_images": False},
+                      training={"num_workers": 2, "batch_size": 2, "val_batch_size": 2})
+    prepare(cfg, log=lambda _: None, progress=False)
+    dataset = load_datasets(cfg).train
+    loader = build_loader(dataset, cfg, train=True, device_type="cpu")
+    assert isinstance(loader, DataLoader)
+    assert not loader.pin_memory and loader.persistent_workers and loader.prefetch_factor == 2
+    assert describe_loader(loader) == "files decoded by 2 worker processes"
+    check_training_batches(loader, dataset, (16, 20))
 
 
 def test_training_order_depends_only_on_seed_and_epoch(bundle_and_cfg):

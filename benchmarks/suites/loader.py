@@ -1,18 +1,22 @@
-"""Samples/s the training DataLoader delivers: decode vs mask cache vs full uint8 cache, and the copy floor.
+"""Samples/s the training loader delivers: decode vs mask cache vs full uint8 cache, and the copy floor.
 
 Variants (each through the real ``build_loader`` at the training resolution):
 
 * ``decode``: the original pipeline's way (``dataset.use_cache: false``): decode the RGB
   image PNG and the RGB mask PNG and colour-match every mask pixel, for every sample;
+  a DataLoader with ``num_workers`` worker processes;
 * ``mask cache``: masks from the cache, images decoded (``dataset.cache_images: false``);
-* ``full cache``: image and mask from the memory-mapped uint8 cache (the default).
+  a DataLoader with ``num_workers`` worker processes;
+* ``full cache``: image and mask from the memory-mapped uint8 cache (the default); a
+  CacheLoader with ``num_workers`` gather threads and reused batch buffers.
 
 Floors, measured in the same run with the same bytes per sample:
 
 * ``floor: plain copy``: gathering a batch's samples from a preallocated in-memory array
   into a preallocated batch array, one core: what a memcpy-bound loader cannot beat;
 * ``floor: fresh shared copy``: the same copy into a new shared-memory batch each time,
-  which is what every DataLoader worker process must do to hand a batch over.
+  which is what every DataLoader worker process must do to hand a batch over (and why
+  the full cache is served by threads instead).
 
 The consumer only takes each batch (no device copy, no training step).
 """
@@ -26,10 +30,8 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-
 from dist_seg.config import config_from_dict
-from dist_seg.data.loader import build_loader, set_epoch
+from dist_seg.data.loader import Loader, build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 
 from ..common import Record, ratio
@@ -37,7 +39,7 @@ from ..context import Context, quiet
 from ..data import raw_config
 
 NAME = "loader"
-TITLE = "DataLoader samples/s: decode vs caches vs the memory-copy floor"
+TITLE = "Loader samples/s: decode vs caches vs the memory-copy floor"
 
 # (variant, use_cache, cache_images); mask-only and full caches live in separate folders
 # because a cache folder holds one setting at a time.
@@ -69,7 +71,7 @@ def run(ctx: Context) -> list[Record]:
             records.append(ctx.record(NAME, f"{variant}, {num_workers} worker{'' if num_workers == 1 else 's'}", "samples_per_s", "samples/s",
                                       values, settings))
             del loader
-            gc.collect()  # shuts persistent workers down before the next measurement starts its own
+            gc.collect()  # shuts persistent workers or gather threads down before the next measurement
     shape = (3, *sizes.loader_size)
     for variant, shared in (("floor: plain copy", False), ("floor: fresh shared copy", True)):
         runs = [_copy_floor(frames, shape, sizes.loader_batch, sizes.loader_seconds, shared)
@@ -81,16 +83,15 @@ def run(ctx: Context) -> list[Record]:
     return _with_ratios(records)
 
 
-def _settings(sizes, frames: int, num_workers: int, loader: DataLoader | None) -> dict:
+def _settings(sizes, frames: int, num_workers: int, loader: Loader | None) -> dict:
     settings = {"image_size": list(sizes.loader_size), "batch_size": sizes.loader_batch, "frames": frames,
                 "num_workers": num_workers, "source_frame_size": "800x600"}
     if loader is not None:
-        settings["pin_memory"] = loader.pin_memory
-        settings["prefetch_factor"] = loader.prefetch_factor
+        settings["loader"] = describe_loader(loader)
     return settings
 
 
-def _measure(loader: DataLoader, repeats: int, min_seconds: float) -> list[float]:
+def _measure(loader: Loader, repeats: int, min_seconds: float) -> list[float]:
     """Samples/s per repeat; a repeat is whole epochs lasting at least ``min_seconds``.
 
     One warm-up epoch first: it starts the workers, maps the cache pages and fills the

@@ -1,15 +1,19 @@
-"""Host memory of the main process and of every loader worker with the full cache, small vs 4x larger dataset.
+"""Host memory of the training process and of any loader worker with the full cache, small vs 4x larger dataset.
 
-The cache is memory-mapped: a worker reads pages of the page cache, which every process
-maps and none copies. Resident set size (RSS) therefore grows with the frames a process
-has touched, but those pages are shared, clean and reclaimable; what must stay flat in
-dataset size is what each process writes itself (private dirty pages: heap, copies).
-PSS shows the sharing: shared pages are split between the processes that map them.
+The cache is memory-mapped: the loader reads pages of the page cache, which every
+process (every rank on a node) maps and none copies. Resident set size (RSS) therefore
+grows with the frames a process has touched, but those pages are shared, clean and
+reclaimable; what must stay flat in dataset size is what each process writes itself
+(private dirty pages: heap, batch buffers, copies). PSS shows the sharing: shared pages
+are split between the processes that map them.
+
+The full cache is served by gather threads inside the training process (no worker
+processes: ``dist_seg.data.cache_loader``), so the training process is the one row per
+size; a loader that forks workers gets a row per worker.
 
 Each size is loaded through the real ``build_loader`` in a fresh interpreter (so the main
-process carries nothing from earlier suites, and forked workers share the same start
-state), read for some warm-up epochs (every frame touched), then memory is sampled
-after each further epoch.
+process carries nothing from earlier suites), read for some warm-up epochs (every frame
+touched), then memory is sampled after each further epoch.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from dist_seg.config import config_from_dict
-from dist_seg.data.loader import build_loader, set_epoch
+from dist_seg.data.loader import build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 
 from ..common import Record
@@ -31,7 +35,7 @@ from ..context import Context, quiet
 from ..data import raw_config, sequence_names
 
 NAME = "memory"
-TITLE = "Host memory per process with the full cache: small vs 4x larger dataset"
+TITLE = "Host memory with the full cache: small vs 4x larger dataset"
 MB = 2**20
 FIGURES = ("rss_mb", "pss_mb", "uss_mb", "private_dirty_mb")
 
@@ -65,12 +69,12 @@ class Job:
     raw_config: dict
     warmup_epochs: int
     samples: int
-    start_method: str  # how loader workers start, as in the benchmark's own process (fork on Linux)
+    start_method: str  # how loader workers would start, as in the benchmark's own process (fork on Linux)
     device_type: str  # "cuda" pins batches, as training on a GPU does
 
 
-def measure(job: Job) -> tuple[int, int, dict[str, list[dict]]]:
-    """(frames, cache bytes, role -> memory figures per sample) of loading one dataset.
+def measure(job: Job) -> tuple[int, int, str, dict[str, list[dict]]]:
+    """(frames, cache bytes, how the loader serves, role -> memory figures per sample) of loading one dataset.
 
     Runs in a fresh interpreter, so the main process holds nothing earlier work left
     behind and both sizes start from the same state.
@@ -95,11 +99,11 @@ def measure(job: Job) -> tuple[int, int, dict[str, list[dict]]]:
         workers = sorted((p for p in main.children() if p.pid not in before), key=lambda p: p.pid)
         for role, process in [("main", main)] + [(f"worker {i}", p) for i, p in enumerate(workers)]:
             samples.setdefault(role, []).append(memory_figures(process))
-    return len(dataset), cache_bytes, samples
+    return len(dataset), cache_bytes, describe_loader(loader), samples
 
 
-def measure_in_fresh_process(job: Job) -> tuple[int, int, dict[str, list[dict]]]:
-    """:func:`measure` in a new (spawned) interpreter; its loader workers fork from that one."""
+def measure_in_fresh_process(job: Job) -> tuple[int, int, str, dict[str, list[dict]]]:
+    """:func:`measure` in a new (spawned) interpreter; any loader workers fork from that one."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(measure, job).result()
 
@@ -117,12 +121,12 @@ def run(ctx: Context) -> list[Record]:
                          image_size=sizes.loader_size, batch_size=sizes.loader_batch,
                          num_workers=sizes.memory_workers, include=include)
         job = Job(raw, sizes.memory_epochs, sizes.repeats, multiprocessing.get_start_method(), ctx.device.type)
-        frames, cache_bytes, samples = measure_in_fresh_process(job)
+        frames, cache_bytes, served_by, samples = measure_in_fresh_process(job)
         for role, figures in samples.items():
             medians = {k: _median([f[k] for f in figures]) for k in FIGURES}
             settings = {"frames": frames, "cache_mb": round(cache_bytes / MB, 1), "image_size":
                         list(sizes.loader_size), "num_workers": sizes.memory_workers,
-                        "batch_size": sizes.loader_batch}
+                        "batch_size": sizes.loader_batch, "loader": served_by}
             derived = {k: v for k, v in medians.items() if k != "rss_mb"}
             record = ctx.record(NAME, f"{label}: {role}", "rss_mb", "MB", [f["rss_mb"] for f in figures],
                                 settings, derived)

@@ -107,15 +107,28 @@ class CachedDataset(Dataset):
         self._fill(index, sequence, local, image.numpy(), mask.numpy())
         return Sample(image, mask, self.paths[index])
 
-    def __getitems__(self, indices: Sequence[int]) -> Batch:
-        """A whole batch copied straight from the memmaps into one tensor (one copy per byte)."""
+    @property
+    def holds_images(self) -> bool:
+        """True when every cache holds images too, so serving a frame decodes nothing."""
+        return all(cache.images_file is not None for cache in self.caches)
+
+    def gather(self, indices: Sequence[int], images_out: np.ndarray, masks_out: np.ndarray) -> list[str]:
+        """Copy frames ``indices`` into ``images_out[:n]`` / ``masks_out[:n]``; returns their paths.
+
+        One copy per byte, straight from the memmaps; numpy releases the GIL while
+        copying, so several threads can gather at once.
+        """
         sequences, locals_ = self._locate(np.asarray(indices, dtype=np.int64))
+        for k, (index, sequence, local) in enumerate(zip(indices, sequences, locals_)):
+            self._fill(index, sequence, local, images_out[k], masks_out[k])
+        return [self.paths[i] for i in indices]
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        """A whole batch in one tensor per field (what a DataLoader worker hands over)."""
         images = batch_buffer((len(indices), 3, *self.size))
         masks = batch_buffer((len(indices), *self.size))
-        images_np, masks_np = images.numpy(), masks.numpy()
-        for k, (index, sequence, local) in enumerate(zip(indices, sequences, locals_)):
-            self._fill(index, sequence, local, images_np[k], masks_np[k])
-        return Batch(images, masks, [self.paths[i] for i in indices])
+        paths = self.gather(indices, images.numpy(), masks.numpy())
+        return Batch(images, masks, paths)
 
 
 class DecodeDataset(Dataset):

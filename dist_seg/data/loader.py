@@ -9,6 +9,10 @@ crashes the pooled BatchNorm of ASPP in training mode.
 Evaluation shards with :class:`ShardSampler`, which never pads: ``DistributedSampler``
 repeats frames to even out ranks, and repeated frames would be counted twice in the
 all-reduced confusion matrix.
+
+A cache holding images is served by a :class:`~dist_seg.data.cache_loader.CacheLoader`
+(``num_workers`` gather threads, reused buffers); anything that decodes PNGs by a
+DataLoader with ``num_workers`` worker processes, which decoding needs.
 """
 
 from __future__ import annotations
@@ -19,11 +23,16 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..config import Config
 from ..errors import DataError
-from .dataset import collate_samples
+from .buffers import cuda_copy_fence
+from .cache_loader import CacheLoader
+from .dataset import CachedDataset, collate_samples
+
+# What the trainer, evaluation and benchmarks iterate: both yield Batch records and have .sampler.
+Loader = DataLoader | CacheLoader
 
 
 class ShardSampler(Sampler[int]):
@@ -54,12 +63,13 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def build_loader(dataset: Dataset, cfg: Config, *, train: bool, device_type: str) -> DataLoader:
-    """A DataLoader yielding :class:`~dist_seg.data.dataset.Batch` (uint8 images, uint8 masks, paths).
+def build_loader(dataset: Dataset, cfg: Config, *, train: bool, device_type: str) -> Loader:
+    """A loader yielding :class:`~dist_seg.data.dataset.Batch` (uint8 images, uint8 masks, paths).
 
     ``train`` selects shuffled, drop-last batches of ``training.batch_size``; otherwise
     ordered, unpadded shards in batches of ``training.val_batch_size``. Memory is pinned
-    unless ``device_type`` is ``"cpu"``.
+    unless ``device_type`` is ``"cpu"``. A fully cached dataset gets a
+    :class:`CacheLoader`, anything else a DataLoader.
     """
     tr = cfg.training
     rank, world = _rank_and_world()
@@ -73,16 +83,30 @@ def build_loader(dataset: Dataset, cfg: Config, *, train: bool, device_type: str
                                                    seed=tr.seed, drop_last=True)
     else:
         sampler = ShardSampler(len(dataset), rank, world)
+    pin_memory = device_type != "cpu"
+    if isinstance(dataset, CachedDataset) and dataset.holds_images:
+        return CacheLoader(dataset, BatchSampler(sampler, batch_size, drop_last=train), threads=tr.num_workers,
+                           prefetch=tr.prefetch_factor, pin_memory=pin_memory,
+                           fence=cuda_copy_fence if pin_memory else None)
     generator = torch.Generator()
     generator.manual_seed(tr.seed + rank)
     worker_options = ({"persistent_workers": tr.persistent_workers, "prefetch_factor": tr.prefetch_factor}
                       if tr.num_workers > 0 else {})
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=tr.num_workers,
-                      collate_fn=collate_samples, pin_memory=device_type != "cpu", worker_init_fn=seed_worker,
+                      collate_fn=collate_samples, pin_memory=pin_memory, worker_init_fn=seed_worker,
                       generator=generator, **worker_options)
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
+def set_epoch(loader: Loader, epoch: int) -> None:
     """Reshuffle the training order for ``epoch`` (a no-op for evaluation loaders)."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
+
+
+def describe_loader(loader: Loader) -> str:
+    """One line for the log: how batches are served."""
+    if isinstance(loader, CacheLoader):
+        return loader.describe()
+    workers = (f"{loader.num_workers} worker process{'' if loader.num_workers == 1 else 'es'}"
+               if loader.num_workers else "the main process")
+    return f"files decoded by {workers}" + (" into pinned memory" if loader.pin_memory else "")

@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_to_dict
-from ..data.loader import build_loader
+from ..data.loader import build_loader, describe_loader
 from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
 from ..errors import DistSegError
@@ -178,6 +178,7 @@ class Trainer:
                      f"{self.steps_per_epoch} steps per epoch, {self.total_steps} in total")
         self.out.log(f"batch: {tr.batch_size} per rank x {ctx.world_size} rank(s) x {tr.grad_accum_steps} "
                      f"accumulation = global batch {tr.batch_size * ctx.world_size * tr.grad_accum_steps}")
+        self.out.log(f"loader: {describe_loader(self.train_loader)}")
         if weight is not None:
             pairs = ", ".join(f"{n}={w:.2f}" for n, w in zip(self.class_names, weight.tolist()))
             self.out.log(f"class weights ({tr.class_weighting}): {pairs}")
