@@ -46,6 +46,9 @@ class Sizes:
     run_windows: int  # e2e / ddp: timed windows after the warm-up window
     run_workers: int | None  # e2e / ddp loader workers; None = half the cores, at most 8
     memory_workers: int
+    # Small enough that even the small dataset has more batches per epoch than the loader
+    # keeps buffers, so both sizes fill the buffer pool and only the dataset size differs.
+    memory_batch: int
     memory_epochs: int
     vram_interval_s: float
 
@@ -60,14 +63,14 @@ class Sizes:
 PRESETS = {
     "full": Sizes("full", sequences=4, frames=64, repeats=5, loader_size=(512, 512), loader_batch=16,
                   loader_workers=(0, 1, 2, 4, 8), loader_seconds=2.0, step_steps=20, step_warmup=5, compile=True,
-                  run_log_interval=20, run_windows=4, run_workers=None, memory_workers=4, memory_epochs=2,
+                  run_log_interval=20, run_windows=4, run_workers=None, memory_workers=4, memory_batch=4, memory_epochs=2,
                   vram_interval_s=0.1),
     "quick": Sizes("quick", sequences=4, frames=16, repeats=5, loader_size=(512, 512), loader_batch=8,
                    loader_workers=(0, 1, 2), loader_seconds=0.5, step_steps=4, step_warmup=2, compile=True,
-                   run_log_interval=4, run_windows=5, run_workers=0, memory_workers=2, memory_epochs=2,
+                   run_log_interval=4, run_windows=5, run_workers=0, memory_workers=2, memory_batch=2, memory_epochs=2,
                    vram_interval_s=0.1),
     "tiny": Sizes("tiny", sequences=4, frames=2, repeats=2, loader_size=(64, 64), loader_batch=2,
                   loader_workers=(0, 1), loader_seconds=0.05, step_steps=2, step_warmup=1, compile=False,
-                  run_log_interval=1, run_windows=1, run_workers=0, memory_workers=1, memory_epochs=1,
+                  run_log_interval=1, run_windows=1, run_workers=0, memory_workers=1, memory_batch=1, memory_epochs=1,
                   vram_interval_s=0.05),
 }

@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from dist_seg.config import config_from_dict
+from dist_seg.data.cache_loader import CacheLoader
 from dist_seg.data.loader import build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 
@@ -37,7 +38,7 @@ from ..data import raw_config, sequence_names
 NAME = "memory"
 TITLE = "Host memory with the full cache: small vs 4x larger dataset"
 MB = 2**20
-FIGURES = ("rss_mb", "pss_mb", "uss_mb", "private_dirty_mb")
+FIGURES = ("rss_mb", "pss_mb", "uss_mb", "private_dirty_mb", "batch_buffers_mb")
 
 
 def private_dirty_mb(pid: int) -> float | None:
@@ -76,6 +77,9 @@ class Job:
 def measure(job: Job) -> tuple[int, int, str, dict[str, list[dict]]]:
     """(frames, cache bytes, how the loader serves, role -> memory figures per sample) of loading one dataset.
 
+    The main process's figures include ``batch_buffers_mb``: the loader's reused batch
+    buffers (bounded by its look-ahead, not by the dataset), where it has them.
+
     Runs in a fresh interpreter, so the main process holds nothing earlier work left
     behind and both sizes start from the same state.
     """
@@ -99,6 +103,10 @@ def measure(job: Job) -> tuple[int, int, str, dict[str, list[dict]]]:
         workers = sorted((p for p in main.children() if p.pid not in before), key=lambda p: p.pid)
         for role, process in [("main", main)] + [(f"worker {i}", p) for i, p in enumerate(workers)]:
             samples.setdefault(role, []).append(memory_figures(process))
+        if isinstance(loader, CacheLoader):
+            pool = loader.pool
+            buffer_bytes = pool.capacity * (pool.image_bytes + pool.mask_bytes)
+            samples["main"][-1]["batch_buffers_mb"] = pool.allocated * buffer_bytes / MB
     return len(dataset), cache_bytes, describe_loader(loader), samples
 
 
@@ -118,16 +126,16 @@ def run(ctx: Context) -> list[Record]:
     for label, include in sets.items():
         ctx.log(f"  {label}")
         raw = raw_config(ctx.data_root(), ctx.suite_dir(NAME) / label, ctx.scratch / "cache-full",
-                         image_size=sizes.loader_size, batch_size=sizes.loader_batch,
+                         image_size=sizes.loader_size, batch_size=sizes.memory_batch,
                          num_workers=sizes.memory_workers, include=include)
         job = Job(raw, sizes.memory_epochs, sizes.repeats, multiprocessing.get_start_method(), ctx.device.type)
         frames, cache_bytes, served_by, samples = measure_in_fresh_process(job)
         for role, figures in samples.items():
-            medians = {k: _median([f[k] for f in figures]) for k in FIGURES}
+            medians = {k: _median([f.get(k) for f in figures]) for k in FIGURES}
             settings = {"frames": frames, "cache_mb": round(cache_bytes / MB, 1), "image_size":
                         list(sizes.loader_size), "num_workers": sizes.memory_workers,
-                        "batch_size": sizes.loader_batch, "loader": served_by}
-            derived = {k: v for k, v in medians.items() if k != "rss_mb"}
+                        "batch_size": sizes.memory_batch, "loader": served_by}
+            derived = {k: v for k, v in medians.items() if k != "rss_mb" and v is not None}
             record = ctx.record(NAME, f"{label}: {role}", "rss_mb", "MB", [f["rss_mb"] for f in figures],
                                 settings, derived)
             records.append(record)
