@@ -73,7 +73,9 @@ class BatchBufferPool:
         self.mask_bytes = math.prod(size)
         self.size = tuple(size)
         self._free: list[_Buffer] = []
-        self._lock = threading.Lock()
+        # Reentrant: a garbage collection inside a locked section can run a finaliser,
+        # which releases a buffer from the same thread.
+        self._lock = threading.RLock()
         self.allocated = 0  # buffers ever allocated: stays small when buffers are reused
 
     def _new_buffer(self) -> _Buffer:
