@@ -13,7 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from dist_seg.data.buffers import BatchBufferPool
 from dist_seg.data.cache_loader import CacheLoader
 from dist_seg.data.dataset import collate_samples
-from dist_seg.data.loader import ShardSampler, set_epoch
+from dist_seg.data.loader import ShardSampler, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 from test_data_support import make_config, make_dataset
 
@@ -173,3 +173,45 @@ def test_a_cache_without_images_is_refused(tmp_path):
     masks_only = load_datasets(cfg).train
     with pytest.raises(ValueError, match="decode images with a DataLoader"):
         CacheLoader(masks_only, BatchSampler(ShardSampler(3), 2, drop_last=False), threads=1, prefetch=1)
+
+
+def test_pinned_buffers_are_allocated_on_the_training_device_and_fenced(dataset, monkeypatch):
+    """With a fake CUDA: buffers are pinned only in threads that made the training device current,
+    and each released buffer waits for an event recorded on that device's stream before reuse."""
+    current = threading.local()
+    log: list[tuple] = []
+    real_empty = torch.empty
+
+    class FakeEvent:
+        def record(self, stream) -> None:
+            log.append(("record", stream))
+
+        def synchronize(self) -> None:
+            log.append(("synchronize",))
+
+    def set_device(device) -> None:
+        current.device = torch.device(device)
+
+    def empty(*args, pin_memory=False, **kwargs):
+        if pin_memory:
+            log.append(("pinned", getattr(current, "device", None), threading.current_thread().name))
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: f"stream of {device}")
+    monkeypatch.setattr(torch, "empty", empty)
+    device = torch.device("cuda", 1)
+    loader = training_loader(dataset, threads=2, pin_device=device)
+    assert loader.pin_memory and describe_loader(loader).endswith("into pinned batch buffers (no worker processes)")
+    for epoch in range(3):
+        set_epoch(loader, epoch)
+        for batch in loader:
+            del batch
+    loader.close()
+    pinned = [entry for entry in log if entry[0] == "pinned"]
+    assert pinned and all(d == device and name.startswith("dist_seg-gather") for _, d, name in pinned)
+    records = [entry for entry in log if entry[0] == "record"]
+    assert len(records) == 12 and {stream for _, stream in records} == {"stream of cuda:1"}
+    # Every reuse (12 batches, fewer buffers) waited for the fence recorded when the buffer came back.
+    assert log.count(("synchronize",)) == 12 - len(pinned)

@@ -35,13 +35,17 @@ class Fence(Protocol):
     def synchronize(self) -> None: ...
 
 
-def cuda_copy_fence() -> Fence | None:
-    """An event on the current CUDA stream: it completes once copies queued before release are done."""
-    if not torch.cuda.is_initialized():
-        return None
-    event = torch.cuda.Event()
-    event.record()
-    return event
+def cuda_copy_fence(device: torch.device) -> Callable[[], Fence]:
+    """A fence factory for buffers feeding ``device``: an event on that device's current stream.
+
+    The event completes once every copy queued on the stream before the release is done.
+    """
+    def record() -> Fence:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        return event
+
+    return record
 
 
 class _Buffer:
@@ -61,11 +65,13 @@ class BatchBufferPool:
     dry allocates a new buffer, so a consumer holding on to many batches costs memory,
     never a deadlock. ``pin`` allocates page-locked memory (for fast, asynchronous copies
     to a GPU); ``fence`` is called at each release and its result waited on before the
-    buffer is reused (see :func:`cuda_copy_fence`).
+    buffer is reused (see :func:`cuda_copy_fence`). A buffer is allocated by whichever
+    thread takes it from a dry pool: with ``pin``, that thread must have the training
+    device current, or CUDA creates a context on device 0 for it.
     """
 
     def __init__(self, capacity: int, size: tuple[int, int], *, keep: int, pin: bool = False,
-                 fence: Callable[[], Fence | None] | None = None) -> None:
+                 fence: Callable[[], Fence] | None = None) -> None:
         if capacity < 1 or keep < 0:
             raise ValueError(f"a batch buffer pool needs capacity >= 1 and keep >= 0, got {capacity} and {keep}")
         self.capacity, self.keep, self.pin, self.fence = capacity, keep, pin, fence

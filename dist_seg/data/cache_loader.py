@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import collections
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
+import torch
 from torch.utils.data import BatchSampler, Sampler
 
-from .buffers import BatchBufferPool, Fence
+from .buffers import BatchBufferPool, cuda_copy_fence
 from .dataset import Batch, CachedDataset
 
 
@@ -29,22 +30,24 @@ class CacheLoader:
 
     ``threads`` gather batches ahead of the consumer (``threads * prefetch`` at most in
     flight); with ``threads == 0`` the consumer's own thread gathers each batch when asked.
-    ``pin_memory`` gathers straight into page-locked buffers, guarded by ``fence`` (see
-    :mod:`dist_seg.data.buffers`).
+    With ``pin_device`` (a CUDA device) batches are gathered straight into page-locked
+    buffers, which wait for the device's copies before reuse (see :mod:`dist_seg.data.buffers`).
     """
 
     def __init__(self, dataset: CachedDataset, batch_sampler: BatchSampler, *, threads: int, prefetch: int,
-                 pin_memory: bool = False, fence: Callable[[], Fence | None] | None = None) -> None:
+                 pin_device: torch.device | None = None) -> None:
         if not dataset.holds_images:
             raise ValueError("CacheLoader serves caches that hold images; decode images with a DataLoader")
         if threads < 0 or prefetch < 1:
             raise ValueError(f"CacheLoader needs threads >= 0 and prefetch >= 1, got {threads} and {prefetch}")
         self.dataset, self.batch_sampler = dataset, batch_sampler
-        self.threads, self.pin_memory = threads, pin_memory
+        self.threads, self.pin_device = threads, pin_device
+        self.pin_memory = pin_device is not None
         self.lookahead = threads * prefetch
         # The batches in flight, plus the one the consumer is using and the one before it.
         self.pool = BatchBufferPool(batch_sampler.batch_size, dataset.size, keep=self.lookahead + 2,
-                                    pin=pin_memory, fence=fence)
+                                    pin=self.pin_memory,
+                                    fence=cuda_copy_fence(pin_device) if pin_device is not None else None)
         self._executor: ThreadPoolExecutor | None = None
 
     @property
@@ -69,7 +72,12 @@ class CacheLoader:
 
     def _ahead(self) -> Iterator[Batch]:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="dist_seg-gather")
+            # Gather threads allocate pinned buffers: with the training device current, as
+            # the DataLoader's pin-memory thread does, or CUDA opens a context on device 0.
+            initializer, initargs = ((torch.cuda.set_device, (self.pin_device,)) if self.pin_device is not None
+                                     else (None, ()))
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="dist_seg-gather",
+                                                initializer=initializer, initargs=initargs)
         pending: collections.deque[Future[Batch]] = collections.deque()
         try:
             for indices in self.batch_sampler:

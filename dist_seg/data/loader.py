@@ -27,7 +27,6 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from ..config import Config
 from ..errors import DataError
-from .buffers import cuda_copy_fence
 from .cache_loader import CacheLoader
 from .dataset import CachedDataset, collate_samples
 
@@ -85,9 +84,10 @@ def build_loader(dataset: Dataset, cfg: Config, *, train: bool, device_type: str
         sampler = ShardSampler(len(dataset), rank, world)
     pin_memory = device_type != "cpu"
     if isinstance(dataset, CachedDataset) and dataset.holds_images:
+        # The trainer has made its device current before building loaders.
+        pin_device = torch.device("cuda", torch.cuda.current_device()) if pin_memory else None
         return CacheLoader(dataset, BatchSampler(sampler, batch_size, drop_last=train), threads=tr.num_workers,
-                           prefetch=tr.prefetch_factor, pin_memory=pin_memory,
-                           fence=cuda_copy_fence if pin_memory else None)
+                           prefetch=tr.prefetch_factor, pin_device=pin_device)
     generator = torch.Generator()
     generator.manual_seed(tr.seed + rank)
     worker_options = ({"persistent_workers": tr.persistent_workers, "prefetch_factor": tr.prefetch_factor}
