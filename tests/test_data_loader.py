@@ -95,3 +95,36 @@ def test_too_few_training_frames_for_one_batch_is_a_clear_error(bundle_and_cfg):
     cfg.training.batch_size = 8
     with pytest.raises(DataError, match="lower training.batch_size"):
         build_loader(bundle.train, cfg, train=True, device_type="cpu")
+
+
+@pytest.mark.parametrize("cache_images", [True, False])
+def test_an_epoch_can_start_part_way_without_reading_the_skipped_batches(tmp_path, monkeypatch, cache_images):
+    root = make_dataset(tmp_path / "data", {"Video_000": 9})
+    cfg = make_config(tmp_path, root, dataset={"cache_images": cache_images, "split": {"val": [], "test": []}},
+                      training={"batch_size": 2})
+    prepare(cfg, log=lambda _: None, progress=False)
+    dataset = load_datasets(cfg).train
+    loader = build_loader(dataset, cfg, train=True, device_type="cpu")
+    assert isinstance(loader, CacheLoader if cache_images else DataLoader)
+    set_epoch(loader, 3)
+    full = [batch.paths for batch in loader]
+    assert len(full) == len(loader) == 4
+
+    # Both loaders read a batch through one dataset method: gather (CacheLoader), __getitems__ (DataLoader).
+    reads: list[int] = []
+    name = "gather" if cache_images else "__getitems__"
+    original = getattr(dataset, name)
+    monkeypatch.setattr(dataset, name, lambda indices, *args: reads.extend(indices) or original(indices, *args))
+    set_epoch(loader, 3, start_batch=3)
+    assert [batch.paths for batch in loader] == full[3:] and len(loader) == 4
+    assert len(reads) == 2  # only the one remaining batch was read
+    set_epoch(loader, 3)
+    assert [batch.paths for batch in loader] == full  # the next set_epoch starts at the beginning
+    assert len(reads) == 2 + 8
+
+
+def test_only_a_training_loader_starts_part_way(bundle_and_cfg):
+    bundle, cfg = bundle_and_cfg
+    loader = build_loader(bundle.train, cfg, train=False, device_type="cpu")
+    with pytest.raises(ValueError, match="only a training loader"):
+        set_epoch(loader, 0, start_batch=1)

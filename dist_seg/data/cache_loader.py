@@ -55,6 +55,10 @@ class CacheLoader:
         """The index sampler (what :func:`~dist_seg.data.loader.set_epoch` reshuffles)."""
         return self.batch_sampler.sampler
 
+    @property
+    def batch_size(self) -> int:
+        return self.batch_sampler.batch_size
+
     def __len__(self) -> int:
         return len(self.batch_sampler)
 

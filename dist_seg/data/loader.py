@@ -1,9 +1,10 @@
 """DataLoaders for training and evaluation, single-process or distributed.
 
-Training shuffles with a :class:`~torch.utils.data.DistributedSampler` (also with one
+Training shuffles with a :class:`TrainingSampler` (a DistributedSampler, also with one
 process, as one replica) so the order depends only on ``training.seed`` and the epoch:
 call :func:`set_epoch` before each epoch, and a resumed run sees the same order as an
-uninterrupted one. The last incomplete batch is dropped, because a batch of one
+uninterrupted one; a run resumed mid-epoch starts the epoch at its next batch without
+reading (or decoding) the batches it already trained on. The last incomplete batch is dropped, because a batch of one
 crashes the pooled BatchNorm of ASPP in training mode.
 
 Evaluation shards with :class:`ShardSampler`, which never pads: ``DistributedSampler``
@@ -17,6 +18,7 @@ DataLoader with ``num_workers`` worker processes, which decoding needs.
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Iterator
 
@@ -49,6 +51,20 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
+class TrainingSampler(DistributedSampler):
+    """A DistributedSampler whose epoch can start part-way: after ``start`` of this rank's indices.
+
+    ``len()`` stays the whole epoch's, so steps per epoch do not change on resume.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed numpy and ``random`` in a worker from torch's per-worker seed (base seed + worker id)."""
     seed = torch.initial_seed() % 2**32
@@ -78,8 +94,8 @@ def build_loader(dataset: Dataset, cfg: Config, *, train: bool, device_type: str
             raise DataError(f"the training split has {len(dataset)} frames, fewer than one batch per process "
                             f"(training.batch_size {batch_size} x {world} processes): lower training.batch_size "
                             "or add training sequences")
-        sampler: Sampler[int] = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                                   seed=tr.seed, drop_last=True)
+        sampler: Sampler[int] = TrainingSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                seed=tr.seed, drop_last=True)
     else:
         sampler = ShardSampler(len(dataset), rank, world)
     pin_memory = device_type != "cpu"
@@ -97,10 +113,20 @@ def build_loader(dataset: Dataset, cfg: Config, *, train: bool, device_type: str
                       generator=generator, **worker_options)
 
 
-def set_epoch(loader: Loader, epoch: int) -> None:
-    """Reshuffle the training order for ``epoch`` (a no-op for evaluation loaders)."""
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
+def set_epoch(loader: Loader, epoch: int, start_batch: int = 0) -> None:
+    """Reshuffle the training order for ``epoch``, whose next iteration begins at batch ``start_batch``.
+
+    A no-op for evaluation loaders. ``start_batch`` resumes an epoch: the batches before
+    it are skipped in the sampler, so they are never read, and the rest are exactly the
+    batches an uninterrupted epoch would have served.
+    """
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    if isinstance(sampler, TrainingSampler):
+        sampler.start = start_batch * loader.batch_size
+    elif start_batch:
+        raise ValueError("only a training loader can start an epoch part-way")
 
 
 def describe_loader(loader: Loader) -> str:

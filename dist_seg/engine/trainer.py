@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, config_to_dict
-from ..data.loader import build_loader, describe_loader
+from ..data.loader import build_loader, describe_loader, set_epoch
 from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
 from ..errors import DistSegError
@@ -290,13 +290,11 @@ class Trainer:
         """One pass over the training shard. Returns "done", "max_steps" or "preempted"."""
         tr, ctx, st = self.cfg.training, self.ctx, self.state
         epoch = st.epoch
-        sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        # When resuming mid-epoch, the sampler's order is a function of the epoch, so starting
+        # after the batches already trained lands exactly where the stopped run left off.
+        set_epoch(self.train_loader, epoch, start_batch=st.batch_in_epoch)
         self.model.train()
-        # When resuming mid-epoch, the sampler's order is a function of the epoch, so skipping
-        # the batches already trained lands exactly where the stopped run left off.
-        batches = itertools.islice(iter(self.train_loader), st.batch_in_epoch, self.batches_per_epoch)
+        batches = itertools.islice(iter(self.train_loader), self.batches_per_epoch - st.batch_in_epoch)
         accum = tr.grad_accum_steps
         global_batch = tr.batch_size * ctx.world_size
         progress.start_epoch(epoch + 1, tr.epochs, self.batches_per_epoch - st.batch_in_epoch)
