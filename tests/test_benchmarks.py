@@ -28,7 +28,8 @@ DERIVED = {
     "e2e": {"data_wait_frac_median", "speedup_vs_cache_off"},
     "ddp": {"scaling_efficiency", "global_images_per_s"},
     "vram": {"overhead_percent", "samples_taken"},
-    "memory": {"pss_mb", "uss_mb", "uss_growth_mb", "private_dirty_growth_mb", "cache_growth_mb"},
+    "memory": {"pss_mb", "uss_mb", "uss_growth_mb", "private_dirty_growth_mb", "cache_growth_mb",
+               "batch_buffers_mb", "batch_buffers_growth_mb"},
 }
 VARIANTS = {
     "loader": {"decode, 0 workers", "mask cache, 1 worker", "full cache, 1 worker", "floor: plain copy",

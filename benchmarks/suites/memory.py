@@ -104,9 +104,7 @@ def measure(job: Job) -> tuple[int, int, str, dict[str, list[dict]]]:
         for role, process in [("main", main)] + [(f"worker {i}", p) for i, p in enumerate(workers)]:
             samples.setdefault(role, []).append(memory_figures(process))
         if isinstance(loader, CacheLoader):
-            pool = loader.pool
-            buffer_bytes = pool.capacity * (pool.image_bytes + pool.mask_bytes)
-            samples["main"][-1]["batch_buffers_mb"] = pool.allocated * buffer_bytes / MB
+            samples["main"][-1]["batch_buffers_mb"] = loader.pool.allocated * loader.pool.buffer_bytes / MB
     return len(dataset), cache_bytes, describe_loader(loader), samples
 
 

@@ -84,10 +84,14 @@ class BatchBufferPool:
         self._lock = threading.RLock()
         self.allocated = 0  # buffers ever allocated: stays small when buffers are reused
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Size of one buffer: ``capacity`` images and masks."""
+        return self.capacity * (self.image_bytes + self.mask_bytes)
+
     def _new_buffer(self) -> _Buffer:
-        nbytes = self.capacity * (self.image_bytes + self.mask_bytes)
         # A numpy view of a torch tensor keeps the tensor (and a pinned allocation) alive.
-        flat = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin).numpy()
+        flat = torch.empty(self.buffer_bytes, dtype=torch.uint8, pin_memory=self.pin).numpy()
         with self._lock:
             self.allocated += 1
         return _Buffer(flat)

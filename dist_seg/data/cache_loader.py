@@ -42,13 +42,17 @@ class CacheLoader:
             raise ValueError(f"CacheLoader needs threads >= 0 and prefetch >= 1, got {threads} and {prefetch}")
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.threads, self.pin_device = threads, pin_device
-        self.pin_memory = pin_device is not None
         self.lookahead = threads * prefetch
         # The batches in flight, plus the one the consumer is using and the one before it.
         self.pool = BatchBufferPool(batch_sampler.batch_size, dataset.size, keep=self.lookahead + 2,
-                                    pin=self.pin_memory,
+                                    pin=pin_device is not None,
                                     fence=cuda_copy_fence(pin_device) if pin_device is not None else None)
         self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def pin_memory(self) -> bool:
+        """Whether batches are gathered into page-locked memory."""
+        return self.pin_device is not None
 
     @property
     def sampler(self) -> Sampler[int]:

@@ -4,8 +4,8 @@ Training shuffles with a :class:`TrainingSampler` (a DistributedSampler, also wi
 process, as one replica) so the order depends only on ``training.seed`` and the epoch:
 call :func:`set_epoch` before each epoch, and a resumed run sees the same order as an
 uninterrupted one; a run resumed mid-epoch starts the epoch at its next batch without
-reading (or decoding) the batches it already trained on. The last incomplete batch is dropped, because a batch of one
-crashes the pooled BatchNorm of ASPP in training mode.
+reading (or decoding) the batches it already trained on. The last incomplete batch is
+dropped, because a batch of one crashes the pooled BatchNorm of ASPP in training mode.
 
 Evaluation shards with :class:`ShardSampler`, which never pads: ``DistributedSampler``
 repeats frames to even out ranks, and repeated frames would be counted twice in the
