@@ -9,9 +9,9 @@ import pytest
 from dist_seg.telemetry.amd import AmdSmiBackend
 from dist_seg.telemetry.gpu_backends import BackendUnavailable, normalize_bus_id, normalize_uuid, open_backend, to_mb
 from dist_seg.telemetry.nvml import NvmlBackend
-from fakes import amdsmi_fake
-from fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi
-from fakes.pynvml_fake import FakeNvmlGpu, make_pynvml
+from support.fakes import amdsmi_fake
+from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi
+from support.fakes.pynvml_fake import FakeNvmlGpu, make_pynvml
 
 
 def test_bus_ids_from_nvml_amd_and_torch_compare_equal():

@@ -12,8 +12,8 @@ import pytest
 
 from dist_seg.telemetry import gpu_proc_sampler
 from dist_seg.telemetry.gpu_proc_sampler import COLUMNS, main
-from fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi
-from fakes.pynvml_fake import NVML_ERROR_LIBRARY_NOT_FOUND, FakeNvmlGpu, make_pynvml
+from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi
+from support.fakes.pynvml_fake import NVML_ERROR_LIBRARY_NOT_FOUND, FakeNvmlGpu, make_pynvml
 
 OWN = os.getpid()
 GONE = 4_000_000  # above Linux's pid_max: never a live process

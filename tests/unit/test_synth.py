@@ -15,7 +15,7 @@ from dist_seg.config import DAVID_CLASSES, ClassSpec
 from dist_seg.data.palette import Palette
 from dist_seg.data.synth import generate_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = (120, 160)
 SEQUENCES, FRAMES, SEED = 3, 4, 7
 PALETTE = Palette(DAVID_CLASSES)

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 # benchmarks/ is not an installed package: import it from the repository root, however pytest was started.
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import profile_loader, run  # noqa: E402
 from benchmarks.suites import SUITES  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 RECORD_FIELDS = {"suite", "variant", "metric", "unit", "images_per_s", "median", "min", "max", "repeats", "values",
                  "device", "device_type", "cores", "torch", "settings", "derived"}

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import PYTHON, REPO_ROOT, subprocess_env, tiny_config
+from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config
 from dist_seg.data.loader import build_loader
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.engine.augment import BatchPreparer
@@ -27,6 +27,8 @@ from dist_seg.engine.trainer import NonFiniteLossError, run_training
 from dist_seg.errors import CheckpointError, DistSegError
 from dist_seg.models import build_model
 from dist_seg.predict import main as predict_main
+
+pytestmark = pytest.mark.slow
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from dist_seg.config import DAVID_CLASSES, Config, config_from_dict
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COLORS = np.array([c.color for c in DAVID_CLASSES], dtype=np.uint8)
 SIZE = (24, 32)  # (H, W) of the source frames
 

@@ -12,10 +12,10 @@ from torch import nn
 from dist_seg.config import ModelConfig, config_from_dict
 from dist_seg.errors import ConfigError
 from dist_seg.models import ACTIVATIONS, MODEL_TYPES, build_model
+from support.helpers import SUPPORT_DIR
 
 NUM_CLASSES = 5
 SIZE = 64
-TESTS_DIR = Path(__file__).parent
 
 torch.set_num_threads(1)  # the machine is shared; these inputs are tiny anyway
 
@@ -193,7 +193,7 @@ def test_unknown_type_suggests_and_lists():
 
 @pytest.fixture
 def on_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(TESTS_DIR))
+    monkeypatch.syspath_prepend(str(SUPPORT_DIR))
 
 
 def test_custom_model_from_config_file_keys_with_tensor_output(on_path, tmp_path):

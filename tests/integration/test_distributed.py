@@ -30,14 +30,16 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import PYTHON, REPO_ROOT, TESTS_DIR, subprocess_env, tiny_raw_config
-from dist_eval_script import evaluate_checkpoint
+from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, subprocess_env, tiny_raw_config
+from support.dist_eval_script import evaluate_checkpoint
 from dist_seg.config import apply_overrides, config_from_dict
 from dist_seg.data.synth import generate_dataset
 from dist_seg.engine.checkpoint import list_checkpoints
 from dist_seg.engine.distributed import DistContext, restart_hazard
 from dist_seg.engine.trainer import run_training
 from dist_seg.telemetry.tensorboard import rank_log_dir
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 # Generous bound on one launch on a loaded 2-core machine; only reached when something hangs.
 LAUNCH_TIMEOUT_S = 240
@@ -327,7 +329,7 @@ def test_distributed_eval_equals_single_process_on_uneven_split(main_run, work):
     checkpoint = main_run["out"] / "checkpoints" / "epoch_0002.pth"
     config = main_run["out"] / "config.yaml"  # the resolved config the run wrote
     out = work / "eval"
-    cmd = torchrun("--standalone", "--nproc_per_node=2", str(TESTS_DIR / "dist_eval_script.py"),
+    cmd = torchrun("--standalone", "--nproc_per_node=2", str(SUPPORT_DIR / "dist_eval_script.py"),
                    str(config), str(checkpoint), str(out))
     with Launch(cmd, work / "eval.log", launch_env()) as launch:
         assert launch.wait() == 0, launch.describe()

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dist_seg.telemetry.vram import VramSample, VramSampler
-from fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi, write_broken_amdsmi
-from fakes.pynvml_fake import NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_NO_PERMISSION, NVML_ERROR_NOT_SUPPORTED, FakeNvmlGpu, make_pynvml
-from fakes.torch_cuda_fake import FakeCudaDevice, install_fake_cuda
+from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi, write_broken_amdsmi
+from support.fakes.pynvml_fake import NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_NO_PERMISSION, NVML_ERROR_NOT_SUPPORTED, FakeNvmlGpu, make_pynvml
+from support.fakes.torch_cuda_fake import FakeCudaDevice, install_fake_cuda
 
 OWN = os.getpid()
 OTHER = OWN + 100_000  # a PID that is not ours

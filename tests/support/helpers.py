@@ -1,0 +1,51 @@
+"""Paths, configs and environments shared by the tests (imported as ``support.helpers``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from dist_seg.config import Config, apply_overrides, config_from_dict
+
+SUPPORT_DIR = Path(__file__).resolve().parent
+TESTS_DIR = SUPPORT_DIR.parent
+REPO_ROOT = TESTS_DIR.parent
+PYTHON = sys.executable
+
+
+def tiny_raw_config(data_root: Path, out_dir: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Plain config data for a run that takes seconds on a CPU."""
+    return {
+        "dataset": {
+            "root": str(data_root),
+            "cache_dir": str(cache_dir or out_dir.parent / f"{out_dir.name}_cache"),
+            "split": {"val": ["Video_003"], "test": []},
+        },
+        "model": {"type": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},
+        "backend": {"target": "cpu"},
+        "training": {
+            "output_dir": str(out_dir), "batch_size": 4, "val_batch_size": 4, "epochs": 2,
+            "learning_rate": 0.002, "num_workers": 0, "image_size": [48, 64], "log_interval": 2,
+            "visualization_interval": 1, "num_visualizations": 2,
+        },
+        "telemetry": {"progress": "log", "vram_interval_s": 0.2},
+    }
+
+
+def tiny_config(data_root: Path, out_dir: Path, **overrides: Any) -> Config:
+    """A validated tiny config; ``overrides`` use dotted keys with '__' for '.' (training__epochs=3)."""
+    raw = tiny_raw_config(data_root, out_dir)
+    apply_overrides(raw, [(k.replace("__", "."), v) for k, v in overrides.items()])
+    return config_from_dict(raw)
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Python processes: the repo importable, one thread per process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR), str(SUPPORT_DIR),
+                                         env.get("PYTHONPATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
