@@ -23,3 +23,7 @@ class DataError(DistSegError):
 
 class CheckpointError(DistSegError):
     """A checkpoint is missing, truncated or was not written by dist_seg."""
+
+
+class DiskSpaceError(DistSegError):
+    """A folder has too little free space for what dist_seg must write there."""
