@@ -104,7 +104,8 @@ def test_open_first_falls_back_and_names_every_reason(monkeypatch):
     with pytest.raises(BackendUnavailable) as exc:
         open_first(BACKEND_NAMES, print)
     assert "no GPU library is usable" in str(exc.value)
-    assert "nvml: pynvml cannot be imported" in str(exc.value) and "amdsmi: AMD SMI cannot be initialised" in str(exc.value)
+    assert "nvml: pynvml cannot be imported" in str(exc.value)
+    assert "amdsmi: AMD SMI cannot be initialised" in str(exc.value)
     with pytest.raises(BackendUnavailable, match="^nvml unavailable: pynvml cannot be imported"):
         open_first(("nvml",), print)
     with pytest.raises(ValueError, match="unknown GPU backend"):
