@@ -2,16 +2,24 @@
 
 INPUT is an image, a folder of images (a sequence) or a dataset root with an ``Images/``
 folder. For every frame it writes ``<stem>_ids.png`` (class ids), ``<stem>_color.png``
-(palette colours) and ``<stem>_overlay.png``, mirroring the input's folder structure.
+(palette colours) and ``<stem>_overlay.png`` (the frame with the colours blended in and a
+legend of the classes found below it), mirroring the input's folder structure.
+
+A frame that cannot be read is skipped and reported; the other frames are written and the
+exit status is 1. Inputs whose outputs would collide, an --out that is a file, and an --out
+that would put predictions among the input images are refused before any work starts.
+Progress is a bar on a terminal and a plain line every --log-every frames otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TextIO
 
 import numpy as np
 
@@ -19,6 +27,7 @@ from .cli_common import run_cli
 from .data.discovery import IMAGE_SUFFIXES, list_files
 from .errors import DataError
 
+OUTPUT_SUFFIXES = ("_ids.png", "_color.png", "_overlay.png")
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,10 @@ class PredictJob:
 
     source: Path
     relative_dir: Path
+
+    def output_stem(self, out_dir: Path) -> Path:
+        """``<out_dir>/<relative_dir>/<stem>``; the output files add :data:`OUTPUT_SUFFIXES`."""
+        return out_dir / self.relative_dir / self.source.stem
 
 
 def collect_inputs(inputs: Sequence[str], images_dir: str = "Images") -> list[PredictJob]:
@@ -49,68 +62,164 @@ def collect_inputs(inputs: Sequence[str], images_dir: str = "Images") -> list[Pr
             jobs += [PredictJob(f, Path(path.name)) for f in found]
         else:
             raise DataError(f"input {path} does not exist")
-    unique = list(dict.fromkeys(jobs))
+    # The same file named twice (a root and one of its sequences, ./x and x) is one job.
+    unique = list({(job.source.resolve(), job.relative_dir): job for job in jobs}.values())
     if not unique:
         raise DataError("no input images found")
     return unique
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def check_outputs(jobs: Sequence[PredictJob], out_dir: Path) -> None:
+    """Refuse, before any work, an --out that cannot hold these jobs' outputs safely."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; pass a directory (it is created if missing)")
+    by_output: dict[Path, list[Path]] = defaultdict(list)
+    for job in jobs:
+        by_output[job.output_stem(out_dir)].append(job.source)
+    clashes = {stem: sources for stem, sources in by_output.items() if len(sources) > 1}
+    if clashes:
+        shown = [f"{stem}{{{','.join(OUTPUT_SUFFIXES)}}} <- {', '.join(map(str, sources))}"
+                 for stem, sources in list(clashes.items())[:5]]
+        more = f"\n  ... and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise DataError(f"{len(clashes)} output name(s) would be written by more than one input "
+                        "(same file stem in the same output folder):\n  " + "\n  ".join(shown) + more
+                        + "\nrename the inputs, or predict them in separate runs with different --out")
+    input_dirs = {job.source.parent.resolve() for job in jobs}
+    for job in jobs:
+        folder = (out_dir / job.relative_dir).resolve()
+        if folder in input_dirs:
+            raise DataError(f"--out {out_dir} would write predictions into {folder}, which holds input "
+                            "images: a later run on that folder would predict the predictions. "
+                            "Choose an --out outside the input folders")
+
+
+class FrameProgress:
+    """Frames done so far: a tqdm bar on a terminal, else a plain line every ``every`` frames.
+
+    A bar written into a pipe or log file becomes carriage-return noise, and no output at
+    all leaves a piped job silent for its whole run.
+    """
+
+    def __init__(self, total: int, every: int, stream: TextIO = sys.stderr) -> None:
+        self.total, self.every, self.stream = total, every, stream
+        self.done = 0
+        self._started = time.perf_counter()
+        self._last_line = 0
+        self._bar = None
+        if stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="predict", unit="frame", file=stream)
+
+    def advance(self, frames: int) -> None:
+        """Count ``frames`` more frames as done."""
+        self.done += frames
+        if self._bar is not None:
+            self._bar.update(frames)
+        elif self.done - self._last_line >= self.every or self.done == self.total:
+            self._last_line = self.done
+            elapsed = time.perf_counter() - self._started
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            print(f"predict: {self.done}/{self.total} frames ({100 * self.done / self.total:.0f}%), "
+                  f"{rate:.1f} frames/s, ETA {_duration(eta)}", file=self.stream, flush=True)
+
+    def note(self, message: str) -> None:
+        """Print ``message`` without breaking the bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Finish the bar, if any."""
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dist_seg.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a dist_seg checkpoint (e.g. outputs/x/best_model.pth)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image, sequence folder or dataset root")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to run (auto: GPU when available)")
+    parser.add_argument("--log-every", type=int, default=50, metavar="N",
+                        help="when stderr is not a terminal, print a progress line every N frames (default 50)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if args.log_every < 1:
+        parser.error("--log-every must be >= 1")
+    return args
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parse_args(argv)
+    jobs = collect_inputs(args.inputs)
+    check_outputs(jobs, args.out)
 
     import torch
     from PIL import Image
-    from tqdm import tqdm
 
     from . import atomic
     from .config import BackendConfig
+    from .data.validation import load_image, resize_image
     from .engine.distributed import select_device
     from .engine.inference import Predictor
     from .engine.runtime import resolve_runtime
-    from .engine.visualize import overlay
+    from .engine.visualize import overlay, with_legend
 
-    jobs = collect_inputs(args.inputs)
     device = select_device(BackendConfig(target=args.device), local_rank=0)
     runtime = resolve_runtime(BackendConfig(target=args.device, compile=False), device, log=lambda _m: None)
     predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime)
-    out_dir = Path(args.out)
-    height, width = predictor.config.training.image_size
+    palette = predictor.palette
+    size = tuple(predictor.config.training.image_size)
 
     def save_png(array: np.ndarray, path: Path) -> None:
         with atomic.atomic_open(path, "wb") as fh:
             Image.fromarray(array).save(fh, format="PNG")
 
-    for start in tqdm(range(0, len(jobs), args.batch_size), desc="predict", unit="batch",
-                      disable=not sys.stderr.isatty()):
-        batch = jobs[start:start + args.batch_size]
-        originals, resized = [], []
-        for job in batch:
-            try:
-                with Image.open(job.source) as im:
-                    rgb = np.asarray(im.convert("RGB"))
-            except OSError as exc:
-                raise DataError(f"cannot read image {job.source}: {exc}") from exc
-            originals.append(rgb)
-            small = Image.fromarray(rgb).resize((width, height), Image.BILINEAR)
-            resized.append(torch.from_numpy(np.array(small)).permute(2, 0, 1))
-        ids = predictor.predict(torch.stack(resized), [o.shape[:2] for o in originals])
-        for job, rgb, pred in zip(batch, originals, ids):
-            folder = out_dir / job.relative_dir
-            stem = job.source.stem
-            save_png(pred, folder / f"{stem}_ids.png")
-            save_png(predictor.palette.ids_to_rgb(pred), folder / f"{stem}_color.png")
-            save_png(overlay(rgb, pred, predictor.palette), folder / f"{stem}_overlay.png")
-    print(f"wrote predictions for {len(jobs)} frame(s) to {out_dir}")
+    skipped: list[str] = []
+    progress = FrameProgress(len(jobs), args.log_every)
+    try:
+        for start in range(0, len(jobs), args.batch_size):
+            batch, originals = [], []
+            for job in jobs[start:start + args.batch_size]:
+                try:
+                    originals.append(np.ascontiguousarray(load_image(job.source, None).transpose(1, 2, 0)))
+                except DataError as exc:
+                    # One bad frame in a long video must not cost the rest of the job.
+                    reason = exc.__cause__ or exc
+                    skipped.append(f"{job.source}: {type(reason).__name__}: {reason}")
+                    progress.note(f"predict: skipping {skipped[-1]}")
+                    continue
+                batch.append(job)
+            if batch:
+                resized = torch.stack([torch.from_numpy(resize_image(rgb, size)) for rgb in originals])
+                ids = predictor.predict(resized, [rgb.shape[:2] for rgb in originals])
+                for job, rgb, pred in zip(batch, originals, ids):
+                    stem = job.output_stem(args.out)
+                    ids_path, color_path, overlay_path = (stem.with_name(stem.name + s) for s in OUTPUT_SUFFIXES)
+                    save_png(pred, ids_path)
+                    save_png(palette.ids_to_rgb(pred), color_path)
+                    save_png(with_legend(overlay(rgb, pred, palette), pred, palette), overlay_path)
+            progress.advance(min(args.batch_size, len(jobs) - start))
+    finally:
+        progress.close()
+    written = len(jobs) - len(skipped)
+    print(f"wrote predictions for {written} frame(s) to {args.out}")
+    if skipped:
+        print(f"error: {len(skipped)} frame(s) could not be read and were skipped:\n  " + "\n  ".join(skipped),
+              file=sys.stderr)
+        return 1
     return 0
 
 

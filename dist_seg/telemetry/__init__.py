@@ -1,24 +1,8 @@
-"""Monitoring: TensorBoard, per-rank VRAM sampling, memory log, epoch history, console progress.
+"""Monitoring: TensorBoard, per-rank VRAM sampling, GPU driver backends, memory log, epoch history,
+console progress.
 
 Nothing here knows about the training engine; the engine builds these pieces and feeds them.
+Import the submodule you need (``dist_seg.telemetry.vram``, ``dist_seg.telemetry.gpu``, ...):
+this package re-exports nothing, so importing one piece (config.py imports ``gpu`` for the
+backend names) does not load torch or TensorBoard.
 """
-
-from .history import EpochRecord, History
-from .memlog import MemoryLog
-from .progress import Progress, format_epoch
-from .tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
-from .vram import PeakSummary, VramSample, VramSampler
-
-__all__ = [
-    "EpochRecord",
-    "History",
-    "MemoryLog",
-    "PeakSummary",
-    "Progress",
-    "RunWriter",
-    "TensorBoardVramSink",
-    "VramSample",
-    "VramSampler",
-    "format_epoch",
-    "rank_log_dir",
-]

@@ -20,14 +20,14 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import psutil
 
-from .gpu_backends import BackendName, BackendUnavailable, GpuBackend, GpuDevice, open_backend
+from .gpu import BACKEND_NAMES, BackendUnavailable, GpuBackend, candidates, open_first
+from .gpu.base import GpuDevice
 
 COLUMNS = ("timestamp", "gpu_index", "gpu_uuid", "pid", "process_name", "used_mb", "device_used_mb", "device_total_mb")
-_AUTO_ORDER: tuple[BackendName, ...] = ("nvml", "amdsmi")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -38,25 +38,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds to sample; 0 = until Ctrl-C (default 60)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples (default 1)")
     parser.add_argument("--out", type=Path, default=Path("gpu_proc_usage.csv"), help="CSV file to write")
-    parser.add_argument("--backend", choices=("auto", "nvml", "amdsmi"), default="auto",
-                        help="driver library; auto tries NVML, then AMD SMI")
+    parser.add_argument("--backend", choices=("auto", *BACKEND_NAMES), default="auto",
+                        help=f"driver library; auto tries {', then '.join(BACKEND_NAMES)}")
     args = parser.parse_args(argv)
     if args.interval <= 0:
         parser.error("--interval must be positive")
     if args.duration < 0:
         parser.error("--duration must be >= 0")
     return args
-
-
-def open_any(requested: str, log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> GpuBackend:
-    """The requested driver library, or with ``auto`` the first that works; else why none does."""
-    reasons = []
-    for name in _AUTO_ORDER if requested == "auto" else (requested,):
-        try:
-            return open_backend(name, log)
-        except BackendUnavailable as exc:
-            reasons.append(f"{name}: {exc}")
-    raise BackendUnavailable("no GPU library is usable:\n  " + "\n  ".join(reasons))
 
 
 def process_name(pid: int) -> str:
@@ -118,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
     try:
-        backend = open_any(args.backend)
+        # No torch here, so no vendor hint: the sampler watches whatever GPUs the machine has.
+        backend = open_first(candidates(args.backend), lambda message: print(message, file=sys.stderr))
     except BackendUnavailable as exc:
         print(f"gpu_proc_sampler: {exc}", file=sys.stderr)
         return 1

@@ -27,18 +27,8 @@ from typing import Callable, Sequence
 import psutil
 import torch
 
-from .gpu_backends import (
-    MB,
-    BackendName,
-    BackendUnavailable,
-    GpuBackend,
-    GpuDevice,
-    LogOnce,
-    describe_error,
-    open_backend,
-)
-
-BACKEND_CHOICES = ("auto", "nvml", "amdsmi", "none")
+from .gpu import BackendName, BackendUnavailable, GpuBackend, candidates, open_first
+from .gpu.base import MB, GpuDevice, LogOnce, describe_error
 
 # How long stop() waits for a sample stuck in a driver call (a lost GPU can hang NVML)
 # before giving up on the daemon thread rather than hanging the end of training.
@@ -120,15 +110,11 @@ def _max(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def resolve_backend(requested: str, device: torch.device) -> BackendName | None:
-    """The driver library to use for ``device``: ``auto`` means NVML on CUDA, AMD SMI on ROCm."""
-    if requested not in BACKEND_CHOICES:
-        raise ValueError(f"vram backend must be one of {', '.join(BACKEND_CHOICES)}, got {requested!r}")
-    if device.type != "cuda" or requested == "none":
+def device_vendor(device: torch.device) -> BackendName | None:
+    """The driver library that can see ``device``: AMD SMI under a ROCm build of torch, else NVML."""
+    if device.type != "cuda":
         return None
-    if requested == "auto":
-        return "amdsmi" if torch.version.hip else "nvml"
-    return requested  # type: ignore[return-value]
+    return "amdsmi" if torch.version.hip else "nvml"
 
 
 def torch_device_identity(device: torch.device) -> tuple[str | None, str | None]:
@@ -167,7 +153,7 @@ class VramSampler:
         self.rank = rank
         self.device = device
         self.interval_s = interval_s
-        self.backend_name = resolve_backend(backend, device)
+        self.backend_names = candidates(backend, device_vendor(device))
         self.sinks = tuple(sinks)
         self.step_fn = step_fn
         self._log = lambda message: log(f"[vram rank {rank}] {message}")
@@ -238,23 +224,24 @@ class VramSampler:
     def _attach(self) -> None:
         # Runs once (start() refuses a second call), so its messages need no de-duplication.
         if self.device.type != "cuda" or not torch.cuda.is_available():
-            self._log(f"device {self.device} is not a GPU: recording host RSS only, no GPU telemetry")
+            # The start-up summary already names the device; one short line is enough here.
+            self._log(f"{self.device}: host RSS only, no GPU telemetry")
             return
         self._on_gpu = True
         uuid, bus_id = torch_device_identity(self.device)
         self._uuid = uuid
-        if self.backend_name is None:
+        if not self.backend_names:
             self._log("driver sampling is off (vram_sampler: none): allocator stats and cudaMemGetInfo only, "
                       "no per-process figure")
             return
         try:
-            driver = open_backend(self.backend_name, self._log)
+            driver = open_first(self.backend_names, self._log)
         except BackendUnavailable as exc:
-            self._log(f"{self.backend_name} unavailable: {exc}. Recording allocator stats only.")
+            self._log(f"{exc}. Recording allocator stats only.")
             return
         gpu = driver.find(uuid, bus_id)
         if gpu is None:
-            self._log(f"{self.backend_name} lists no device with UUID {uuid} or PCI bus id {bus_id} "
+            self._log(f"{driver.name} lists no device with UUID {uuid} or PCI bus id {bus_id} "
                       f"(torch {self.device}); recording allocator stats only")
             driver.close()
             return

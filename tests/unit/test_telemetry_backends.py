@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from dist_seg.telemetry.amd import AmdSmiBackend
-from dist_seg.telemetry.gpu_backends import BackendUnavailable, normalize_bus_id, normalize_uuid, open_backend, to_mb
-from dist_seg.telemetry.nvml import NvmlBackend
+from dist_seg.telemetry.gpu import BACKEND_NAMES, VRAM_SAMPLER_CHOICES, candidates, open_backend, open_first
+from dist_seg.telemetry.gpu.amdsmi import AmdSmiBackend
+from dist_seg.telemetry.gpu.base import BackendUnavailable, normalize_bus_id, normalize_uuid, to_mb
+from dist_seg.telemetry.gpu.nvml import NvmlBackend
 from support.fakes import amdsmi_fake
 from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi
 from support.fakes.pynvml_fake import FakeNvmlGpu, make_pynvml
@@ -83,3 +84,44 @@ def test_amdsmi_old_api_list_with_a_vanished_process_is_reported_as_unknown(monk
     assert len(logs) == 1 and "amdsmi_get_gpu_process_info" in logs[0]
     mod.amdsmi_get_gpu_process_list = listed
     assert [(p.pid, p.used_mb) for p in backend.read(device).processes] == [(101, 10.0), (102, 20.0)]
+
+
+def test_one_auto_policy_vendor_first_else_every_library_in_order():
+    assert VRAM_SAMPLER_CHOICES == ("auto", *BACKEND_NAMES, "none")
+    assert candidates("auto") == BACKEND_NAMES == ("nvml", "amdsmi")
+    assert candidates("auto", vendor="amdsmi") == ("amdsmi",)  # NVML cannot see a ROCm device
+    assert candidates("nvml", vendor="amdsmi") == ("nvml",)  # an explicit choice wins
+    assert candidates("none", vendor="nvml") == ()
+    with pytest.raises(ValueError, match="auto, nvml, amdsmi, none"):
+        candidates("rocm-smi")
+
+
+def test_open_first_falls_back_and_names_every_reason(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    monkeypatch.setitem(sys.modules, "amdsmi", make_amdsmi([FakeAmdGpu("u0", "0000:03:00.0")]))
+    assert open_first(BACKEND_NAMES, print).name == "amdsmi"
+    monkeypatch.setitem(sys.modules, "amdsmi", make_amdsmi([], init_error=True))
+    with pytest.raises(BackendUnavailable) as exc:
+        open_first(BACKEND_NAMES, print)
+    assert "no GPU library is usable" in str(exc.value)
+    assert "nvml: pynvml cannot be imported" in str(exc.value)
+    assert "amdsmi: AMD SMI cannot be initialised" in str(exc.value)
+    with pytest.raises(BackendUnavailable, match="^nvml unavailable: pynvml cannot be imported"):
+        open_first(("nvml",), print)
+    with pytest.raises(ValueError, match="unknown GPU backend"):
+        open_backend("cuda", print)
+
+
+def test_backend_modules_import_base_only():
+    """The vendor modules depend on ``base`` alone, and ``base`` on no sibling: no import circle."""
+    import ast
+    from pathlib import Path
+
+    import dist_seg.telemetry.gpu as gpu
+
+    folder = Path(gpu.__file__).parent
+    relative = {}
+    for name in ("base", "nvml", "amdsmi"):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        relative[name] = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level}
+    assert relative == {"base": set(), "nvml": {"base"}, "amdsmi": {"base"}}

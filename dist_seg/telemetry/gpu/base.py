@@ -1,10 +1,10 @@
-"""What the GPU driver says about memory: the records and the choice of driver library.
+"""What the GPU driver says about memory: the backend interface, its records, and normalisers.
 
 Two driver libraries answer the same three questions (which devices are there, how much
 memory does each use, which processes use it and how much): NVIDIA's NVML through
-``pynvml`` (:mod:`.nvml`) and AMD SMI through ``amdsmi`` (:mod:`.amd`). This module holds
+``pynvml`` (:mod:`.nvml`) and AMD SMI through ``amdsmi`` (:mod:`.amdsmi`). This module holds
 what both share, so the VRAM sampler and the standalone process sampler stay ignorant of
-which vendor they talk to. Nothing here imports torch.
+which vendor they talk to. It imports no other module of the package.
 """
 
 from __future__ import annotations
@@ -158,19 +158,6 @@ def to_mb(value: Any, unit_bytes: int = 1) -> float | None:
     if value < 0 or value >= 2**63:
         return None  # NVML_VALUE_NOT_AVAILABLE is all bits set in an unsigned field
     return value * unit_bytes / MB
-
-
-def open_backend(name: BackendName, log: Callable[[str], None]) -> GpuBackend:
-    """Import and initialise one driver library; raises :class:`BackendUnavailable` saying why."""
-    if name == "nvml":
-        from .nvml import NvmlBackend
-
-        return NvmlBackend.open(log)
-    if name == "amdsmi":
-        from .amd import AmdSmiBackend
-
-        return AmdSmiBackend.open(log)
-    raise ValueError(f"unknown GPU backend {name!r}; expected 'nvml' or 'amdsmi'")
 
 
 def describe_error(exc: BaseException) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .gpu_backends import (
+from .base import (
     MB,
     BackendUnavailable,
     DriverCalls,
