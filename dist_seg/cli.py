@@ -10,7 +10,7 @@ SUBCOMMANDS = {
     "train": "dist_seg.train",
     "prepare": "dist_seg.prepare",
     "validate": "dist_seg.validate",
-    "synth": "dist_seg.synth",
+    "synth": "dist_seg.synth.cli",
     "predict": "dist_seg.predict",
     "gpu-proc-sampler": "dist_seg.telemetry.gpu_proc_sampler",
 }
