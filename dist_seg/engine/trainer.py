@@ -101,9 +101,8 @@ class Trainer:
         self.palette = Palette.from_config(cfg.dataset)
         self.class_names = self.palette.names
         self.void_index = cfg.dataset.void_index
-        device_type = ctx.device.type
-        self.train_loader = build_loader(self.data.train, cfg, train=True, device_type=device_type)
-        self.val_loader = (build_loader(self.data.val, cfg, train=False, device_type=device_type)
+        self.train_loader = build_loader(self.data.train, tr, ctx, train=True)
+        self.val_loader = (build_loader(self.data.val, tr, ctx, train=False)
                            if self.data.val is not None and len(self.data.val) else None)
         self.steps_per_epoch = len(self.train_loader) // tr.grad_accum_steps
         if self.steps_per_epoch == 0:

@@ -128,7 +128,7 @@ def test_build_killed_before_its_manifest_leaves_nothing_valid(tmp_path, dataset
     # the other sequences' arrays still temporary, no manifest written yet.
     script = textwrap.dedent(f"""
         import os, signal, sys
-        sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+        sys.path.insert(0, {str(REPO_ROOT / 'tests' / 'unit')!r})
         from test_data_support import make_config
         from dist_seg import atomic
         from dist_seg.data.pipeline import prepare
