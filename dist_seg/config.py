@@ -26,10 +26,6 @@ from . import atomic
 from .data.classes import DAVID_CLASSES, IGNORE_INDEX, ClassSpec, read_class_file
 from .errors import ConfigError
 
-__all__ = ["DAVID_CLASSES", "IGNORE_INDEX", "ClassSpec", "Config", "DatasetConfig", "ModelConfig", "BackendConfig",
-           "TrainingConfig", "AugmentConfig", "TelemetryConfig", "SplitConfig", "load_config", "config_from_dict",
-           "config_to_dict", "save_config", "parse_overrides", "apply_overrides"]
-
 REQUIRED: Any = dataclasses.MISSING
 
 # A section's validate() reports a problem with fail(key, message); key is relative to the
