@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from dist_seg.data.synth import generate_dataset
+from dist_seg.synth import generate_dataset
 
 from .sizes import FRAME_SIZE, Sizes
 

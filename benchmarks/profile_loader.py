@@ -27,7 +27,7 @@ from benchmarks.context import quiet  # noqa: E402
 from benchmarks.data import ensure_dataset, raw_config  # noqa: E402
 from benchmarks.sizes import PRESETS  # noqa: E402
 from dist_seg.config import config_from_dict  # noqa: E402
-from dist_seg.data.loader import build_loader, describe_loader  # noqa: E402
+from dist_seg.data.loader import SingleProcess, build_loader, describe_loader  # noqa: E402
 from dist_seg.data.pipeline import load_datasets, prepare  # noqa: E402
 
 # Function names that identify which process / thread a py-spy stack belongs to (checked in order).
@@ -49,7 +49,7 @@ def iterate(pipeline: str, workers: int, seconds: float, scratch: Path) -> None:
                                       num_workers=workers, target="cpu", use_cache=use_cache,
                                       cache_images=cache_images))
     prepare(cfg, log=quiet, progress=False)
-    loader = build_loader(load_datasets(cfg).train, cfg, train=True, device_type="cpu")
+    loader = build_loader(load_datasets(cfg).train, cfg.training, SingleProcess(), train=True)
     for _batch in loader:  # warm-up epoch: workers started, cache pages mapped
         pass
     samples = 0

@@ -20,7 +20,7 @@ SUBCOMMANDS = {
     "train": Subcommand("dist_seg.train", "train a model from a YAML config (also under torchrun)"),
     "prepare": Subcommand("dist_seg.prepare", "build or refresh the dataset caches and print a summary"),
     "validate": Subcommand("dist_seg.validate", "check a dataset and list every problem found"),
-    "synth": Subcommand("dist_seg.synth", "write a synthetic DAVID-style dataset (demo and test data)"),
+    "synth": Subcommand("dist_seg.synth.cli", "write a synthetic DAVID-style dataset (demo and test data)"),
     "predict": Subcommand("dist_seg.predict", "label images, sequences or dataset roots with a checkpoint"),
     "evaluate": Subcommand("dist_seg.evaluate", "score a checkpoint at native resolution (mIoU, video consistency)"),
     "export": Subcommand("dist_seg.export", "export a checkpoint to ONNX or torch.export, parity-checked"),

@@ -12,61 +12,54 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, NoReturn
 
 import yaml
 
 from . import atomic
+from .data.classes import DAVID_CLASSES, IGNORE_INDEX, ClassSpec, read_class_file
 from .errors import ConfigError
+from .telemetry.gpu import VRAM_SAMPLER_CHOICES
 
 REQUIRED: Any = dataclasses.MISSING
 
-
-@dataclass(frozen=True)
-class ClassSpec:
-    """One semantic class: its name and the RGB colour it has in label PNGs."""
-
-    name: str
-    color: tuple[int, int, int]
+# A section's validate() reports a problem with fail(key, message); key is relative to the
+# section ("" = the section itself) and the builder prefixes it with the section's path.
+Fail = Callable[[str, str], NoReturn]
 
 
-# DAVID class order is fixed by the original pipeline; colours are CARLA <= 0.9.9's
-# CityScapes palette as stored in DAVID's label PNGs.
-DAVID_CLASSES: tuple[ClassSpec, ...] = (
-    ClassSpec("traffic_sign", (220, 220, 0)),
-    ClassSpec("building", (70, 70, 70)),
-    ClassSpec("fence", (190, 153, 153)),
-    ClassSpec("other", (250, 170, 160)),
-    ClassSpec("pedestrian", (220, 20, 60)),
-    ClassSpec("pole", (153, 153, 153)),
-    ClassSpec("road_line", (157, 234, 50)),
-    ClassSpec("road", (128, 64, 128)),
-    ClassSpec("sidewalk", (244, 35, 232)),
-    ClassSpec("vegetation", (107, 142, 35)),
-    ClassSpec("car", (0, 0, 142)),
-    ClassSpec("wall", (102, 102, 156)),
-    ClassSpec("void", (0, 0, 0)),
-)
-
-# Label value for pixels that count nowhere (unknown colours mapped away, the void class
-# when it is ignored, padding from augmentation).
-IGNORE_INDEX = 255
+def _check_fraction(fail: Fail, key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        fail(key, f"must be in [0, 1), got {value}")
 
 
 @dataclass
 class SplitConfig:
-    """How sequences are split into train / val / test. Named lists win over fractions."""
+    """How sequences are split into train / val / test. Named lists win over fractions.
+
+    Fractions round up to whole sequences (at least one for a non-zero fraction), so on a
+    small dataset ``test_fraction`` can take a large share of the training frames; name
+    ``test: []`` to keep them (prepare logs a warning when this happens).
+    """
 
     val_fraction: float = 0.15
     test_fraction: float = 0.1
     val: list[str] | None = None
     test: list[str] | None = None
+
+    def validate(self, fail: Fail) -> None:
+        _check_fraction(fail, "val_fraction", self.val_fraction)
+        _check_fraction(fail, "test_fraction", self.test_fraction)
+        if self.val_fraction + self.test_fraction >= 1.0:
+            fail("", "val_fraction + test_fraction must leave some sequences for training (sum < 1)")
+        if self.val and self.test and set(self.val) & set(self.test):
+            fail("", f"sequences in both val and test: {sorted(set(self.val) & set(self.test))}")
 
 
 @dataclass
@@ -78,10 +71,12 @@ class DatasetConfig:
     exclude: list[str] = field(default_factory=list)
     images: str = "Images"
     labels: str = "Labels"
-    # A list of {name, color} or a path to a YAML/JSON file holding that list.
+    # A list of {name, color} or a path to a YAML/JSON file holding that list (the file
+    # may also name its void_class, used unless this section sets one).
     classes: list[ClassSpec] = field(default_factory=lambda: list(DAVID_CLASSES))
-    # Name of the class ignored in the loss and in mIoU; null = every class is learned.
-    void_class: str | None = None
+    # Class ignored in the loss and in mIoU, by name or id (an id is stored as its name);
+    # null = every class is learned.
+    void_class: str | int | None = None
     mask_format: Literal["rgb", "index"] = "rgb"
     # What to do with label colours not in the palette: fail, or map them to IGNORE_INDEX.
     unknown_colors: Literal["error", "void"] = "error"
@@ -110,13 +105,47 @@ class DatasetConfig:
         """Class id ignored in loss and metrics, or None."""
         return None if self.void_class is None else self.class_names.index(self.void_class)
 
+    @property
+    def uses_default_classes(self) -> bool:
+        """True when the class list is DAVID's (the default)."""
+        return tuple(self.classes) == DAVID_CLASSES
+
+    def validate(self, fail: Fail) -> None:
+        names = self.class_names
+        if len(names) < 2:
+            fail("classes", "need at least 2 classes")
+        if len(names) >= IGNORE_INDEX:
+            fail("classes", f"at most {IGNORE_INDEX - 1} classes fit in uint8 masks, got {len(names)}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            fail("classes", f"class names must be unique; repeated: {', '.join(dupes)}")
+        colors = [c.color for c in self.classes]
+        dup_colors = sorted({c for c in colors if colors.count(c) > 1})
+        if dup_colors and self.mask_format == "rgb":
+            fail("classes", f"two classes share a colour {list(dup_colors[0])}; RGB masks need one colour per class")
+        if isinstance(self.void_class, int):
+            if not 0 <= self.void_class < len(names):
+                fail("void_class", f"class id {self.void_class} is out of range: the {len(names)} classes have "
+                                   f"ids 0..{len(names) - 1}; give an id in that range, a class name, or null")
+            self.void_class = names[self.void_class]
+        elif self.void_class is not None and self.void_class not in names:
+            close = difflib.get_close_matches(self.void_class, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            fail("void_class", f"{self.void_class!r} is not a class name; {hint}choose one of "
+                               f"{', '.join(names)} (or its id), or null")
+        if self.cache_size is not None and min(self.cache_size) <= 0:
+            fail("cache_size", f"must be positive [H, W], got {list(self.cache_size)}")
+        if self.cache_workers is not None and self.cache_workers < 1:
+            fail("cache_workers", f"must be >= 1 or null (all cores), got {self.cache_workers}")
+
 
 @dataclass
 class ModelConfig:
     """Which network to build. Custom models (``type: pkg.module:Class``) get ``extra`` as kwargs."""
 
     type: str = "deeplabv3plus"
-    backbone: str = "resnet50"
+    # null = the model type's default backbone (dist_seg.models resolves it).
+    backbone: str | None = None
     activation: str = "relu"
     output_stride: int = 16
     separable: bool = False
@@ -127,6 +156,15 @@ class ModelConfig:
     @property
     def is_custom(self) -> bool:
         return ":" in self.type
+
+    @staticmethod
+    def takes_extra_keys(raw: dict) -> bool:
+        """Whether a raw model section keeps its unknown keys (in ``extra``) instead of rejecting them."""
+        return ":" in str(raw.get("type", ""))
+
+    def validate(self, fail: Fail) -> None:
+        if self.output_stride not in (8, 16, 32):
+            fail("output_stride", f"must be 8, 16 or 32, got {self.output_stride}")
 
 
 @dataclass
@@ -147,6 +185,11 @@ class BackendConfig:
     prepare_timeout_s: float = 7200.0
     sync_bn: bool = False
 
+    def validate(self, fail: Fail) -> None:
+        for key in ("dist_timeout_s", "prepare_timeout_s"):
+            if getattr(self, key) <= 0:
+                fail(key, f"must be positive, got {getattr(self, key)}")
+
 
 @dataclass
 class AugmentConfig:
@@ -155,6 +198,10 @@ class AugmentConfig:
     hflip: bool = True
     scale_min: float = 0.5
     scale_max: float = 2.0
+
+    def validate(self, fail: Fail) -> None:
+        if not 0 < self.scale_min <= self.scale_max:
+            fail("", f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
 
 
 @dataclass
@@ -176,8 +223,13 @@ class TrainingConfig:
     grad_clip_norm: float | None = None
     grad_accum_steps: int = 1
     class_weighting: Literal["none", "inverse", "inverse_sqrt", "median_frequency"] = "inverse_sqrt"
+    # Loader parallelism. A cache holding images is served by this many gather THREADS in
+    # the training process (0 = the training thread gathers); anything that decodes files
+    # (use_cache: false, cache_images: false) by this many worker PROCESSES (0 = in process).
     num_workers: int = 4
     prefetch_factor: int = 2
+    # Keep worker processes alive between epochs. Gather threads always live for the whole
+    # run (they idle between epochs), so this setting only concerns worker processes.
     persistent_workers: bool = True
     # [H, W] fed to the network.
     image_size: tuple[int, int] = (512, 512)
@@ -196,15 +248,41 @@ class TrainingConfig:
     max_steps: int | None = None
     log_interval: int = 20
 
+    def validate(self, fail: Fail) -> None:
+        for key in ("batch_size", "val_batch_size", "epochs", "val_interval", "visualization_interval",
+                    "max_checkpoints", "grad_accum_steps", "prefetch_factor", "log_interval"):
+            if getattr(self, key) < 1:
+                fail(key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("num_workers", "warmup_iters", "num_visualizations"):
+            if getattr(self, key) < 0:
+                fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            fail("max_steps", f"must be >= 1 or null, got {self.max_steps}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            fail("learning_rate", f"must be positive, got {self.learning_rate}")
+        for key in ("weight_decay", "min_lr", "momentum", "poly_power"):
+            if getattr(self, key) < 0:
+                fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.min_lr > self.learning_rate:
+            fail("min_lr", f"must not exceed training.learning_rate ({self.learning_rate}), got {self.min_lr}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            fail("grad_clip_norm", f"must be positive or null, got {self.grad_clip_norm}")
+        if min(self.image_size) <= 0:
+            fail("image_size", f"must be positive [H, W], got {list(self.image_size)}")
+
 
 @dataclass
 class TelemetryConfig:
     """Monitoring: TensorBoard, VRAM sampling, console progress."""
 
     tensorboard: bool = True
-    vram_sampler: Literal["auto", "nvml", "amdsmi", "none"] = "auto"
+    vram_sampler: Literal[VRAM_SAMPLER_CHOICES] = "auto"  # type: ignore[valid-type]
     vram_interval_s: float = 1.0
     progress: Literal["auto", "bar", "log", "none"] = "auto"
+
+    def validate(self, fail: Fail) -> None:
+        if self.vram_interval_s <= 0:
+            fail("vram_interval_s", f"must be positive, got {self.vram_interval_s}")
 
 
 @dataclass
@@ -270,22 +348,18 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[tuple[str, Any]]) -> N
 
 def config_from_dict(raw: dict, base_dir: Path | None = None, source: str = "config") -> Config:
     """Build and validate a :class:`Config` from plain data (a parsed YAML file or a checkpoint)."""
-    builder = _Builder(base_dir=base_dir, source=source)
-    cfg = builder.build(Config, raw, "")
-    _validate(cfg, source)
-    return cfg
+    return _Builder(base_dir=base_dir, source=source).build(Config, raw, "")
 
 
 def config_to_dict(cfg: Config) -> dict:
     """Plain, YAML/JSON-safe data (paths as strings, tuples as lists) that round-trips."""
 
     def convert(value: Any) -> Any:
-        if isinstance(value, ModelConfig):
-            out = {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "extra"}
-            out.update(convert(value.extra))
-            return out
         if dataclasses.is_dataclass(value):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            out = {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != _EXTRA}
+            if hasattr(value, "takes_extra_keys"):
+                out.update(convert(getattr(value, _EXTRA)))
+            return out
         if isinstance(value, Path):
             return str(value)
         if isinstance(value, (list, tuple)):
@@ -303,6 +377,9 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- building
+
+# The field of a section with ``takes_extra_keys`` that collects its unknown keys.
+_EXTRA = "extra"
 
 
 def _type_name(tp: Any) -> str:
@@ -328,39 +405,65 @@ class _Builder:
     def __init__(self, base_dir: Path | None, source: str) -> None:
         self.base_dir = base_dir
         self.source = source
+        # Defaults that a referenced file supplies for a sibling key (a class list file's
+        # void_class): dotted key -> (value, file name). Used only where the key is absent.
+        self.file_defaults: dict[str, tuple[Any, str]] = {}
 
     def fail(self, key: str, message: str) -> typing.NoReturn:
         raise ConfigError(f"{self.source}: {key}: {message}")
 
     def build(self, cls: type, raw: Any, prefix: str) -> Any:
+        """An instance of the section ``cls`` from ``raw``, checked key by key, then validated."""
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
             self.fail(prefix or "top level", f"expected a mapping of keys, got {raw!r}")
         hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        takes_extra = hasattr(cls, "takes_extra_keys")
+        fields = {f.name: f for f in dataclasses.fields(cls) if not (takes_extra and f.name == _EXTRA)}
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
-        custom_model = cls is ModelConfig and ":" in str(raw.get("type", ""))
+        keep_unknown = takes_extra and cls.takes_extra_keys(raw)
         for key, value in raw.items():
-            dotted = f"{prefix}.{key}" if prefix else str(key)
+            dotted = _join(prefix, str(key))
             if key not in fields:
-                if custom_model:
+                if keep_unknown:
                     extra[key] = value
                     continue
                 close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-                hint = f"did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else (
+                hint = f"did you mean {_join(prefix, close[0])}?" if close else (
                     f"valid keys here: {', '.join(fields)}")
                 self.fail(dotted, f"unknown key; {hint}")
             kwargs[key] = self.convert(hints[key], value, dotted)
         for name, f in fields.items():
-            if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                dotted = f"{prefix}.{name}" if prefix else name
-                self.fail(dotted, "required key is missing; add it to the config file or pass --set "
-                          f"{dotted}=...")
-        if cls is ModelConfig:
-            kwargs["extra"] = extra
-        return cls(**kwargs)
+            dotted = _join(prefix, name)
+            if name in kwargs:
+                continue
+            if dotted in self.file_defaults:
+                value, origin = self.file_defaults[dotted]
+                kwargs[name] = self.convert(hints[name], value, f"{dotted} (from {origin})")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                self.fail(dotted, f"required key is missing; {self.missing_fix(hints[name], dotted)}")
+        if takes_extra:
+            kwargs[_EXTRA] = extra
+        section = cls(**kwargs)
+        if hasattr(section, "validate"):
+            section.validate(lambda key, message: self.fail(_join(prefix, key), message))
+        return section
+
+    def missing_fix(self, tp: Any, dotted: str) -> str:
+        """How to supply a missing key; for a missing section, the keys it cannot do without."""
+        if not dataclasses.is_dataclass(tp):
+            return f"add it to the config file or pass --set {dotted}={_placeholder(tp)}"
+        hints = typing.get_type_hints(tp)
+        required = [f.name for f in dataclasses.fields(tp)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if not required:
+            return f"add a {dotted}: section to the config file"
+        keys = ", ".join(f"{dotted}.{n}" for n in required)
+        first = required[0]
+        return (f"add a {dotted}: section with {keys} to the config file, or pass "
+                f"--set {dotted}.{first}={_placeholder(hints[first])}")
 
     def convert(self, tp: Any, value: Any, key: str) -> Any:
         origin = typing.get_origin(tp)
@@ -415,14 +518,15 @@ class _Builder:
                 return value
             self.fail(key, f"expected an integer, got {value!r}")
         if tp is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
             # YAML 1.1 reads "1e-4" (no dot) as a string; accept what float() accepts.
-            if isinstance(value, str):
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
                 try:
-                    return float(value)
+                    value = float(value)
                 except ValueError:
                     pass
+            # NaN compares false with every bound, so it would slip through each check after this.
+            if isinstance(value, float) and not math.isnan(value):
+                return value
             self.fail(key, f"expected a number, got {value!r}")
         if tp is str:
             if isinstance(value, str):
@@ -457,96 +561,17 @@ class _Builder:
         if not path.is_file():
             self.fail(key, f"class list file {path} does not exist; give a list of {{name, color}} or a YAML/JSON file path")
         try:
-            text = path.read_text(encoding="utf-8")
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            self.fail(key, f"cannot read class list file {path}: {exc}")
-        if isinstance(data, dict) and "classes" in data:
-            data = data["classes"]
-        if not isinstance(data, list):
-            self.fail(key, f"{path} must hold a list of {{name, color}} (or classes: [...])")
-        return [self.class_spec(v, f"{key}[{i}] ({path.name})") for i, v in enumerate(data)]
+            content = read_class_file(path)
+        except ValueError as exc:
+            self.fail(key, str(exc))
+        if content.has_void:
+            self.file_defaults[key.rpartition(".")[0] + ".void_class"] = (content.void_class, path.name)
+        return [self.class_spec(v, f"{key}[{i}] ({path.name})") for i, v in enumerate(content.entries)]
 
 
-# ----------------------------------------------------------------------------- validation
+def _join(prefix: str, key: str) -> str:
+    return ".".join(part for part in (prefix, key) if part)
 
 
-def _validate(cfg: Config, source: str) -> None:
-    """Impossible values and cross-key constraints."""
-
-    def fail(key: str, message: str) -> typing.NoReturn:
-        raise ConfigError(f"{source}: {key}: {message}")
-
-    ds, tr, be, md, tel = cfg.dataset, cfg.training, cfg.backend, cfg.model, cfg.telemetry
-
-    names = ds.class_names
-    if len(names) < 2:
-        fail("dataset.classes", "need at least 2 classes")
-    if len(names) >= IGNORE_INDEX:
-        fail("dataset.classes", f"at most {IGNORE_INDEX - 1} classes fit in uint8 masks, got {len(names)}")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        fail("dataset.classes", f"class names must be unique; repeated: {', '.join(dupes)}")
-    colors = [c.color for c in ds.classes]
-    dup_colors = sorted({c for c in colors if colors.count(c) > 1})
-    if dup_colors and ds.mask_format == "rgb":
-        fail("dataset.classes", f"two classes share a colour {list(dup_colors[0])}; RGB masks need one colour per class")
-    if ds.void_class is not None and ds.void_class not in names:
-        close = difflib.get_close_matches(ds.void_class, names, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        fail("dataset.void_class", f"{ds.void_class!r} is not a class name; {hint}choose one of {', '.join(names)} or null")
-    for key, frac in (("dataset.split.val_fraction", ds.split.val_fraction),
-                      ("dataset.split.test_fraction", ds.split.test_fraction)):
-        if not 0.0 <= frac < 1.0:
-            fail(key, f"must be in [0, 1), got {frac}")
-    if ds.split.val_fraction + ds.split.test_fraction >= 1.0:
-        fail("dataset.split", "val_fraction + test_fraction must leave some sequences for training (sum < 1)")
-    if ds.split.val and ds.split.test and set(ds.split.val) & set(ds.split.test):
-        fail("dataset.split", f"sequences in both val and test: {sorted(set(ds.split.val) & set(ds.split.test))}")
-    if ds.cache_size is not None and min(ds.cache_size) <= 0:
-        fail("dataset.cache_size", f"must be positive [H, W], got {list(ds.cache_size)}")
-    if ds.cache_workers is not None and ds.cache_workers < 1:
-        fail("dataset.cache_workers", f"must be >= 1 or null (all cores), got {ds.cache_workers}")
-
-    if md.output_stride not in (8, 16, 32):
-        fail("model.output_stride", f"must be 8, 16 or 32, got {md.output_stride}")
-
-    for key, value in {"backend.dist_timeout_s": be.dist_timeout_s,
-                       "backend.prepare_timeout_s": be.prepare_timeout_s}.items():
-        if value <= 0:
-            fail(key, f"must be positive, got {value}")
-
-    positive_ints = {
-        "training.batch_size": tr.batch_size, "training.val_batch_size": tr.val_batch_size,
-        "training.epochs": tr.epochs, "training.val_interval": tr.val_interval,
-        "training.visualization_interval": tr.visualization_interval,
-        "training.max_checkpoints": tr.max_checkpoints, "training.grad_accum_steps": tr.grad_accum_steps,
-        "training.prefetch_factor": tr.prefetch_factor, "training.log_interval": tr.log_interval,
-    }
-    for key, value in positive_ints.items():
-        if value < 1:
-            fail(key, f"must be >= 1, got {value}")
-    for key, value in {"training.num_workers": tr.num_workers, "training.warmup_iters": tr.warmup_iters,
-                       "training.num_visualizations": tr.num_visualizations}.items():
-        if value < 0:
-            fail(key, f"must be >= 0, got {value}")
-    if tr.max_steps is not None and tr.max_steps < 1:
-        fail("training.max_steps", f"must be >= 1 or null, got {tr.max_steps}")
-    if tr.learning_rate <= 0:
-        fail("training.learning_rate", f"must be positive, got {tr.learning_rate}")
-    for key, value in {"training.weight_decay": tr.weight_decay, "training.min_lr": tr.min_lr,
-                       "training.momentum": tr.momentum, "training.poly_power": tr.poly_power}.items():
-        if value < 0:
-            fail(key, f"must be >= 0, got {value}")
-    if tr.min_lr > tr.learning_rate:
-        fail("training.min_lr", f"must not exceed training.learning_rate ({tr.learning_rate}), got {tr.min_lr}")
-    if tr.grad_clip_norm is not None and tr.grad_clip_norm <= 0:
-        fail("training.grad_clip_norm", f"must be positive or null, got {tr.grad_clip_norm}")
-    if min(tr.image_size) <= 0:
-        fail("training.image_size", f"must be positive [H, W], got {list(tr.image_size)}")
-    aug = tr.augment
-    if not 0 < aug.scale_min <= aug.scale_max:
-        fail("training.augment", f"need 0 < scale_min <= scale_max, got {aug.scale_min}, {aug.scale_max}")
-
-    if tel.vram_interval_s <= 0:
-        fail("telemetry.vram_interval_s", f"must be positive, got {tel.vram_interval_s}")
+def _placeholder(tp: Any) -> str:
+    return "PATH" if tp is Path else "..."

@@ -171,7 +171,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from . import atomic
     from .config import BackendConfig
-    from .data.validation import load_image, resize_image
+    from .data.decode import load_image, resize_image
     from .engine.distributed import select_device
     from .engine.inference import Predictor
     from .engine.runtime import resolve_runtime

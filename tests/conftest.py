@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 import pytest
 
-from dist_seg.data.synth import generate_dataset
+from dist_seg.synth import generate_dataset
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 from dist_seg.config import config_from_dict
-from dist_seg.data.loader import Loader, build_loader, describe_loader, set_epoch
+from dist_seg.data.loader import Loader, SingleProcess, build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 
 from ..common import Record, ratio
@@ -65,7 +65,7 @@ def run(ctx: Context) -> list[Record]:
         for num_workers in workers:
             cfg.training.num_workers = num_workers
             ctx.log(f"  {variant}, {num_workers} workers")
-            loader = build_loader(dataset, cfg, train=True, device_type=ctx.device.type)
+            loader = build_loader(dataset, cfg.training, SingleProcess(ctx.device), train=True)
             values = _measure(loader, sizes.repeats, sizes.loader_seconds)
             settings = {"pipeline": variant, **_settings(sizes, frames, num_workers, loader)}
             records.append(ctx.record(NAME, f"{variant}, {num_workers} worker{'' if num_workers == 1 else 's'}", "samples_per_s", "samples/s",

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import torch
 
 from dist_seg.config import config_from_dict
 from dist_seg.data.cache_loader import CacheLoader
-from dist_seg.data.loader import build_loader, describe_loader, set_epoch
+from dist_seg.data.loader import SingleProcess, build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 
 from ..common import Record
@@ -90,7 +91,7 @@ def measure(job: Job) -> tuple[int, int, str, dict[str, list[dict]]]:
     dataset = load_datasets(cfg).train
     height, width = cfg.training.image_size
     cache_bytes = len(dataset) * (3 + 1) * height * width
-    loader = build_loader(dataset, cfg, train=True, device_type=job.device_type)
+    loader = build_loader(dataset, cfg.training, SingleProcess(torch.device(job.device_type)), train=True)
     main = psutil.Process()
     before = {p.pid for p in main.children()}
     samples: dict[str, list[dict]] = {}

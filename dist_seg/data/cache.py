@@ -30,10 +30,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .. import atomic
-from ..config import IGNORE_INDEX, Config, DatasetConfig
+from ..config import Config, DatasetConfig
 from ..errors import DataError
+from ..parallel import map_in_pool, usable_cores
+from .classes import IGNORE_INDEX
+from .decode import DecodedFrame, FrameCheck, LabelSpec, decode_frame
 from .discovery import DatasetListing, Frame, SequenceListing
-from .validation import DecodedFrame, FrameCheck, LabelSpec, decode_frame, map_in_pool, worker_count
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -181,14 +183,6 @@ def _decode_for_cache(frame: Frame, spec: LabelSpec, size: tuple[int, int], with
     return _CachedFrame(decoded, counts)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _SequenceWriter:
     """Fills the temporary arrays of one sequence and publishes them if every frame was usable."""
 
@@ -236,8 +230,7 @@ class _SequenceWriter:
             self.images.flush()
         self.masks = self.images = None
         for tmp, name in published:
-            _fsync(tmp)
-            os.replace(tmp, self.directory / name)
+            atomic.publish(tmp, self.directory / name)
         num_classes = len(self.settings.spec.classes)
         frames = tuple(str(f.image) for f in self.listing.frames)
         manifest = {
@@ -351,7 +344,7 @@ def _fill(writers: list[_SequenceWriter], settings: CacheSettings, ds: DatasetCo
         return
     decode = functools.partial(_decode_for_cache, spec=settings.spec, size=settings.size,
                                with_image=settings.cache_images)
-    results = map_in_pool(decode, [frame for _, _, frame in jobs], workers=worker_count(ds),
+    results = map_in_pool(decode, [frame for _, _, frame in jobs], workers=ds.cache_workers or usable_cores(),
                           desc="building cache", progress=progress)
     for (writer, index, _), result in zip(jobs, results):
         outcome.checks.append(result.decoded.check)

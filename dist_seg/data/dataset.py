@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from .cache import SequenceCache
 from .discovery import Frame
-from .validation import LabelSpec, load_image, load_mask
+from .decode import LabelSpec, load_image, load_mask
 
 
 class Sample(NamedTuple):

@@ -1,9 +1,10 @@
 """Find the sequences and (image, mask) frame pairs of a DAVID-style dataset root.
 
 Layout: ``<root>/<images>/<sequence>/<stem>.{png,jpg,jpeg}`` paired with
-``<root>/<labels>/<sequence>/<stem>.png``. Discovery only lists and pairs files (no
-decoding); it records what it could not pair so that validation can report it, and it
-never decides whether that is fatal.
+``<root>/<labels>/<sequence>/<stem>.png``; suffixes match in any case (``.PNG``), and the
+file names found here are the ones every later step opens. Discovery only lists and
+pairs files (no decoding); it records what it could not pair so that the dataset checks
+can report it, and it never decides whether that is fatal.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ..config import DatasetConfig
 
+# The one list of frame file types (lower case; files match in any case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_SUFFIX = ".png"
 
@@ -42,7 +44,8 @@ class SequenceListing:
     frames: tuple[Frame, ...]
     images_without_mask: tuple[Path, ...]
     masks_without_image: tuple[Path, ...]
-    # Two images with the same stem (e.g. a.png and a.jpg) cannot both pair with a.png.
+    # Two images with the same stem (e.g. a.png and a.jpg) cannot both pair with a.png;
+    # two masks of one stem (a.png and a.PNG on a case-sensitive disk) are listed here too.
     ambiguous_images: tuple[Path, ...]
 
 
@@ -89,13 +92,16 @@ def list_sequence(name: str, image_dir: Path, label_dir: Path) -> SequenceListin
     for path in list_files(image_dir, IMAGE_SUFFIXES):
         images_by_stem.setdefault(path.stem, []).append(path)
     has_label_dir = label_dir.is_dir()
-    masks = {p.stem: p for p in list_files(label_dir, (MASK_SUFFIX,))} if has_label_dir else {}
+    masks_by_stem: dict[str, list[Path]] = {}
+    for path in list_files(label_dir, (MASK_SUFFIX,)) if has_label_dir else []:
+        masks_by_stem.setdefault(path.stem, []).append(path)
+    masks = {stem: paths[0] for stem, paths in masks_by_stem.items()}
 
     frames, without_mask, ambiguous = [], [], []
     for stem in sorted(images_by_stem):
         candidates = images_by_stem[stem]
-        if len(candidates) > 1:
-            ambiguous.extend(candidates)
+        if len(candidates) > 1 or len(masks_by_stem.get(stem, ())) > 1:
+            ambiguous.extend(candidates + (masks_by_stem[stem] if len(masks_by_stem.get(stem, ())) > 1 else []))
         elif stem in masks:
             frames.append(Frame(name, candidates[0], masks[stem]))
         else:
@@ -133,3 +139,11 @@ def discover(root: Path, ds: DatasetConfig, *, apply_filters: bool = True) -> Da
     sequences = tuple(list_sequence(n, image_dir / n, label_dir / n) for n in selected)
     return DatasetListing(root, image_dir, label_dir, image_dir.is_dir(), label_dir.is_dir(),
                           sequences, tuple(label_dir / n for n in label_only), tuple(unknown))
+
+
+def discover_all(ds: DatasetConfig) -> list[DatasetListing]:
+    """The main root (filtered by include/exclude) and, if set, the test root (unfiltered)."""
+    listings = [discover(ds.root, ds)]
+    if ds.test_root is not None:
+        listings.append(discover(ds.test_root, ds, apply_filters=False))
+    return listings

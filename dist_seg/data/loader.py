@@ -11,23 +11,30 @@ Evaluation shards with :class:`ShardSampler`, which never pads: ``DistributedSam
 repeats frames to even out ranks, and repeated frames would be counted twice in the
 all-reduced confusion matrix.
 
-A cache holding images is served by a :class:`~dist_seg.data.cache_loader.CacheLoader`
-(``num_workers`` gather threads, reused buffers); anything that decodes PNGs by a
-DataLoader with ``num_workers`` worker processes, which decoding needs.
+``training.num_workers`` means two things, by what the data needs: a cache holding
+images is served by a :class:`~dist_seg.data.cache_loader.CacheLoader` with that many
+gather THREADS (a batch is a memory copy; threads share the process and live for the
+whole run, so ``persistent_workers`` does not apply); anything that decodes files gets a
+DataLoader with that many worker PROCESSES, which decoding needs. :func:`describe_loader`
+says which one a run got.
+
+The loader is told where its process sits (rank, world size, device) by a
+:class:`Placement`, which the engine's ``DistContext`` satisfies; nothing here reads
+torch.distributed's globals.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
-from ..config import Config
+from ..config import TrainingConfig
 from ..errors import DataError
 from .cache_loader import CacheLoader
 from .dataset import CachedDataset, collate_samples
@@ -72,22 +79,44 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+class Placement(Protocol):
+    """Where this process sits in the job (the engine's ``DistContext`` is one)."""
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
 
 
-def build_loader(dataset: Dataset, cfg: Config, *, train: bool, device_type: str) -> Loader:
+@dataclass(frozen=True)
+class SingleProcess:
+    """The placement of a job of one process (tools, benchmarks, tests)."""
+
+    device: torch.device = torch.device("cpu")
+    rank: int = 0
+    world_size: int = 1
+
+
+def _pin_device(device: torch.device) -> torch.device | None:
+    if device.type != "cuda":
+        return None
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def build_loader(dataset: Dataset, tr: TrainingConfig, placement: Placement, *, train: bool) -> Loader:
     """A loader yielding :class:`~dist_seg.data.dataset.Batch` (uint8 images, uint8 masks, paths).
 
     ``train`` selects shuffled, drop-last batches of ``training.batch_size``; otherwise
-    ordered, unpadded shards in batches of ``training.val_batch_size``. Memory is pinned
-    unless ``device_type`` is ``"cpu"``. A fully cached dataset gets a
-    :class:`CacheLoader`, anything else a DataLoader.
+    ordered, unpadded shards in batches of ``training.val_batch_size``; ``placement``
+    picks this process's shard. Memory is pinned unless the device is the CPU. A fully
+    cached dataset gets a :class:`CacheLoader` (``num_workers`` threads), anything else a
+    DataLoader (``num_workers`` processes).
     """
-    tr = cfg.training
-    rank, world = _rank_and_world()
+    rank, world = placement.rank, placement.world_size
     batch_size = tr.batch_size if train else tr.val_batch_size
     if train:
         if len(dataset) < batch_size * world:
@@ -98,12 +127,10 @@ def build_loader(dataset: Dataset, cfg: Config, *, train: bool, device_type: str
                                                 seed=tr.seed, drop_last=True)
     else:
         sampler = ShardSampler(len(dataset), rank, world)
-    pin_memory = device_type != "cpu"
+    pin_memory = placement.device.type != "cpu"
     if isinstance(dataset, CachedDataset) and dataset.holds_images:
-        # The trainer has made its device current before building loaders.
-        pin_device = torch.device("cuda", torch.cuda.current_device()) if pin_memory else None
         return CacheLoader(dataset, BatchSampler(sampler, batch_size, drop_last=train), threads=tr.num_workers,
-                           prefetch=tr.prefetch_factor, pin_device=pin_device)
+                           prefetch=tr.prefetch_factor, pin_device=_pin_device(placement.device))
     generator = torch.Generator()
     generator.manual_seed(tr.seed + rank)
     worker_options = ({"persistent_workers": tr.persistent_workers, "prefetch_factor": tr.prefetch_factor}

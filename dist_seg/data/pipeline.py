@@ -9,7 +9,6 @@ image file.
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,11 @@ from ..config import Config
 from ..errors import DataError
 from .cache import SequenceCache, dataset_cache_dir, ensure_caches, load_sequence_cache, output_size
 from .dataset import CachedDataset, DecodeDataset
-from .discovery import Frame
+from .checks import check_frames, listing_problems, report_for
+from .decode import LabelSpec, load_mask
+from .discovery import Frame, discover_all
+from .problems import Problem
 from .splits import SPLIT_NAMES, Splits, read_splits, resolve_splits, splits_path
-from .validation import (LabelSpec, Problem, check_frame, discover_all, listing_problems, load_mask, map_in_pool,
-                         report_for, worker_count)
 
 # Masks decoded to estimate class frequencies when there is no cache: evenly spaced over
 # the training frames, enough for stable class weights, cheap enough for every rank.
@@ -94,7 +94,7 @@ def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool =
     """
     start = time.perf_counter()
     ds = cfg.dataset
-    listings = discover_all(cfg)
+    listings = discover_all(ds)
     names_ok = not any(listing_problems(listing, ds) for listing in listings)
     cache_outcome = None
     if ds.use_cache and names_ok:
@@ -102,13 +102,11 @@ def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool =
         checks = cache_outcome.checks
     else:
         # Bad file layout: check contents too (all problems in one report), but build nothing.
-        frames = [f for listing in listings for f in listing.frames]
-        checks = list(map_in_pool(functools.partial(check_frame, spec=LabelSpec.from_config(ds)), frames,
-                                  workers=worker_count(ds), desc="checking frames", progress=progress))
+        checks = check_frames(listings, ds, progress=progress)
     report = report_for(listings, ds, checks)
     report.raise_for_errors()
     for warning in report.warnings:
-        log(f"warning: {warning}")
+        log(f"WARNING: {warning}")
 
     splits = resolve_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg, log=log)
     summary = PrepareSummary(splits_path(cfg), splits.counts(), [], [], [], ds.class_names, None, 0,

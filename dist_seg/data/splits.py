@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from .. import atomic
 from ..config import Config, SplitConfig
 from ..errors import ConfigError, DataError
-from .discovery import DatasetListing, Frame
+from .discovery import MASK_SUFFIX, DatasetListing, Frame
 
 SPLITS_FILE = "splits.json"
 SPLITS_FORMAT_VERSION = 1
@@ -60,11 +60,15 @@ class SplitSequence:
     image_dir: str  # relative to root, e.g. "Images/Video_000"
     label_dir: str
     frames: tuple[str, ...]
+    # Mask file names in frame order, kept only when one is not "<stem>.png" (e.g. ".PNG"):
+    # on a case-sensitive disk the name discovery found is the only one that opens.
+    masks: tuple[str, ...] = ()
 
     def frame_records(self) -> list[Frame]:
-        """The (image, mask) paths of every frame; masks are ``<label_dir>/<stem>.png``."""
+        """The (image, mask) paths of every frame; masks are ``<label_dir>/<stem>.png`` unless listed."""
         images, labels = self.root / self.image_dir, self.root / self.label_dir
-        return [Frame(self.name, images / f, labels / (Path(f).stem + ".png")) for f in self.frames]
+        masks = self.masks or tuple(Path(f).stem + MASK_SUFFIX for f in self.frames)
+        return [Frame(self.name, images / f, labels / m) for f, m in zip(self.frames, masks)]
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,38 @@ def assign_sequences(names: Sequence[str], split: SplitConfig, seed: int, *,
     return {"train": train, "val": sorted(val), "test": sorted(test)}
 
 
+def _frames(sequences: Sequence[SplitSequence]) -> int:
+    return sum(len(q.frames) for q in sequences)
+
+
+def fraction_warnings(splits: Splits, split: SplitConfig, *, test_from_root: bool) -> list[str]:
+    """Warnings for splits drawn by fraction that took much more than asked from training.
+
+    Fractions round to whole sequences (at least one), so on a dataset of a few sequences a
+    10% test split can take a third of the training frames without anyone asking for it.
+    """
+    drawn = []
+    if split.val is None:
+        drawn.append(("val", split.val_fraction, splits.val))
+    if split.test is None and not test_from_root:
+        drawn.append(("test", split.test_fraction, splits.test))
+    total = _frames(splits.train) + _frames(splits.val) + (0 if test_from_root else _frames(splits.test))
+    warnings = []
+    for name, fraction, taken in drawn:
+        frames = _frames(taken)
+        # Rounding up to whole sequences; half as much again as asked is more than rounding noise.
+        if not taken or total == 0 or frames / total <= 1.5 * fraction:
+            continue
+        lost = frames / (_frames(splits.train) + frames)
+        names = ", ".join(f"{q.name} ({len(q.frames)} frames)" for q in taken)
+        warnings.append(
+            f"splits: dataset.split.{name}_fraction {fraction:g} moved {names} out of training into the {name} "
+            f"split: {100 * frames / total:.0f}% of the frames instead of {100 * fraction:.0f}%, and training "
+            f"loses {100 * lost:.0f}% of its frames. To keep them, set dataset.split.{name}: [] (no {name} "
+            f"split) or name the {name} sequences, or lower dataset.split.{name}_fraction")
+    return warnings
+
+
 # ----------------------------------------------------------------------------- persistence
 
 
@@ -146,13 +182,19 @@ def splits_path(cfg: Config) -> Path:
 
 
 def _sequence_json(seq: SplitSequence) -> dict:
-    return {"name": seq.name, "root": str(seq.root), "image_dir": seq.image_dir,
+    data = {"name": seq.name, "root": str(seq.root), "image_dir": seq.image_dir,
             "label_dir": seq.label_dir, "frames": list(seq.frames)}
+    if seq.masks:
+        data["masks"] = list(seq.masks)
+    return data
 
 
 def _sequence_from_json(data: dict) -> SplitSequence:
+    masks = tuple(data.get("masks", ()))
+    if masks and len(masks) != len(data["frames"]):
+        raise ValueError(f"sequence {data['name']}: {len(masks)} masks for {len(data['frames'])} frames")
     return SplitSequence(data["name"], Path(data["root"]), data["image_dir"], data["label_dir"],
-                         tuple(data["frames"]))
+                         tuple(data["frames"]), masks)
 
 
 def _load(path: Path) -> dict:
@@ -195,8 +237,11 @@ def _resplit_reason(path: Path, force: bool, settings: dict, sequences: dict) ->
 
 def _split_sequence(listing: DatasetListing, name: str) -> SplitSequence:
     seq = next(s for s in listing.sequences if s.name == name)
+    masks = tuple(f.mask.name for f in seq.frames)
+    usual = all(m == f.image.stem + MASK_SUFFIX for m, f in zip(masks, seq.frames))
     return SplitSequence(name, listing.root, str(seq.image_dir.relative_to(listing.root)),
-                         str(seq.label_dir.relative_to(listing.root)), tuple(f.image.name for f in seq.frames))
+                         str(seq.label_dir.relative_to(listing.root)), tuple(f.image.name for f in seq.frames),
+                         () if usual else masks)
 
 
 def resolve_splits(main: DatasetListing, test: DatasetListing | None, cfg: Config, *,
@@ -226,6 +271,8 @@ def resolve_splits(main: DatasetListing, test: DatasetListing | None, cfg: Confi
         return tuple(_split_sequence(main, n) for n in assignment[split])
 
     splits = Splits(build("train"), build("val"), build("test"))
+    for warning in fraction_warnings(splits, cfg.dataset.split, test_from_root=test is not None):
+        log(f"WARNING: {warning}")
     if not splits.val:
         log("splits: no validation sequences (a single sequence, or val_fraction 0): "
             "validation and visualization will be skipped")

@@ -8,6 +8,7 @@ laptop CPU, one GPU and ``torchrun`` on many nodes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import random
@@ -25,7 +26,7 @@ from ..data.loader import build_loader, describe_loader, set_epoch
 from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
 from ..errors import DistSegError
-from ..models import build_model
+from ..models import build_model, check_model_config
 from ..telemetry.history import EpochRecord
 from ..telemetry.memlog import MemoryLog
 from ..telemetry.progress import Progress
@@ -101,9 +102,8 @@ class Trainer:
         self.palette = Palette.from_config(cfg.dataset)
         self.class_names = self.palette.names
         self.void_index = cfg.dataset.void_index
-        device_type = ctx.device.type
-        self.train_loader = build_loader(self.data.train, cfg, train=True, device_type=device_type)
-        self.val_loader = (build_loader(self.data.val, cfg, train=False, device_type=device_type)
+        self.train_loader = build_loader(self.data.train, tr, ctx, train=True)
+        self.val_loader = (build_loader(self.data.val, tr, ctx, train=False)
                            if self.data.val is not None and len(self.data.val) else None)
         self.steps_per_epoch = len(self.train_loader) // tr.grad_accum_steps
         if self.steps_per_epoch == 0:
@@ -528,6 +528,10 @@ def _resume_path(cfg: Config, out: RunOutputs) -> Path | None:
 
 def run_training(cfg: Config) -> RunSummary:
     """Train according to ``cfg``: the whole run, from process group to final checkpoint."""
+    # Model config errors stop the run here, before any data is prepared; the written
+    # config names the backbone actually built.
+    cfg = dataclasses.replace(cfg, model=check_model_config(cfg.model, cfg.dataset.num_classes,
+                                                            tuple(cfg.training.image_size)))
     ctx = setup_distributed(cfg.backend)
     out = RunOutputs(cfg, active=ctx.is_main)
     sampler: VramSampler | None = None

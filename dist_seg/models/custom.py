@@ -54,8 +54,8 @@ def _dict_output(module: nn.Module, args: tuple, output: Any) -> Any:
                       "logits tensor [B, num_classes, H, W] or a dict with the logits under 'out'")
 
 
-def build_custom_model(import_path: str, num_classes: int, extra: dict[str, Any]) -> nn.Module:
-    """Construct the custom model ``import_path`` as ``factory(num_classes=num_classes, **extra)``."""
+def check_custom_model(import_path: str, num_classes: int, extra: dict[str, Any]) -> Any:
+    """Import the factory and check it accepts ``num_classes`` and ``extra`` (nothing is constructed)."""
     factory = import_factory(import_path)
     kwargs = {"num_classes": num_classes, **extra}
     try:
@@ -67,7 +67,21 @@ def build_custom_model(import_path: str, num_classes: int, extra: dict[str, Any]
         raise ConfigError(f"model.type: cannot construct {import_path}({given}): {exc}; make the constructor "
                           "accept num_classes and every extra key of the model section, or remove the extra "
                           "keys it does not take") from exc
-    model = factory(**kwargs)
+    except ValueError:
+        pass  # some builtins and C extensions have no signature; the call below decides
+    return factory
+
+
+def build_custom_model(import_path: str, num_classes: int, extra: dict[str, Any]) -> nn.Module:
+    """Construct the custom model ``import_path`` as ``factory(num_classes=num_classes, **extra)``."""
+    factory = check_custom_model(import_path, num_classes, extra)
+    try:
+        model = factory(num_classes=num_classes, **extra)
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything; the message names it
+        raise ConfigError(f"model.type: {import_path}(num_classes={num_classes}"
+                          f"{''.join(f', {k}={v!r}' for k, v in extra.items())}) raised "
+                          f"{type(exc).__name__}: {exc}; fix the model's constructor or the extra keys of the "
+                          "model section") from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.type: {import_path} returned {type(model).__name__}, not a torch.nn.Module")
     model.register_forward_hook(_dict_output)

@@ -123,7 +123,7 @@ def _init_head(head: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register("deeplabv3plus", "deeplabv3+", "deeplabv3_plus")
+@register("deeplabv3plus", "deeplabv3+", "deeplabv3_plus", default_backbone="resnet50")
 def build_deeplabv3plus(cfg: ModelConfig, num_classes: int) -> DeepLabV3Plus:
     """DeepLabV3+ on a torchvision ResNet (``model.backbone``) at ``model.output_stride``."""
     backbone = replace_relu(resnet_features(cfg.backbone, cfg.output_stride), cfg.activation)

@@ -2,15 +2,17 @@
 
 Adding a model is one decorated function::
 
-    @register("mynet", "my_net")
+    @register("mynet", "my_net", default_backbone="resnet50")
     def build_mynet(cfg: ModelConfig, num_classes: int) -> nn.Module: ...
 
-Builders receive the whole :class:`~dist_seg.config.ModelConfig` and return a module whose
-``forward(x)`` gives ``{"out": logits}`` at the input resolution.
+Builders receive the whole :class:`~dist_seg.config.ModelConfig`, with ``backbone`` already
+resolved (``model.backbone: null`` means the type's ``default_backbone``), and return a
+module whose ``forward(x)`` gives ``{"out": logits}`` at the input resolution.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from types import MappingProxyType
 from typing import Callable
@@ -25,15 +27,19 @@ Builder = Callable[[ModelConfig, int], nn.Module]
 _BUILDERS: dict[str, Builder] = {}
 # Every accepted spelling (canonical names and aliases) -> canonical name.
 _NAMES: dict[str, str] = {}
+# Canonical name -> the backbone used when model.backbone is null.
+_DEFAULT_BACKBONES: dict[str, str] = {}
 
 # Read-only view of every accepted ``model.type`` name (aliases included) -> builder.
 MODEL_TYPES = MappingProxyType(_BUILDERS)
 
 
-def register(name: str, *aliases: str) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder`` under ``name`` and its ``aliases``."""
+def register(name: str, *aliases: str, default_backbone: str) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder`` under ``name`` and its ``aliases``, with the backbone
+    it gets when the config names none."""
 
     def decorate(builder: Builder) -> Builder:
+        _DEFAULT_BACKBONES[name] = default_backbone
         for spelling in (name, *aliases):
             if spelling in _BUILDERS:
                 raise ValueError(f"model type {spelling!r} is registered twice")  # a bug, not user input
@@ -65,3 +71,11 @@ def resolve(model_type: str) -> Builder:
         f"model.type: unknown model type {model_type!r}; {hint}choose one of {available_types()}, "
         "or give a custom model as an import path 'package.module:ClassName'"
     )
+
+
+def with_default_backbone(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with ``backbone`` filled in from its type when null (custom models keep theirs)."""
+    if cfg.is_custom or cfg.backbone is not None:
+        return cfg
+    resolve(cfg.type)
+    return dataclasses.replace(cfg, backbone=_DEFAULT_BACKBONES[_NAMES[cfg.type]])

@@ -44,19 +44,19 @@ def _build(model_type: str, cfg: ModelConfig, num_classes: int) -> nn.Module:
     return replace_relu(model, cfg.activation)
 
 
-@register("deeplabv3")
+@register("deeplabv3", default_backbone="resnet50")
 def build_deeplabv3(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """torchvision DeepLabV3 (ResNet-50/101 or MobileNetV3-Large backbone)."""
     return _build("deeplabv3", cfg, num_classes)
 
 
-@register("fcn")
+@register("fcn", default_backbone="resnet50")
 def build_fcn(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """torchvision FCN (ResNet-50/101 backbone)."""
     return _build("fcn", cfg, num_classes)
 
 
-@register("lraspp")
+@register("lraspp", default_backbone="mobilenet_v3_large")
 def build_lraspp(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """torchvision LR-ASPP (MobileNetV3-Large backbone)."""
     return _build("lraspp", cfg, num_classes)

@@ -70,9 +70,10 @@ def backbone_entries(state: dict[str, torch.Tensor], backbone_keys: set[str]) ->
     return state
 
 
-def load_backbone_weights(model: nn.Module, path: Path, model_name: str) -> None:
-    """Load the backbone weights in ``path`` into ``model.backbone``, checking names and shapes.
+def fitting_backbone_weights(model: nn.Module, path: Path, model_name: str) -> dict[str, torch.Tensor]:
+    """The entries of ``path`` for ``model.backbone``, checked against its names and shapes.
 
+    Works on a model built on the meta device too (only names and shapes are compared).
     ``model_name`` describes the model in error messages (e.g. ``"deeplabv3plus / resnet50"``).
     """
     backbone = getattr(model, "backbone", None)
@@ -94,4 +95,10 @@ def load_backbone_weights(model: nn.Module, path: Path, model_name: str) -> None
         raise ConfigError(f"model.backbone_weights: {path} does not fit the backbone of {model_name}: "
                           f"{'; '.join(problems)}. Use a state dict saved from the same architecture "
                           "(e.g. torchvision's ImageNet file for model.backbone)")
-    backbone.load_state_dict(state, strict=False)
+    return state
+
+
+def load_backbone_weights(model: nn.Module, path: Path, model_name: str) -> None:
+    """Load the backbone weights in ``path`` into ``model.backbone``, checking names and shapes."""
+    state = fitting_backbone_weights(model, path, model_name)
+    model.backbone.load_state_dict(state, strict=False)

@@ -33,7 +33,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, subprocess_env, tiny_raw_config
 from support.dist_eval_script import evaluate_checkpoint
 from dist_seg.config import apply_overrides, config_from_dict
-from dist_seg.data.synth import generate_dataset
+from dist_seg.synth import generate_dataset
 from dist_seg.engine.checkpoint import list_checkpoints
 from dist_seg.engine.distributed import DistContext, restart_hazard
 from dist_seg.engine.trainer import run_training

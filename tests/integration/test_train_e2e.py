@@ -51,7 +51,7 @@ def untrained_miou(cfg) -> float:
     model = build_model(cfg.model, cfg.dataset.num_classes)
     runtime = resolve_runtime(cfg.backend, CPU.device, log=lambda _m: None)
     prep = BatchPreparer(CPU.device, runtime.memory_format, tuple(cfg.training.image_size))
-    loader = build_loader(data.val, cfg, train=False, device_type="cpu")
+    loader = build_loader(data.val, cfg.training, CPU, train=False)
     return evaluate(model, loader, prep, runtime, SegmentationLoss(), CPU, cfg.dataset.class_names, None).mean_iou
 
 

@@ -36,7 +36,7 @@ def evaluate_checkpoint(config_path: str | Path, checkpoint: str | Path, ctx: Di
     model.to(ctx.device)
     runtime = resolve_runtime(cfg.backend, ctx.device, log=lambda _m: None)
     prep = BatchPreparer(ctx.device, runtime.memory_format, tuple(cfg.training.image_size), cfg.dataset.void_index)
-    loader = build_loader(data.val, cfg, train=False, device_type=ctx.device.type)
+    loader = build_loader(data.val, cfg.training, ctx, train=False)
     seen: list[str] = []
 
     def recording():

@@ -115,3 +115,40 @@ def test_validate_cli_reports_a_config_error(tmp_path):
                            "--set", "training.epochs=-1"], capture_output=True, text=True, env=subprocess_env(),
                           timeout=60)
     assert proc.returncode == 1 and "training.epochs: must be >= 1" in proc.stderr
+
+
+def test_void_class_by_id_is_stored_as_its_name(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL), ["dataset.void_class=12"])
+    assert cfg.dataset.void_class == "void" and cfg.dataset.void_index == 12
+    assert config_to_dict(cfg)["dataset"]["void_class"] == "void"
+    with pytest.raises(ConfigError, match=r"dataset.void_class: class id 13 is out of range.*0\.\.12"):
+        load_config(write(tmp_path, MINIMAL), ["dataset.void_class=13"])
+
+
+def test_missing_dataset_section_names_dataset_root_and_a_usable_fix(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "training:\n  output_dir: out\n"))
+    assert "dataset: required key is missing" in str(err.value)
+    assert "--set dataset.root=PATH" in str(err.value)
+    # The suggested fix works.
+    cfg = load_config(write(tmp_path, "training:\n  output_dir: out\n"), ["dataset.root=data"])
+    assert cfg.dataset.root == tmp_path / "data"
+
+
+def test_a_class_file_carries_its_void_class_unless_the_config_sets_one(tmp_path):
+    write(tmp_path, "void_class: sky\nclasses:\n  - {name: road, color: [128, 64, 128]}\n"
+                    "  - {name: sky, color: [70, 130, 180]}\n", "classes.yaml")
+    text = "dataset:\n  root: d\n  classes: classes.yaml\ntraining:\n  output_dir: o\n"
+    assert load_config(write(tmp_path, text)).dataset.void_index == 1
+    assert load_config(write(tmp_path, text), ["dataset.void_class=road"]).dataset.void_index == 0
+    assert load_config(write(tmp_path, text), ["dataset.void_class=null"]).dataset.void_class is None
+    write(tmp_path, "void_class: skye\nclasses:\n  - {name: road, color: [1, 1, 1]}\n"
+                    "  - {name: sky, color: [2, 2, 2]}\n", "classes.yaml")
+    with pytest.raises(ConfigError, match="dataset.void_class: 'skye' is not a class name; did you mean 'sky'"):
+        load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "nan"])
+def test_learning_rate_must_be_a_finite_number(tmp_path, value):
+    with pytest.raises(ConfigError, match="training.learning_rate: (must be positive|expected a number)"):
+        load_config(write(tmp_path, MINIMAL), [f"training.learning_rate={value}"])

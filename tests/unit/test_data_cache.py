@@ -19,8 +19,8 @@ from dist_seg.data.cache import MANIFEST, cache_root, dataset_cache_dir
 from dist_seg.data.dataset import Batch, CachedDataset, DecodeDataset
 from dist_seg.data.palette import Palette
 from dist_seg.data.pipeline import load_datasets, prepare
-from dist_seg.data.synth import generate_dataset
-from dist_seg.data.validation import validate_dataset
+from dist_seg.synth import generate_dataset
+from dist_seg.data.checks import check_dataset
 from dist_seg.errors import DataError
 from test_data_support import REPO_ROOT, make_config, make_dataset
 
@@ -128,7 +128,7 @@ def test_build_killed_before_its_manifest_leaves_nothing_valid(tmp_path, dataset
     # the other sequences' arrays still temporary, no manifest written yet.
     script = textwrap.dedent(f"""
         import os, signal, sys
-        sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
+        sys.path.insert(0, {str(REPO_ROOT / 'tests' / 'unit')!r})
         from test_data_support import make_config
         from dist_seg import atomic
         from dist_seg.data.pipeline import prepare
@@ -215,7 +215,7 @@ def test_test_root_sequences_are_cached_and_served_as_the_test_split(tmp_path, d
 def test_synthetic_dataset_validates_prepares_and_loads(tmp_path):
     root = generate_dataset(tmp_path / "synth", sequences=2, frames=3, size=(24, 32)).root
     cfg = make_config(tmp_path, root)
-    assert not validate_dataset(cfg, progress=False).problems
+    assert not check_dataset(cfg.dataset, progress=False).problems
     summary = _quiet(cfg)
     assert summary.split_counts == {"train": (1, 3), "val": (1, 3), "test": (0, 0)}
     bundle = load_datasets(cfg)

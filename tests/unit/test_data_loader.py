@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from dist_seg.data.cache_loader import CacheLoader
 from dist_seg.data.dataset import Batch
-from dist_seg.data.loader import ShardSampler, build_loader, describe_loader, set_epoch
+from dist_seg.data.loader import ShardSampler, SingleProcess, build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.errors import DataError
 from test_data_support import make_config, make_dataset
@@ -40,7 +40,7 @@ def check_training_batches(loader, dataset, shape):
 
 def test_full_cache_is_served_by_gather_threads(bundle_and_cfg):
     bundle, cfg = bundle_and_cfg
-    loader = build_loader(bundle.train, cfg, train=True, device_type="cpu")
+    loader = build_loader(bundle.train, cfg.training, SingleProcess(), train=True)
     assert isinstance(loader, CacheLoader) and loader.threads == 2 and not loader.pin_memory
     assert describe_loader(loader) == ("full cache served by 2 gather threads into reused batch buffers "
                                        "(no worker processes)")
@@ -53,7 +53,7 @@ def test_decoded_images_are_served_by_worker_processes(tmp_path):
                       training={"num_workers": 2, "batch_size": 2, "val_batch_size": 2})
     prepare(cfg, log=lambda _: None, progress=False)
     dataset = load_datasets(cfg).train
-    loader = build_loader(dataset, cfg, train=True, device_type="cpu")
+    loader = build_loader(dataset, cfg.training, SingleProcess(), train=True)
     assert isinstance(loader, DataLoader)
     assert not loader.pin_memory and loader.persistent_workers and loader.prefetch_factor == 2
     assert describe_loader(loader) == "files decoded by 2 worker processes"
@@ -65,7 +65,7 @@ def test_training_order_depends_only_on_seed_and_epoch(bundle_and_cfg):
     cfg.training.num_workers = 0
 
     def order(epoch):
-        loader = build_loader(bundle.train, cfg, train=True, device_type="cpu")
+        loader = build_loader(bundle.train, cfg.training, SingleProcess(), train=True)
         set_epoch(loader, epoch)
         return [p for batch in loader for p in batch.paths]
 
@@ -75,7 +75,7 @@ def test_training_order_depends_only_on_seed_and_epoch(bundle_and_cfg):
 
 def test_evaluation_loader_keeps_every_frame_once_in_order(bundle_and_cfg):
     bundle, cfg = bundle_and_cfg
-    loader = build_loader(bundle.train, cfg, train=False, device_type="cpu")
+    loader = build_loader(bundle.train, cfg.training, SingleProcess(), train=False)
     paths = [p for batch in loader for p in batch.paths]
     assert paths == bundle.train.paths  # 5 frames in batches of 2: the last batch of 1 is kept
 
@@ -94,7 +94,7 @@ def test_too_few_training_frames_for_one_batch_is_a_clear_error(bundle_and_cfg):
     bundle, cfg = bundle_and_cfg
     cfg.training.batch_size = 8
     with pytest.raises(DataError, match="lower training.batch_size"):
-        build_loader(bundle.train, cfg, train=True, device_type="cpu")
+        build_loader(bundle.train, cfg.training, SingleProcess(), train=True)
 
 
 @pytest.mark.parametrize("cache_images", [True, False])
@@ -104,7 +104,7 @@ def test_an_epoch_can_start_part_way_without_reading_the_skipped_batches(tmp_pat
                       training={"batch_size": 2})
     prepare(cfg, log=lambda _: None, progress=False)
     dataset = load_datasets(cfg).train
-    loader = build_loader(dataset, cfg, train=True, device_type="cpu")
+    loader = build_loader(dataset, cfg.training, SingleProcess(), train=True)
     assert isinstance(loader, CacheLoader if cache_images else DataLoader)
     set_epoch(loader, 3)
     full = [batch.paths for batch in loader]
@@ -125,6 +125,6 @@ def test_an_epoch_can_start_part_way_without_reading_the_skipped_batches(tmp_pat
 
 def test_only_a_training_loader_starts_part_way(bundle_and_cfg):
     bundle, cfg = bundle_and_cfg
-    loader = build_loader(bundle.train, cfg, train=False, device_type="cpu")
+    loader = build_loader(bundle.train, cfg.training, SingleProcess(), train=False)
     with pytest.raises(ValueError, match="only a training loader"):
         set_epoch(loader, 0, start_batch=1)

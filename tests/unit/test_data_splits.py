@@ -112,3 +112,24 @@ def test_test_root_is_the_test_split(tmp_path):
     assert [(s.root, s.name) for s in splits.test] == [(test_root, "Video_000")]
     assert len(splits.train) == 1 and len(splits.val) == 1
     assert splits.test[0].frame_records()[1].mask == test_root / "Labels/Video_000/video_000_0001.png"
+
+
+def test_a_fraction_that_takes_a_whole_sequence_from_a_small_training_set_is_a_loud_warning(tmp_path):
+    from dist_seg.data.pipeline import prepare
+    from test_data_support import make_config, make_dataset
+
+    root = make_dataset(tmp_path / "data", {f"Video_00{i}": 2 for i in range(4)})
+    lines: list[str] = []
+    cfg = make_config(tmp_path, root, dataset={"split": {"val": ["Video_003"]}})
+    summary = prepare(cfg, log=lines.append, progress=False)
+    warnings = [line for line in lines if line.startswith("WARNING: splits:")]
+    assert summary.split_counts["test"] == (1, 2) and summary.split_counts["train"] == (2, 4)
+    assert len(warnings) == 1, lines
+    assert "dataset.split.test_fraction 0.1 moved Video_00" in warnings[0]
+    assert "25% of the frames instead of 10%" in warnings[0] and "training loses 33% of its frames" in warnings[0]
+    assert "dataset.split.test: []" in warnings[0]
+
+    lines.clear()
+    prepare(make_config(tmp_path, root, dataset={"split": {"val": ["Video_003"], "test": []}}),
+            log=lines.append, progress=False)
+    assert not [line for line in lines if line.startswith("WARNING")]

@@ -318,3 +318,49 @@ def test_weights_need_a_backbone_submodule(tmp_path):
     # A factory function works as a custom type too; torchvision's resnet18 has no .backbone.
     with pytest.raises(ConfigError, match=r"torchvision\.models:resnet18 has no 'backbone' submodule"):
         build_model(ModelConfig(type="torchvision.models:resnet18", backbone_weights=tmp_path / "w.pth"), NUM_CLASSES)
+
+
+# ----------------------------------------------------------------------------- default backbone, cheap check
+
+
+@pytest.mark.parametrize("model_type, default", [("lraspp", "mobilenet_v3_large"), ("deeplabv3plus", "resnet50"),
+                                                 ("fcn", "resnet50")])
+def test_a_model_type_without_backbone_gets_its_own_default(tmp_path, model_type, default):
+    cfg = config_from_dict({"dataset": {"root": "d"}, "training": {"output_dir": "o"},
+                            "model": {"type": model_type}}).model
+    assert cfg.backbone is None
+    from dist_seg.models import check_model_config
+    assert check_model_config(cfg, NUM_CLASSES).backbone == default
+    if model_type == "lraspp":  # the case a new user hit: it used to demand a ResNet
+        assert _run(build_model(cfg, NUM_CLASSES), batch=1).shape == (1, NUM_CLASSES, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("model, pattern", [
+    ({"backbone": "resnet5"}, r"model\.backbone: 'resnet5'.*did you mean 'resnet50'"),
+    ({"type": "unet"}, r"model\.type: unknown model type 'unet'"),
+    ({"activation": "rellu"}, r"model\.activation: unknown activation 'rellu'"),
+    ({"type": "lraspp", "backbone": "resnet50"}, r"model\.backbone: lraspp supports the backbones"),
+    ({"type": "no_such_pkg.mod:Net"}, r"model\.type: cannot import module 'no_such_pkg\.mod'"),
+    ({"backbone_weights": "missing.pth"}, r"model\.backbone_weights: file .*missing\.pth does not exist"),
+])
+def test_check_model_config_finds_every_model_error_without_building(tmp_path, model, pattern):
+    from dist_seg.models import check_model_config
+    cfg = config_from_dict({"dataset": {"root": "d"}, "training": {"output_dir": "o"}, "model": model},
+                           base_dir=tmp_path).model
+    with pytest.raises(ConfigError, match=pattern):
+        check_model_config(cfg, NUM_CLASSES, (SIZE, SIZE))
+
+
+def test_check_model_config_matches_weights_and_output_shape_on_the_meta_device(tmp_path):
+    from dist_seg.models import check_model_config
+    resnet = torchvision.models.resnet34(weights=None)
+    torch.save(resnet.state_dict(), tmp_path / "r34.pth")
+    good = ModelConfig(backbone="resnet34", backbone_weights=tmp_path / "r34.pth")
+    assert check_model_config(good, NUM_CLASSES, (SIZE, SIZE)) == good
+    with pytest.raises(ConfigError, match="does not fit the backbone"):
+        check_model_config(ModelConfig(backbone="resnet18", backbone_weights=tmp_path / "r34.pth"), NUM_CLASSES)
+
+
+def test_a_custom_model_raising_in_its_constructor_is_a_config_error(on_path):
+    with pytest.raises(ConfigError, match=r"model\.type: .*raised .*Error"):
+        build_model(ModelConfig(type="fixtures_custom_model:TinyNet", extra={"width": -1}), NUM_CLASSES)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .data.discovery import IMAGE_SUFFIXES
-from .data.synth import MIN_SIZE, generate_dataset
+from ..data.discovery import IMAGE_SUFFIXES
+from . import MIN_SIZE, generate_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -67,7 +66,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "choose a writable OUT_DIR\n")
     print(summary.describe())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Discovery (pairing, filters) and validation (every problem in one pass, CLI exit codes)."""
+"""Discovery (pairing, filters) and dataset checks (every problem in one pass, validate CLI exit codes)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PIL import Image
 
 from dist_seg.data.discovery import discover
 from dist_seg.data.pipeline import load_datasets, prepare
-from dist_seg.data.validation import validate_dataset
+from dist_seg.data.checks import check_dataset
 from dist_seg.errors import DataError
 from test_data_support import (COLORS, make_config, make_dataset, run_module, write_config_file,
                                write_frame)
@@ -45,7 +45,7 @@ def test_include_and_exclude_filter_sequences_and_unknown_includes_are_reported(
     assert listing.sequence_names == ["Video_000"]
     assert listing.unknown_includes == (("Vidoe_001", "Video_001"),)
 
-    report = validate_dataset(make_config(tmp_path, root, dataset={"include": ["Vidoe_001"]}), progress=False)
+    report = check_dataset(make_config(tmp_path, root, dataset={"include": ["Vidoe_001"]}).dataset, progress=False)
     assert len(report.errors) == 1
     assert "'Vidoe_001'" in report.format() and "did you mean 'Video_001'?" in report.format()
 
@@ -82,7 +82,7 @@ def test_validate_cli_lists_every_problem_at_once_and_exits_1(tmp_path):
     out = result.stdout
     assert "1 frame(s) of Video_000 have no mask (nomask.png)" in out
     assert "1 mask(s) of Video_000 have no frame (noframe.png)" in out
-    assert "video_001_0000.png: mask is 10x10 but its image video_001_0000.png is 32x24" in out
+    assert "video_001_0000.png: mask is 10x10 (HxW) but its image video_001_0000.png is 24x32" in out
     assert "video_001_0001.png: cannot read image" in out
     assert "colour [1, 2, 3] is not in the palette" in out and "6 pixels in 1 mask(s) (video_000_0001.png)" in out
     assert "sequence Video_002 has no label folder" in out
@@ -152,14 +152,14 @@ def test_index_masks_accept_ignore_label_and_flag_out_of_range_ids(tmp_path):
     ids[:2, :2] = 40
     Image.fromarray(ids).save(bad)
 
-    report = validate_dataset(make_config(tmp_path, root, dataset={"mask_format": "index"}), progress=False)
+    report = check_dataset(make_config(tmp_path, root, dataset={"mask_format": "index"}).dataset, progress=False)
     assert len(report.errors) == 1
     assert "class id 40 is outside 0..12 (and 255 = ignore): 4 pixels in 1 mask(s) (video_000_0001.png)" \
         in report.format()
 
-    rgb_report = validate_dataset(make_config(tmp_path, root), progress=False)
+    rgb_report = check_dataset(make_config(tmp_path, root).dataset, progress=False)
     assert "set dataset.mask_format: index" in rgb_report.format()
 
-    void = validate_dataset(make_config(tmp_path, root, dataset={"mask_format": "index", "unknown_colors": "void"}),
-                            progress=False)
-    assert not void.errors and len(void.warnings) == 1
+    void = check_dataset(make_config(tmp_path, root, dataset={"mask_format": "index", "unknown_colors": "void"}).dataset,
+                         progress=False)
+    assert not void.errors and [w.kind for w in void.warnings] == ["unknown-colour", "default-classes"]
