@@ -23,3 +23,7 @@ class DataError(DistSegError):
 
 class CheckpointError(DistSegError):
     """A checkpoint is missing, truncated or was not written by dist_seg."""
+
+
+class ExportError(DistSegError):
+    """A model cannot be exported, its artifact fails the parity check, or a deployment file is unusable."""
