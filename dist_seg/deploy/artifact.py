@@ -17,6 +17,7 @@ import torch
 
 from .. import atomic
 from ..engine.augment import MEAN, STD
+from ..errors import ExportError
 from .card import build_card, card_path
 from .graph import INPUT_NAME, deployable, load_export_source
 from .onnx_export import export_onnx
@@ -25,7 +26,6 @@ from .parity import (PARITY_FRAMES, ArtifactRunner, ParityReport, check_sizes, m
                      pytorch_logits)
 from .requirements import package_version, require
 from .torch_export import export_program, program_runner, save_program
-from ..errors import ExportError
 
 Format = Literal["onnx", "torch-export"]
 ARTIFACT_NAMES: dict[str, str] = {"onnx": "model.onnx", "torch-export": "model.pt2"}
