@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from support.helpers import SUPPORT_DIR, tiny_raw_config
+from support.helpers import tiny_raw_config
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.deploy import artifact as artifact_module
 from dist_seg.deploy.graph import load_export_source
@@ -28,13 +28,8 @@ from dist_seg.predict import main as predict_main
 
 DAVID_NAMES = ["traffic_sign", "building", "fence", "other", "pedestrian", "pole", "road_line", "road",
                "sidewalk", "vegetation", "car", "wall", "void"]
+# Custom models by import path (tests/support is on the path), as a user names theirs.
 TINY = "export_models:TinySegNet"
-
-
-@pytest.fixture(autouse=True)
-def _support_importable(monkeypatch):
-    # Custom test models are named by import path, as a user's model would be.
-    monkeypatch.syspath_prepend(str(SUPPORT_DIR))
 
 
 def make_checkpoint(directory: Path, synth_root: Path, model: dict, ema_noise: float | None = None) -> Path:
