@@ -27,3 +27,6 @@ class CheckpointError(DistSegError):
 
 class DiskSpaceError(DistSegError):
     """A folder has too little free space for what dist_seg must write there."""
+
+class ExportError(DistSegError):
+    """A model cannot be exported, its artifact fails the parity check, or a deployment file is unusable."""

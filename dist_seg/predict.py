@@ -1,4 +1,4 @@
-"""``python -m dist_seg.predict --checkpoint CKPT INPUT... --out DIR``.
+"""``python -m dist_seg.predict --checkpoint CKPT | --model model.onnx  INPUT... --out DIR``.
 
 INPUT is an image, a folder of images (a sequence) or a dataset root with an ``Images/``
 folder. For every frame it writes ``<stem>_ids.png`` (class ids), ``<stem>_color.png``
@@ -145,7 +145,9 @@ def _duration(seconds: float) -> str:
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dist_seg.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a dist_seg checkpoint (e.g. outputs/x/best_model.pth)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a dist_seg checkpoint (e.g. outputs/x/best_model.pth)")
+    source.add_argument("--model", help="an exported model.onnx (its model.json beside it); runs on ONNX Runtime")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image, sequence folder or dataset root")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -177,11 +179,17 @@ def _main(argv: Sequence[str] | None) -> int:
     from .engine.runtime import resolve_runtime
     from .engine.visualize import overlay, with_legend
 
-    device = select_device(BackendConfig(target=args.device), local_rank=0)
-    runtime = resolve_runtime(BackendConfig(target=args.device, compile=False), device, log=lambda _m: None)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime)
+    if args.model:
+        from .deploy.onnx_predictor import OnnxPredictor
+
+        predictor = OnnxPredictor.from_file(args.model, args.device)
+        size = tuple(predictor.input_size)
+    else:
+        device = select_device(BackendConfig(target=args.device), local_rank=0)
+        runtime = resolve_runtime(BackendConfig(target=args.device, compile=False), device, log=lambda _m: None)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime)
+        size = tuple(predictor.config.training.image_size)
     palette = predictor.palette
-    size = tuple(predictor.config.training.image_size)
 
     def save_png(array: np.ndarray, path: Path) -> None:
         with atomic.atomic_open(path, "wb") as fh:

@@ -1,0 +1,110 @@
+"""The network as it is deployed: uint8 RGB in, normalisation inside, class ids (and optionally logits) out.
+
+A deployment then needs no Python preprocessing: it hands camera frames to the graph
+as they come (``[B, 3, H, W]`` uint8, RGB) and reads class ids back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import BackendConfig, Config
+from ..data.palette import Palette
+from ..engine.augment import MEAN, STD
+from ..engine.checkpoint import load_checkpoint, load_model_state
+from ..engine.inference import Predictor
+from ..engine.runtime import resolve_runtime
+from ..errors import CheckpointError
+
+INPUT_NAME = "images"
+IDS_NAME = "class_ids"
+LOGITS_NAME = "logits"
+
+
+def ids_dtype(num_classes: int) -> torch.dtype:
+    """uint8 ids (what the id PNGs hold) while they fit, int64 beyond 256 classes."""
+    return torch.uint8 if num_classes <= 256 else torch.int64
+
+
+class DeployableModel(nn.Module):
+    """Wraps a segmentation model: ``forward(images uint8 [B,3,H,W])`` -> ``ids [B,H,W]`` (, ``logits``).
+
+    The normalisation is the one the trainer applies (:class:`~dist_seg.engine.augment.BatchPreparer`,
+    ImageNet mean/std on 0..255 values), so the artifact sees exactly what the model was trained on.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, with_logits: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.with_logits = with_logits
+        self.ids_dtype = ids_dtype(num_classes)
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(STD).view(1, 3, 1, 1) * 255.0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = (images.float() - self.mean) * self.inv_std
+        logits = self.model(x)["out"].float()
+        ids = logits.argmax(dim=1).to(self.ids_dtype)
+        return (ids, logits) if self.with_logits else ids
+
+
+@dataclass
+class ExportSource:
+    """A checkpoint's model in eval mode on the CPU, in float32, with what the model card reports."""
+
+    predictor: Predictor
+    checkpoint: Path
+    weights: str  # "model" or "ema"
+    epoch: int
+    global_step: int
+    best_miou: float | None
+    raw_config: dict[str, Any]
+
+    @property
+    def config(self) -> Config:
+        return self.predictor.config
+
+    @property
+    def palette(self) -> Palette:
+        return self.predictor.palette
+
+    @property
+    def model_name(self) -> str:
+        """The model type (and backbone for built-in types), for messages and the model card."""
+        m = self.config.model
+        return m.type if m.is_custom else f"{m.type} with backbone {m.backbone}"
+
+
+def load_export_source(path: str | Path, ema: bool = False) -> ExportSource:
+    """Rebuild a checkpoint's model on the CPU in float32; ``ema`` loads its EMA weights instead.
+
+    Raises :class:`CheckpointError` when ``ema`` is asked for and the checkpoint holds none.
+    """
+    path = Path(path)
+    cpu = torch.device("cpu")
+    # fp32, contiguous, eager: the reference the artifact is compared with.
+    runtime = resolve_runtime(BackendConfig(target="cpu", amp=False, channels_last=False, compile=False), cpu,
+                              log=lambda _m: None)
+    predictor = Predictor.from_checkpoint(path, cpu, runtime)
+    state = load_checkpoint(path)
+    if ema:
+        if not isinstance(state.get("ema"), dict):
+            raise CheckpointError(f"checkpoint {path} holds no EMA weights (no 'ema' state dict); export its "
+                                  "regular weights by leaving out --ema, or use a checkpoint of a run trained "
+                                  "with EMA")
+        load_model_state(predictor.model, {"model": state["ema"]}, f"{path} (EMA weights)")
+    best = state.get("best_metric")
+    return ExportSource(predictor=predictor, checkpoint=path, weights="ema" if ema else "model",
+                        epoch=int(state["epoch"]), global_step=int(state["global_step"]),
+                        best_miou=float(best) if best is not None and best >= 0 else None,
+                        raw_config=state["config"])
+
+
+def deployable(source: ExportSource, with_logits: bool) -> DeployableModel:
+    """The source's model wrapped for export, in eval mode."""
+    return DeployableModel(source.predictor.model, source.palette.num_classes, with_logits).eval()
