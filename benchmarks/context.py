@@ -27,6 +27,7 @@ class Context:
     scratch: Path
     work: Path
     log: Callable[[str], None] = print
+    footage_root: Path | None = None  # real data for time_to_accuracy; None = its default
     _data_root: Path | None = field(default=None, repr=False)
 
     def data_root(self) -> Path:

@@ -29,7 +29,7 @@ from benchmarks import report  # noqa: E402
 from benchmarks.common import Machine, Record  # noqa: E402
 from benchmarks.context import Context  # noqa: E402
 from benchmarks.sizes import PRESETS  # noqa: E402
-from benchmarks.suites import SUITES  # noqa: E402
+from benchmarks.suites import DEFAULT_SUITES, SUITES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,12 +40,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--tiny", action="store_const", const="tiny", dest="preset",
                       help="smallest sizes, for tests: checks that the suites run, numbers mean little")
     parser.set_defaults(preset="full")
-    parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(SUITES), metavar="NAME",
-                        help=f"suites to run (default: all): {', '.join(SUITES)}")
+    parser.add_argument("--suite", nargs="+", choices=list(SUITES), default=list(DEFAULT_SUITES), metavar="NAME",
+                        help=f"suites to run: {', '.join(SUITES)} (default: all but time_to_accuracy)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "out",
                         help="folder for results.json, summary.md and the runs' outputs (default: benchmarks/out)")
     parser.add_argument("--scratch", type=Path, default=None,
                         help="folder for the generated dataset and caches, reused between runs (default: OUT/scratch)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="real footage in DAVID layout for the time_to_accuracy suite "
+                             "(default: ../shared/data/camvid_dev beside the repository)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device to measure (default: cuda if available, else cpu)")
     return parser.parse_args(argv)
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scratch = (args.scratch or out / "scratch").resolve()
     machine = Machine.detect(device)
-    ctx = Context(PRESETS[args.preset], device, machine, scratch, out / "runs", log=lambda m: print(m, flush=True))
+    ctx = Context(PRESETS[args.preset], device, machine, scratch, out / "runs", log=lambda m: print(m, flush=True),
+                  footage_root=args.data_root)
     command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     meta = {"preset": args.preset, "command": command.strip(), "suites": args.suite, "machine": asdict(machine),
             "load_before": load_average(), "suite_load": {}, "failures": []}

@@ -15,7 +15,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import profile_loader, run  # noqa: E402
-from benchmarks.suites import SUITES  # noqa: E402
+from benchmarks.suites import DEFAULT_SUITES  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def scratch(tmp_path_factory):
     return tmp_path_factory.mktemp("bench_scratch")
 
 
-@pytest.mark.parametrize("suite", list(SUITES))
+@pytest.mark.parametrize("suite", list(DEFAULT_SUITES))
 def test_suite_runs_tiny_and_writes_well_formed_results(suite, scratch, tmp_path):
     assert run.main(["--tiny", "--suite", suite, "--out", str(tmp_path), "--scratch", str(scratch)]) == 0
     payload = json.loads((tmp_path / "results.json").read_text())

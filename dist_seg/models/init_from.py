@@ -1,0 +1,89 @@
+"""``model.init_from``: start a model from another run's weights, across class sets.
+
+Loads every tensor of a dist_seg checkpoint (its ``"model"`` entry) or of a plain state
+dict (a torchvision download, ``torch.save(model.state_dict())``) whose name and shape
+match the new model. A module with any tensor whose shape differs (the classifier heads
+when the class count changes) keeps its fresh initialisation as a whole, so a head is
+never half loaded. Unlike resuming, nothing but weights is taken: no optimizer, schedule
+or epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+# Wrapper prefixes that DDP and torch.compile add to state-dict keys.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What :func:`init_from` did, by state-dict key."""
+
+    loaded: tuple[str, ...]
+    reinitialised: tuple[str, ...]  # in both, shapes differ: their module keeps its fresh init
+    skipped: tuple[str, ...]  # in the file only (e.g. torchvision's aux_classifier)
+    missing: tuple[str, ...]  # in the model only: fresh init
+
+    def describe(self, path: Path) -> str:
+        def modules(keys: tuple[str, ...]) -> str:
+            names = sorted({k.rsplit(".", 1)[0] for k in keys})
+            return ", ".join(names) if names else "none"
+
+        return (f"init_from {path}: loaded {len(self.loaded)} tensors; re-initialised (shape differs): "
+                f"{modules(self.reinitialised)}; skipped (not in this model): {modules(self.skipped)}; "
+                f"not in the file (fresh init): {modules(self.missing)}")
+
+
+def _strip(key: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights in ``path``: a dist_seg checkpoint's ``"model"`` or a plain state dict."""
+    if not path.is_file():
+        raise CheckpointError(f"model.init_from: {path} does not exist; give a dist_seg checkpoint "
+                              "or a saved state dict")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable / unsafe files
+        raise CheckpointError(f"model.init_from: cannot read {path} ({exc}); it must load with "
+                              "torch.load(weights_only=True)") from exc
+    state = data.get("model", data) if isinstance(data, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"model.init_from: {path} holds neither a dist_seg checkpoint (key 'model') "
+                              "nor a state dict of tensors")
+    return {_strip(k): v for k, v in state.items()}
+
+
+def init_from(model: nn.Module, path: str | Path, log: Callable[[str], None] = print) -> InitReport:
+    """Load every matching weight of ``path`` into ``model`` (unwrapped), log and return what happened."""
+    path = Path(path)
+    source = read_state_dict(path)
+    target = model.state_dict()
+    mismatched_modules = {k.rsplit(".", 1)[0] for k, v in source.items()
+                          if k in target and tuple(v.shape) != tuple(target[k].shape)}
+    loaded, reinitialised = [], []
+    for key in target:
+        if key not in source:
+            continue
+        (reinitialised if key.rsplit(".", 1)[0] in mismatched_modules else loaded).append(key)
+    if not loaded:
+        raise CheckpointError(f"model.init_from: no weight of {path} matches this model by name and shape; "
+                              "was it saved from another architecture (model.type / model.backbone)?")
+    model.load_state_dict({k: source[k] for k in loaded}, strict=False)
+    report = InitReport(tuple(loaded), tuple(reinitialised),
+                        tuple(k for k in source if k not in target),
+                        tuple(k for k in target if k not in source))
+    log(report.describe(path))
+    return report
