@@ -25,7 +25,7 @@ from benchmarks.suites.time_to_accuracy import Point, choose_split, summarise  #
 try:  # the generator's public home; older layouts keep it in the data package
     from dist_seg.synth import generate_dataset
 except ImportError:  # pragma: no cover
-    from dist_seg.data.synth import generate_dataset
+    from dist_seg.synth import generate_dataset
 
 
 def _curve(*points: tuple[float, float]) -> list[Point]:
