@@ -22,10 +22,7 @@ if str(REPO_ROOT) not in sys.path:
 from benchmarks import run  # noqa: E402
 from benchmarks.suites.time_to_accuracy import Point, choose_split, summarise  # noqa: E402
 
-try:  # the generator's public home; older layouts keep it in the data package
-    from dist_seg.synth import generate_dataset
-except ImportError:  # pragma: no cover
-    from dist_seg.synth import generate_dataset
+from dist_seg.synth import generate_dataset  # noqa: E402
 
 
 def _curve(*points: tuple[float, float]) -> list[Point]:
