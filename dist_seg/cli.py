@@ -1,4 +1,4 @@
-"""``dist-seg SUBCOMMAND ...``: one console script for train, prepare, validate, synth and predict."""
+"""``dist-seg SUBCOMMAND ...``: one console script for train, prepare, validate, synth, predict and evaluate."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "validate": "dist_seg.validate",
     "synth": "dist_seg.synth",
     "predict": "dist_seg.predict",
+    "evaluate": "dist_seg.evaluate",
     "gpu-proc-sampler": "dist_seg.telemetry.gpu_proc_sampler",
 }
 
