@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli_common import run_cli
+from .cli_common import add_inference_arguments, inference_settings, run_cli
 from .data.splits import SPLIT_NAMES
 from .errors import CheckpointError
 
@@ -26,16 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a dist_seg checkpoint (e.g. outputs/x/best_model.pth)")
     parser.add_argument("config", nargs="?", help="YAML config whose data to use (default: the checkpoint's own)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--split", choices=SPLIT_NAMES, default=None,
+    where.add_argument("--split", choices=SPLIT_NAMES, default="test",
                        help="split of <output_dir>/splits.json to score (default test)")
     where.add_argument("--root", help="score every sequence of this DAVID-layout folder instead")
     parser.add_argument("--out", help="report folder (default <output_dir>/eval/<split or root name>)")
-    parser.add_argument("--tta", help="test-time augmentation, e.g. flip or flip,scales=0.75,1.0,1.25")
-    parser.add_argument("--mode", choices=["whole", "slide"], default="whole",
-                        help="whole: resize each frame to the network size; slide: overlapping windows at "
-                             "the frame's own resolution")
-    parser.add_argument("--crop", help="slide window HxW (default: the training image size)")
-    parser.add_argument("--stride", help="slide step HxW (default: 2/3 of the crop)")
+    add_inference_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="image-decoding processes per rank (0 = inline)")
     parser.add_argument("--mask-format", choices=["rgb", "index"],
@@ -54,20 +49,14 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--batch-size must be >= 1")
     if args.workers < 0:
         parser.error("--workers must be >= 0")
-    if args.mode == "whole" and (args.crop or args.stride):
-        parser.error("--crop and --stride need --mode slide")
+    settings = inference_settings(parser, args)
 
     from .config import BackendConfig, load_config
     from .engine.distributed import setup_distributed, teardown_distributed
     from .engine.eval_report import format_table, write_report
-    from .engine.inference import InferenceSettings, parse_size, parse_tta
     from .engine.native_eval import evaluate_checkpoint
     from .engine.runtime import resolve_runtime
 
-    flip, scales = parse_tta(args.tta)
-    settings = InferenceSettings(flip=flip, scales=scales, mode=args.mode,
-                                 crop=parse_size(args.crop, "--crop") if args.crop else None,
-                                 stride=parse_size(args.stride, "--stride") if args.stride else None)
     config = load_config(args.config) if args.config else None
     if not Path(args.checkpoint).is_file():
         raise CheckpointError(f"checkpoint {args.checkpoint} does not exist; pass a .pth written by dist_seg.train")
@@ -76,13 +65,12 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         runtime = resolve_runtime(backend, ctx.device, log=lambda _m: None)
         log = print if ctx.is_main else (lambda _m: None)
-        split = args.split or "test"
-        result = evaluate_checkpoint(args.checkpoint, ctx, runtime, config=config, split=split, root=args.root,
+        result = evaluate_checkpoint(args.checkpoint, ctx, runtime, config=config, split=args.split, root=args.root,
                                      settings=settings, batch_size=args.batch_size, num_workers=args.workers,
                                      mask_format=args.mask_format, cache_dir=args.cache_dir, log=log,
                                      progress=ctx.is_main and sys.stderr.isatty())
         if ctx.is_main:
-            out = Path(args.out) if args.out else _default_out(args, config, split)
+            out = Path(args.out) if args.out else _default_out(args, config)
             write_report(result, out)
             print(format_table(result))
             print(f"report: {out}/report.md (metrics.json, confusion.csv, confusion.png)")
@@ -91,14 +79,14 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _default_out(args: argparse.Namespace, config, split: str) -> Path:
+def _default_out(args: argparse.Namespace, config) -> Path:
     if config is None:
         from .engine.checkpoint import load_checkpoint
 
         output_dir = Path(load_checkpoint(args.checkpoint)["config"]["training"]["output_dir"])
     else:
         output_dir = Path(config.training.output_dir)
-    return output_dir / "eval" / (Path(args.root).resolve().name if args.root else split)
+    return output_dir / "eval" / (Path(args.root).resolve().name if args.root else args.split)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli_common import run_cli
+from .cli_common import add_inference_arguments, inference_settings, run_cli
 from .data.discovery import IMAGE_SUFFIXES, list_files
 from .errors import DataError
 
@@ -64,11 +64,12 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to run (auto: GPU when available)")
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    settings = inference_settings(parser, args)
 
-    import torch
     from PIL import Image
     from tqdm import tqdm
 
@@ -84,7 +85,6 @@ def _main(argv: Sequence[str] | None) -> int:
     runtime = resolve_runtime(BackendConfig(target=args.device, compile=False), device, log=lambda _m: None)
     predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime)
     out_dir = Path(args.out)
-    height, width = predictor.config.training.image_size
 
     def save_png(array: np.ndarray, path: Path) -> None:
         with atomic.atomic_open(path, "wb") as fh:
@@ -93,7 +93,7 @@ def _main(argv: Sequence[str] | None) -> int:
     for start in tqdm(range(0, len(jobs), args.batch_size), desc="predict", unit="batch",
                       disable=not sys.stderr.isatty()):
         batch = jobs[start:start + args.batch_size]
-        originals, resized = [], []
+        originals = []
         for job in batch:
             try:
                 with Image.open(job.source) as im:
@@ -101,9 +101,7 @@ def _main(argv: Sequence[str] | None) -> int:
             except OSError as exc:
                 raise DataError(f"cannot read image {job.source}: {exc}") from exc
             originals.append(rgb)
-            small = Image.fromarray(rgb).resize((width, height), Image.BILINEAR)
-            resized.append(torch.from_numpy(np.array(small)).permute(2, 0, 1))
-        ids = predictor.predict(torch.stack(resized), [o.shape[:2] for o in originals])
+        ids = predictor.predict(originals, settings)
         for job, rgb, pred in zip(batch, originals, ids):
             folder = out_dir / job.relative_dir
             stem = job.source.stem
