@@ -122,30 +122,33 @@ class VideoMetricsAccumulator:
         valid = target != IGNORE_INDEX
         continues = (self._current == seq and self._prev_target is not None
                      and self._prev_target.shape == target.shape)
-        if not continues:
-            self._current = seq
-            self._target_run = valid.to(torch.int16)
-            self._joint_run = self._target_run.clone()
-        else:
+        if continues:
             same_target = valid & (target == self._prev_target)
-            same_pred = pred == self._prev_pred
+            kept = same_target & (pred == self._prev_pred)
             static = same_target.sum()
             row[1] += static
-            row[2] += static - (same_target & same_pred).sum()
-            # Run lengths of "label constant" and "label and prediction constant", capped.
-            self._target_run = torch.where(same_target, (self._target_run + 1).clamp_(max=self._cap),
-                                           valid.to(torch.int16))
-            joint_kept = same_target & same_pred
-            self._joint_run = torch.where(joint_kept, (self._joint_run + 1).clamp_(max=self._cap),
-                                          valid.to(torch.int16))
-            for k, n in enumerate(self.window_sizes):
-                label_static = (self._target_run >= n).sum()
-                consistent = (self._joint_run >= n).sum()
-                scored = label_static > 0
-                row[3 + 2 * k] += torch.where(scored, consistent / label_static.clamp(min=1), 0.0)
-                row[4 + 2 * k] += scored
+            row[2] += static - kept.sum()
+        if self.window_sizes:  # flicker alone needs no runs
+            self._update_runs(row, valid, same_target if continues else None, kept if continues else None)
         row[0] += 1
+        self._current = seq
         self._prev_target, self._prev_pred = target, pred
+
+    def _update_runs(self, row: torch.Tensor, valid: torch.Tensor, same_target: torch.Tensor | None,
+                     kept: torch.Tensor | None) -> None:
+        """Extend (or restart) the runs of "label constant" and "label and prediction constant", then score windows."""
+        start = valid.to(torch.int16)
+        if same_target is None:  # first frame of a sequence
+            self._target_run, self._joint_run = start, start.clone()
+            return
+        self._target_run = torch.where(same_target, (self._target_run + 1).clamp_(max=self._cap), start)
+        self._joint_run = torch.where(kept, (self._joint_run + 1).clamp_(max=self._cap), start)
+        for k, n in enumerate(self.window_sizes):
+            label_static = (self._target_run >= n).sum()
+            consistent = (self._joint_run >= n).sum()
+            scored = label_static > 0
+            row[3 + 2 * k] += torch.where(scored, consistent / label_static.clamp(min=1), 0.0)
+            row[4 + 2 * k] += scored
 
     def totals(self) -> torch.Tensor:
         """The ``[sequences, fields]`` float64 counts; sum them over ranks with an all-reduce."""

@@ -109,3 +109,30 @@ def test_batches_do_not_change_the_result_and_totals_add_up_over_shards():
     merged = ranks[0].result(ranks[0].totals() + ranks[1].totals())
     assert merged.sequences["x"] == whole
     assert merged.sequences["y"].vc == pytest.approx(whole.vc, nan_ok=True)
+
+
+def test_validation_reports_the_flicker_of_consecutive_frames_per_folder():
+    from dist_seg.config import BackendConfig
+    from dist_seg.engine.augment import BatchPreparer
+    from dist_seg.engine.distributed import DistContext
+    from dist_seg.engine.evaluation import evaluate
+    from dist_seg.engine.losses import SegmentationLoss
+    from dist_seg.engine.runtime import resolve_runtime
+
+    cpu = torch.device("cpu")
+    runtime = resolve_runtime(BackendConfig(target="cpu", amp=False, compile=False), cpu, log=lambda _m: None)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 1)  # returns a tensor; evaluate reads tensors and {"out": ...} alike
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (6, 3, 5, 7), dtype=torch.uint8, generator=g)
+    masks = torch.randint(0, 3, (1, 5, 7), dtype=torch.uint8, generator=g).repeat(6, 1, 1)
+    paths = [f"/d/Images/A/{i}.png" for i in range(4)] + [f"/d/Images/B/{i}.png" for i in range(2)]
+    batches = [(images[:4], masks[:4], paths[:4]), (images[4:], masks[4:], paths[4:])]
+    result = evaluate(model, batches, BatchPreparer(cpu, torch.contiguous_format, (5, 7)),
+                      runtime, SegmentationLoss(), DistContext(0, 0, 1, cpu, None), ["a", "b", "c"], None)
+    with torch.no_grad():
+        x = BatchPreparer(cpu, torch.contiguous_format, (5, 7)).eval_batch(images, masks)[0]
+        pred = model(x).argmax(1)
+    pairs = [(0, 1), (1, 2), (2, 3), (4, 5)]  # never (3, 4): another folder
+    changed = sum(int((pred[a] != pred[b]).sum()) for a, b in pairs)
+    assert result.flicker == pytest.approx(changed / (4 * 35))
