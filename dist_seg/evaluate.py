@@ -1,4 +1,4 @@
-"""``python -m dist_seg.evaluate --checkpoint CKPT [CONFIG] [--split S | --root DIR] [--out DIR]`` (also under torchrun).
+"""``python -m dist_seg.evaluate --checkpoint CKPT [CONFIG] [--split S | --root DIR] [--out DIR]``, also under torchrun.
 
 Scores a checkpoint at native resolution: each frame's logits are upsampled to its own
 size and compared with its mask as annotated. Reports mIoU, per-class IoU, pixel accuracy,
