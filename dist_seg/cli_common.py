@@ -16,6 +16,28 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set training.epochs=2 (repeatable)")
 
 
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tta``, ``--mode``, ``--crop``, ``--stride``: how predict and evaluate label a frame."""
+    parser.add_argument("--tta", help="test-time augmentation, e.g. flip or flip,scales=0.75,1.0,1.25")
+    parser.add_argument("--mode", choices=["whole", "slide"], default="whole",
+                        help="whole: resize each frame to the network size; slide: overlapping windows at "
+                             "the frame's own resolution")
+    parser.add_argument("--crop", help="slide window HxW (default: the training image size)")
+    parser.add_argument("--stride", help="slide step HxW (default: 2/3 of the crop)")
+
+
+def inference_settings(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The :class:`~dist_seg.engine.inference.InferenceSettings` asked for by :func:`add_inference_arguments`."""
+    if args.mode == "whole" and (args.crop or args.stride):
+        parser.error("--crop and --stride need --mode slide")
+    from .engine.inference import InferenceSettings, parse_size, parse_tta
+
+    flip, scales = parse_tta(args.tta)
+    return InferenceSettings(flip=flip, scales=scales, mode=args.mode,
+                             crop=parse_size(args.crop, "--crop") if args.crop else None,
+                             stride=parse_size(args.stride, "--stride") if args.stride else None)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Call ``main``; print DistSegErrors as ``error: ...`` and return exit status 1."""
     try:

@@ -23,7 +23,7 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from .cli_common import run_cli
+from .cli_common import add_inference_arguments, inference_settings, run_cli
 from .data.discovery import IMAGE_SUFFIXES, list_files
 from .errors import DataError
 
@@ -155,11 +155,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="where to run (auto: GPU when available)")
     parser.add_argument("--log-every", type=int, default=50, metavar="N",
                         help="when stderr is not a terminal, print a progress line every N frames (default 50)")
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     if args.log_every < 1:
         parser.error("--log-every must be >= 1")
+    args.settings = inference_settings(parser, args)
     return args
 
 
@@ -168,12 +170,11 @@ def _main(argv: Sequence[str] | None) -> int:
     jobs = collect_inputs(args.inputs)
     check_outputs(jobs, args.out)
 
-    import torch
     from PIL import Image
 
     from . import atomic
     from .config import BackendConfig
-    from .data.decode import load_image, resize_image
+    from .data.decode import load_image
     from .engine.distributed import select_device
     from .engine.inference import Predictor
     from .engine.runtime import resolve_runtime
@@ -183,12 +184,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from .deploy.onnx_predictor import OnnxPredictor
 
         predictor = OnnxPredictor.from_file(args.model, args.device)
-        size = tuple(predictor.input_size)
     else:
         device = select_device(BackendConfig(target=args.device), local_rank=0)
         runtime = resolve_runtime(BackendConfig(target=args.device, compile=False), device, log=lambda _m: None)
         predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime)
-        size = tuple(predictor.config.training.image_size)
     palette = predictor.palette
 
     def save_png(array: np.ndarray, path: Path) -> None:
@@ -211,8 +210,7 @@ def _main(argv: Sequence[str] | None) -> int:
                     continue
                 batch.append(job)
             if batch:
-                resized = torch.stack([torch.from_numpy(resize_image(rgb, size)) for rgb in originals])
-                ids = predictor.predict(resized, [rgb.shape[:2] for rgb in originals])
+                ids = predictor.predict(originals, args.settings)
                 for job, rgb, pred in zip(batch, originals, ids):
                     stem = job.output_stem(args.out)
                     ids_path, color_path, overlay_path = (stem.with_name(stem.name + s) for s in OUTPUT_SUFFIXES)

@@ -105,7 +105,7 @@ class SequenceCache:
 # ----------------------------------------------------------------------------- fingerprints
 
 
-def _file_entries(root: Path, frames: Sequence[Frame]) -> list[list]:
+def file_entries(root: Path, frames: Sequence[Frame]) -> list[list]:
     entries = []
     for frame in frames:
         image, mask = frame.image.stat(), frame.mask.stat()
@@ -114,7 +114,7 @@ def _file_entries(root: Path, frames: Sequence[Frame]) -> list[list]:
     return entries
 
 
-def _digest(settings: dict, files: list[list]) -> str:
+def fingerprint_digest(settings: dict, files: list[list]) -> str:
     blob = json.dumps({"settings": settings, "files": files}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -190,7 +190,7 @@ class _SequenceWriter:
                  settings: CacheSettings) -> None:
         self.directory, self.root, self.listing, self.files, self.settings = directory, root, listing, files, settings
         self.settings_json = settings.as_json()
-        self.fingerprint = _digest(self.settings_json, files)
+        self.fingerprint = fingerprint_digest(self.settings_json, files)
         self.remaining = len(listing.frames)
         self.usable = True
         self.counts = np.zeros(256, dtype=np.int64)
@@ -242,7 +242,7 @@ class _SequenceWriter:
         }
         # Compact: the file list has one entry per frame.
         atomic.write_text(self.directory / MANIFEST, json.dumps(manifest, separators=(",", ":")) + "\n")
-        _remove_unreferenced(self.directory, {self.masks_name, self.images_name})
+        remove_unreferenced(self.directory, {self.masks_name, self.images_name})
         return SequenceCache(self.listing.name, self.directory, frames, self.settings.size, self.masks_name,
                              self.images_name, self.counts[:num_classes].copy(), int(self.counts[IGNORE_INDEX]))
 
@@ -253,7 +253,7 @@ class _SequenceWriter:
                 tmp.unlink(missing_ok=True)
 
 
-def _remove_unreferenced(directory: Path, keep: set[str | None]) -> None:
+def remove_unreferenced(directory: Path, keep: set[str | None]) -> None:
     # Called with the folder's lock held, so no other build is writing here.
     if not directory.is_dir():
         return
@@ -264,7 +264,7 @@ def _remove_unreferenced(directory: Path, keep: set[str | None]) -> None:
 
 
 @contextlib.contextmanager
-def _locked(directories: Sequence[Path], log: Callable[[str], None]) -> Iterator[None]:
+def locked_directories(directories: Sequence[Path], log: Callable[[str], None]) -> Iterator[None]:
     """Hold an exclusive lock on each cache folder so concurrent prepares build once."""
     with contextlib.ExitStack() as stack:
         for directory in sorted(set(directories)):
@@ -304,7 +304,7 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
     """
     settings = CacheSettings.from_config(cfg)
     outcome = CacheOutcome(directories=[dataset_cache_dir(listing.root, cfg) for listing in listings])
-    with _locked(outcome.directories, log):
+    with locked_directories(outcome.directories, log):
         writers: list[_SequenceWriter] = []
         try:
             for listing, directory in zip(listings, outcome.directories):
@@ -323,7 +323,7 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
 def _reuse_or_plan(seq: SequenceListing, root: Path, directory: Path, settings: CacheSettings,
                    outcome: CacheOutcome, log: Callable[[str], None]) -> _SequenceWriter | None:
     """Record a fresh cache as reused, or return the writer that rebuilds a stale one."""
-    files = _file_entries(root, seq.frames)
+    files = file_entries(root, seq.frames)
     cache, data, reason = _read_manifest(directory, root, settings.as_json())
     if cache is not None and data["files"] == files:
         outcome.caches.append(cache)
@@ -333,7 +333,7 @@ def _reuse_or_plan(seq: SequenceListing, root: Path, directory: Path, settings: 
         reason = _files_change(data["files"], files)
     log(f"cache: building {seq.name} ({reason})")
     # Leftovers of killed builds go; the arrays of the current manifest stay valid meanwhile.
-    _remove_unreferenced(directory, {data.get("masks"), data.get("images")} if data else set())
+    remove_unreferenced(directory, {data.get("masks"), data.get("images")} if data else set())
     return _SequenceWriter(directory, root, seq, files, settings)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from ..data.decode import resize_image
 from ..data.palette import Palette
 from ..errors import ExportError
 from .card import card_palette, read_card
@@ -100,12 +101,21 @@ class OnnxPredictor:
         ids, logits = self.session.run([self.ids_name, self.logits_name], feed)
         return ids, logits
 
-    def predict(self, images: Any, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Class ids ``[H, W]`` uint8 per image, like :meth:`Predictor.predict`: ``images`` is a uint8
-        ``[B,3,h,w]`` batch (numpy or CPU tensor) at the card's input size, ``sizes`` the original sizes."""
-        ids, logits = self.run(np.asarray(images))
+    def predict(self, images: Sequence[np.ndarray], settings: Any = None) -> list[np.ndarray]:
+        """Class ids ``[H, W]`` uint8 for each ``[H, W, 3]`` uint8 image, like :meth:`Predictor.predict`.
+
+        Frames are resized to the card's input size (as the training cache resized them) and
+        the logits are resized back to each frame's size before the argmax. Test-time
+        augmentation and sliding windows need the PyTorch model (``--checkpoint``).
+        """
+        if settings is not None and not (settings.is_plain and settings.mode == "whole"):
+            raise ExportError("--tta and --mode slide need the PyTorch model: predict with --checkpoint, "
+                              "or drop them to run the exported model")
+        batch = np.stack([resize_image(rgb, self.input_size) for rgb in images])
+        ids, logits = self.run(batch)
         out = []
-        for i, size in enumerate(sizes):
+        for i, rgb in enumerate(images):
+            size = rgb.shape[:2]
             if tuple(size) == ids.shape[1:]:
                 out.append(ids[i].astype(np.uint8))
             else:

@@ -23,9 +23,11 @@ import torch
 from PIL import Image
 
 from ..config import Config
+from ..data.decode import resize_image
 from ..data.discovery import discover
-from ..synth import generate_dataset
+from ..engine.inference import normalise
 from ..errors import DataError
+from ..synth import generate_dataset
 from .graph import ExportSource
 
 MIN_CLASS_AGREEMENT = 0.999
@@ -123,9 +125,7 @@ def parity_frames(cfg: Config, count: int, size: tuple[int, int]) -> tuple[list[
 
 def _batch(frames: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """Frames resized the way predict resizes them, as a uint8 ``[B,3,H,W]`` batch."""
-    height, width = size
-    resized = [np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames]
-    return np.ascontiguousarray(np.stack(resized).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(np.stack([resize_image(f, size) for f in frames]))
 
 
 def pytorch_logits(source: ExportSource) -> Callable[[np.ndarray], np.ndarray]:
@@ -135,7 +135,7 @@ def pytorch_logits(source: ExportSource) -> Callable[[np.ndarray], np.ndarray]:
     @torch.no_grad()
     def run(images: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(images)
-        x, _ = predictor.prep.to_device(batch, torch.zeros(batch.shape[0], *batch.shape[-2:], dtype=torch.uint8))
+        x = normalise(batch, torch.device("cpu"), torch.contiguous_format)
         return predictor.model(x)["out"].float().numpy()
 
     return run

@@ -1,24 +1,28 @@
-"""Validation: confusion matrix by bincount, all-reduced across ranks, and the metrics derived from it.
+"""Confusion matrix by bincount, the metrics derived from it, and the training-time validation.
 
 Each rank evaluates its own shard (the eval sampler shards without padding, so no frame
-is counted twice); only the confusion matrix and two loss sums cross the network.
+is counted twice); only the confusion matrix, two loss sums and the flicker counts cross
+the network. Validation scores masks at the cache resolution (``val/...``); the
+native-resolution evaluation of a checkpoint is :mod:`dist_seg.engine.native_eval`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import IGNORE_INDEX
 from .augment import BatchPreparer
 from .distributed import DistContext
+from .inference import forward_logits, upsample_logits
 from .losses import SegmentationLoss
 from .runtime import Runtime
+from .video_metrics import VideoMetricsAccumulator
 
 
 @dataclass
@@ -31,6 +35,9 @@ class EvalResult:
     iou: dict[str, float]  # NaN for classes absent from both prediction and labels
     confusion: np.ndarray  # [C, C], rows = label, cols = prediction
     frames: int
+    # Share of static-label pixels whose prediction changes between consecutive frames of a
+    # sequence (see video_metrics); NaN when the shard held no two consecutive frames.
+    flicker: float = math.nan
 
 
 def update_confusion(confusion: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
@@ -56,36 +63,58 @@ def metrics_from_confusion(confusion: np.ndarray, class_names: list[str],
     return mean_iou, pixel_acc, {name: float(iou[i]) for i, name in enumerate(class_names)}
 
 
+def frequency_weighted_iou(confusion: np.ndarray, void_index: int | None) -> float:
+    """Sum of each class's IoU weighted by its share of labelled pixels (void excluded)."""
+    conf = confusion.astype(np.float64)
+    tp = np.diag(conf)
+    labelled = conf.sum(1)
+    if void_index is not None:
+        labelled[void_index] = 0
+    union = conf.sum(0) + labelled - tp
+    total = labelled.sum()
+    if not total:
+        return float("nan")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, 0.0)
+    return float((labelled / total * iou).sum())
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, prep: BatchPreparer, runtime: Runtime,
              criterion: SegmentationLoss, ctx: DistContext, class_names: list[str],
              void_index: int | None, on_batch: Callable[[int], None] | None = None) -> EvalResult:
-    """Evaluate ``model`` on this rank's shard and combine with the other ranks."""
+    """Evaluate ``model`` on this rank's shard and combine with the other ranks.
+
+    The flicker rate treats two frames served one after the other from the same folder as
+    consecutive, so it needs a loader that serves each sequence's frames in order.
+    """
     num_classes = len(class_names)
     device = prep.device
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, weight sum, frames
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss sum, weight sum, frames, static, flickering
+    video = VideoMetricsAccumulator(window_sizes=(), device=device)
     was_training = model.training
     model.eval()
     try:
-        for i, (images, masks, _paths) in enumerate(batches):
+        for i, (images, masks, paths) in enumerate(batches):
             x, y = prep.eval_batch(images, masks)
-            with runtime.autocast():
-                logits = model(x)["out"]
-            if logits.shape[-2:] != y.shape[-2:]:
-                logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
+            logits = upsample_logits(forward_logits(model, x, runtime), y.shape[-2:])
             loss_sum, weight_sum = criterion.sum_and_weight(logits, y)
-            sums += torch.stack([loss_sum.double(), weight_sum.double(),
-                                 torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
-            update_confusion(confusion, logits.argmax(1), y, num_classes)
+            sums[:3] += torch.stack([loss_sum.double(), weight_sum.double(),
+                                     torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
+            pred = logits.argmax(1)
+            update_confusion(confusion, pred, y, num_classes)
+            video.update(pred, y, [str(Path(p).parent) for p in paths])
             if on_batch is not None:
                 on_batch(i)
     finally:
         model.train(was_training)
+    sums[3:] = video.flicker_counts()
     ctx.all_reduce_sum(confusion)
     ctx.all_reduce_sum(sums)
     conf = confusion.cpu().numpy()
     mean_iou, pixel_acc, iou = metrics_from_confusion(conf, class_names, void_index)
-    loss_sum, weight_sum, frames = sums.tolist()
+    loss_sum, weight_sum, frames, static, flickering = sums.tolist()
     loss = loss_sum / weight_sum if weight_sum else float("nan")
-    return EvalResult(loss, mean_iou, pixel_acc, iou, conf, int(frames))
+    return EvalResult(loss, mean_iou, pixel_acc, iou, conf, int(frames),
+                      flickering / static if static else float("nan"))

@@ -1,9 +1,23 @@
-"""Inference from a checkpoint alone: the model, classes and palette travel inside it."""
+"""The one inference path: uint8 frames in, class scores at each frame's own size out.
+
+evaluate, predict, the training-time validation and the visualisations all go through
+these functions, so a frame is labelled the same way everywhere:
+
+- ``whole`` mode resizes the frame to the network input size (``training.image_size``,
+  times the TTA scale), runs the model once and upsamples the logits back to the frame;
+- ``slide`` mode runs the model on overlapping ``crop`` windows of the frame at its own
+  resolution (times the TTA scale), adds the logits of every window and divides each
+  pixel by the number of windows that covered it;
+- test-time augmentation averages the softmax over the scales and, with ``flip``, over
+  the horizontally flipped input (flipped back before averaging).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -13,20 +27,212 @@ from ..config import Config, config_from_dict
 from ..data.palette import Palette
 from ..errors import CheckpointError, ConfigError
 from ..models import build_model
-from .augment import BatchPreparer
+from .augment import MEAN, STD
 from .checkpoint import load_checkpoint, load_model_state
 from .runtime import Runtime
+
+# Default slide stride as a share of the crop: a third of each window overlaps the next.
+DEFAULT_STRIDE_FRACTION = 2 / 3
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How frames are labelled: test-time augmentation and whole-frame or sliding-window inference."""
+
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+    mode: Literal["whole", "slide"] = "whole"
+    crop: tuple[int, int] | None = None  # slide window (H, W); None = the network input size
+    stride: tuple[int, int] | None = None  # slide step (H, W); None = 2/3 of the crop
+
+    def __post_init__(self) -> None:
+        if not self.scales or any(not (s > 0 and math.isfinite(s)) for s in self.scales):
+            raise ConfigError(f"TTA scales must be positive numbers, got {list(self.scales)}")
+        for name, size in (("crop", self.crop), ("stride", self.stride)):
+            if size is not None and (len(size) != 2 or min(size) < 1):
+                raise ConfigError(f"--{name} must be HxW with positive sizes, got {size}")
+        if self.mode not in ("whole", "slide"):
+            raise ConfigError(f"--mode must be whole or slide, got {self.mode!r}")
+
+    @property
+    def is_plain(self) -> bool:
+        """One forward pass per frame, nothing averaged: logits can be used as they are."""
+        return not self.flip and tuple(self.scales) == (1.0,)
+
+    def describe(self) -> str:
+        """A short label for reports, e.g. ``slide 96x128/64x85, flip, scales 0.75,1,1.25``."""
+        parts = [self.mode if self.mode == "whole" else "slide" + (
+            f" {_hw(self.crop)}/{_hw(self.stride)}" if self.crop or self.stride else "")]
+        if self.flip:
+            parts.append("flip")
+        if tuple(self.scales) != (1.0,):
+            parts.append("scales " + ",".join(f"{s:g}" for s in self.scales))
+        return ", ".join(parts)
+
+
+def _hw(size: tuple[int, int] | None) -> str:
+    return "auto" if size is None else f"{size[0]}x{size[1]}"
+
+
+def parse_size(text: str, what: str) -> tuple[int, int]:
+    """``"HxW"`` -> (H, W); ConfigError naming the option otherwise."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"{what} must be HxW (e.g. 512x512), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise ConfigError(f"{what} must be positive, got {text!r}")
+    return h, w
+
+
+def parse_tta(text: str | None) -> tuple[bool, tuple[float, ...]]:
+    """``"flip,scales=0.75,1.0,1.25"`` -> (True, (0.75, 1.0, 1.25)); None or "" -> no TTA."""
+    flip, scales = False, (1.0,)
+    if not text:
+        return flip, scales
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item == "flip":
+            flip = True
+        elif item.startswith("scales="):
+            values = [item.removeprefix("scales=")]
+            # Scales continue until the next keyword: "scales=0.75,1.0,flip".
+            while i + 1 < len(items) and items[i + 1] != "flip" and not items[i + 1].startswith("scales="):
+                i += 1
+                values.append(items[i])
+            try:
+                scales = tuple(float(v) for v in values)
+            except ValueError:
+                raise ConfigError(f"--tta scales must be numbers, got {','.join(values)!r}") from None
+        else:
+            raise ConfigError(f"--tta: unknown item {item!r}; use flip and/or scales=S1,S2,... "
+                              "(e.g. --tta flip,scales=0.75,1.0,1.25)")
+        i += 1
+    return flip, scales
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def upsample_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``[B, C, h, w]`` scores -> float32 ``[B, C, H, W]`` at ``size`` (bilinear; unchanged if already there)."""
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def upsample_argmax(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Class ids ``[B, H, W]`` (int64) of ``logits`` upsampled to ``size``: THE logits-to-labels step."""
+    return upsample_logits(logits, size).argmax(1)
+
+
+def normalise(images: torch.Tensor, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> float, ImageNet-normalised, on ``device`` (the statistics the backbones expect)."""
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255.0
+    x = (images.to(device, non_blocking=True).float() - mean) / std
+    return x.contiguous(memory_format=memory_format)
+
+
+def resize_input(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of a normalised batch; antialiased when shrinking, like the cache's PIL resize."""
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def forward_logits(model: torch.nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """The model's float32 logits for ``x`` at the model's output resolution."""
+    with runtime.autocast():
+        out = model(x)
+    return (out["out"] if isinstance(out, dict) else out).float()
+
+
+def _starts(length: int, window: int, step: int) -> list[int]:
+    """Window offsets covering ``length``; the last window is aligned to the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, step))
+    return starts + [length - window]
+
+
+def slide_logits(model: torch.nn.Module, x: torch.Tensor, crop: Sequence[int], stride: Sequence[int],
+                 runtime: Runtime) -> torch.Tensor:
+    """Logits ``[B, C, H, W]`` of ``x`` from overlapping ``crop`` windows, averaged where they overlap.
+
+    A crop larger than the frame is clamped to the frame, so a frame smaller than the
+    window is one forward pass.
+    """
+    height, width = x.shape[-2:]
+    ch, cw = min(crop[0], height), min(crop[1], width)
+    total: torch.Tensor | None = None
+    counts = torch.zeros(1, 1, height, width, device=x.device)
+    for top in _starts(height, ch, stride[0]):
+        for left in _starts(width, cw, stride[1]):
+            window = x[..., top:top + ch, left:left + cw]
+            logits = upsample_logits(forward_logits(model, window, runtime), (ch, cw))
+            if total is None:
+                total = torch.zeros(x.shape[0], logits.shape[1], height, width, device=x.device)
+            total[..., top:top + ch, left:left + cw] += logits
+            counts[..., top:top + ch, left:left + cw] += 1
+    assert total is not None
+    return total / counts
+
+
+def class_scores(model: torch.nn.Module, images: torch.Tensor, settings: InferenceSettings, runtime: Runtime,
+                 network_size: Sequence[int], memory_format: torch.memory_format = torch.contiguous_format,
+                 ) -> torch.Tensor:
+    """Scores ``[B, C, H, W]`` at the frames' own size for a uint8 batch ``[B, 3, H, W]`` of equal-size frames.
+
+    With :attr:`InferenceSettings.is_plain` these are logits; otherwise the mean softmax
+    over every scale and flip. Either way ``argmax(1)`` gives the labels.
+    """
+    device = next(model.parameters()).device
+    x = normalise(images, device, memory_format)
+    height, width = x.shape[-2:]
+    base = tuple(network_size) if settings.mode == "whole" else (height, width)
+    crop = tuple(settings.crop or network_size)
+    stride = tuple(settings.stride or (max(1, round(crop[0] * DEFAULT_STRIDE_FRACTION)),
+                                       max(1, round(crop[1] * DEFAULT_STRIDE_FRACTION))))
+    total: torch.Tensor | None = None
+    passes = 0
+    for scale in settings.scales:
+        scaled = resize_input(x, (max(1, round(base[0] * scale)), max(1, round(base[1] * scale))))
+        for flipped in ((False, True) if settings.flip else (False,)):
+            inp = scaled.flip(-1) if flipped else scaled
+            if settings.mode == "whole":
+                logits = forward_logits(model, inp, runtime)
+            else:
+                logits = slide_logits(model, inp, crop, stride, runtime)
+            if flipped:
+                logits = logits.flip(-1)
+            logits = upsample_logits(logits, (height, width))
+            if settings.is_plain:
+                return logits
+            probs = logits.softmax(1)
+            total = probs if total is None else total.add_(probs)
+            passes += 1
+    assert total is not None
+    return total / passes
+
+
+# ----------------------------------------------------------------------------- from a checkpoint
 
 
 @dataclass
 class Predictor:
-    """A trained model ready to label images."""
+    """A trained model rebuilt from a checkpoint alone (model config, classes and palette travel inside)."""
 
     model: torch.nn.Module
     config: Config
     palette: Palette
-    prep: BatchPreparer
     runtime: Runtime
+    checkpoint: Path
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device, runtime: Runtime) -> "Predictor":
@@ -40,19 +246,31 @@ class Predictor:
         model = build_model(cfg.model, palette.num_classes)
         load_model_state(model, state, path)
         model = model.to(device, memory_format=runtime.memory_format).eval()
-        prep = BatchPreparer(device, runtime.memory_format, tuple(cfg.training.image_size))
-        return cls(model, cfg, palette, prep, runtime)
+        return cls(model, cfg, palette, runtime, Path(path))
+
+    @property
+    def network_size(self) -> tuple[int, int]:
+        """(H, W) the model was trained at."""
+        return tuple(self.config.training.image_size)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Class ids ``[H, W]`` uint8 per image; ``images`` is a uint8 ``[B,3,h,w]`` batch at network size,
-        ``sizes`` the original (H, W) each prediction is resized back to."""
-        dummy_masks = torch.zeros(images.shape[0], *images.shape[-2:], dtype=torch.uint8)
-        x, _ = self.prep.eval_batch(images, dummy_masks)
-        with self.runtime.autocast():
-            logits = self.model(x)["out"].float()
-        out = []
-        for i, size in enumerate(sizes):
-            up = F.interpolate(logits[i:i + 1], size=size, mode="bilinear", align_corners=False)
-            out.append(up.argmax(1)[0].to(torch.uint8).cpu().numpy())
+    def scores(self, images: torch.Tensor, settings: InferenceSettings = InferenceSettings()) -> torch.Tensor:
+        """:func:`class_scores` of a uint8 ``[B, 3, H, W]`` batch of equal-size frames."""
+        return class_scores(self.model, images, settings, self.runtime, self.network_size,
+                            self.runtime.memory_format)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray], settings: InferenceSettings = InferenceSettings()
+                ) -> list[np.ndarray]:
+        """Class ids ``[H, W]`` uint8 for each ``[H, W, 3]`` uint8 image (any sizes; equal sizes share a pass)."""
+        out: list[np.ndarray] = []
+        start = 0
+        while start < len(images):
+            end = start + 1
+            while end < len(images) and images[end].shape == images[start].shape:
+                end += 1
+            batch = torch.from_numpy(np.stack(images[start:end])).permute(0, 3, 1, 2)
+            ids = self.scores(batch, settings).argmax(1).to(torch.uint8).cpu().numpy()
+            out.extend(ids)
+            start = end
         return out

@@ -1,0 +1,98 @@
+"""``python -m dist_seg.evaluate --checkpoint CKPT [CONFIG] [--split S | --root DIR] [--out DIR]``, also under torchrun.
+
+Scores a checkpoint at native resolution: each frame's logits are upsampled to its own
+size and compared with its mask as annotated. Reports mIoU, per-class IoU, pixel accuracy,
+frequency-weighted IoU, per-sequence metrics, the confusion matrix (CSV + picture) and the
+video metrics VC_2 / VC_8 / VC_16 and flicker rate. The checkpoint alone is enough; the
+frames come from the run's splits.json (``--split``, default test) or from any DAVID-layout
+folder (``--root``). Under torchrun every rank takes whole sequences; rank 0 writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .cli_common import add_inference_arguments, inference_settings, run_cli
+from .data.splits import SPLIT_NAMES
+from .errors import CheckpointError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dist_seg.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a dist_seg checkpoint (e.g. outputs/x/best_model.pth)")
+    parser.add_argument("config", nargs="?", help="YAML config whose data to use (default: the checkpoint's own)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--split", choices=SPLIT_NAMES, default="test",
+                       help="split of <output_dir>/splits.json to score (default test)")
+    where.add_argument("--root", help="score every sequence of this DAVID-layout folder instead")
+    parser.add_argument("--out", help="report folder (default <output_dir>/eval/<split or root name>)")
+    add_inference_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="image-decoding processes per rank (0 = inline)")
+    parser.add_argument("--mask-format", choices=["rgb", "index"],
+                        help="how masks store labels (default: the config's; with --root, detected from the files)")
+    parser.add_argument("--cache-dir", help="where to keep the native-resolution mask cache "
+                                            "(default dataset.cache_dir, $DIST_SEG_CACHE or ~/.cache/dist_seg)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "rocm"],
+                        help="where to run (auto: GPU when available)")
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
+    settings = inference_settings(parser, args)
+
+    from .config import BackendConfig, load_config
+    from .engine.distributed import setup_distributed, teardown_distributed
+    from .engine.eval_report import format_table, write_report
+    from .engine.native_eval import evaluate_checkpoint
+    from .engine.runtime import resolve_runtime
+
+    config = load_config(args.config) if args.config else None
+    if not Path(args.checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {args.checkpoint} does not exist; pass a .pth written by dist_seg.train")
+    backend = BackendConfig(target=args.device, compile=False)
+    ctx = setup_distributed(backend)
+    try:
+        runtime = resolve_runtime(backend, ctx.device, log=lambda _m: None)
+        log = print if ctx.is_main else (lambda _m: None)
+        result = evaluate_checkpoint(args.checkpoint, ctx, runtime, config=config, split=args.split, root=args.root,
+                                     settings=settings, batch_size=args.batch_size, num_workers=args.workers,
+                                     mask_format=args.mask_format, cache_dir=args.cache_dir, log=log,
+                                     progress=ctx.is_main and sys.stderr.isatty())
+        if ctx.is_main:
+            out = Path(args.out) if args.out else _default_out(args, config)
+            write_report(result, out)
+            print(format_table(result))
+            print(f"report: {out}/report.md (metrics.json, confusion.csv, confusion.png)")
+    finally:
+        teardown_distributed(ctx)
+    return 0
+
+
+def _default_out(args: argparse.Namespace, config) -> Path:
+    if config is None:
+        from .engine.checkpoint import load_checkpoint
+
+        output_dir = Path(load_checkpoint(args.checkpoint)["config"]["training"]["output_dir"])
+    else:
+        output_dir = Path(config.training.output_dir)
+    return output_dir / "eval" / (Path(args.root).resolve().name if args.root else args.split)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
