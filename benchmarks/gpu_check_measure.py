@@ -39,13 +39,13 @@ def env(ctx: PartContext) -> None:
 
     peak = matmul_peak_tflops(device, torch.bfloat16, ctx.sizes.matmul_n, ctx.sizes.matmul_repeats)
     median = statistics.median(peak)
-    ctx.set(matmul_bf16={"n": ctx.sizes.matmul_n, "tflop_s_median": round(median, 2),
-                         "tflop_s_max": round(max(peak), 2), "repeats": len(peak)})
+    ctx.set(matmul_bf16={"n": ctx.sizes.matmul_n, "tflop_s_median": significant(median),
+                         "tflop_s_max": significant(max(peak)), "repeats": len(peak)})
     ctx.share(matmul_peak_tflops=median)
     copy = copy_bandwidth(device, ctx.sizes.copy_mb)
     ctx.set(copy=copy)
-    ctx.summary = (f"{ctx.fields.get('gpu_name') if ctx.on_gpu else 'CPU'} | bf16 matmul {median:.1f} TFLOP/s | "
-                   f"copy {copy['gb_s']:.0f} GB/s")
+    ctx.summary = (f"{ctx.fields.get('gpu_name') if ctx.on_gpu else 'CPU'}; bf16 matmul {median:.4g} TFLOP/s; "
+                   f"copy {copy['gb_s']:.4g} GB/s")
 
 
 def _gpu_fields(device: torch.device) -> dict:
@@ -123,7 +123,12 @@ def copy_bandwidth(device: torch.device, megabytes: int) -> dict:
     if not torch.equal(target[:4096], source[:4096]):
         raise RuntimeError("copy bandwidth: the copied buffer differs from its source")
     what = "device-to-device" if device.type == "cuda" else "host memory (no CUDA)"
-    return {"gb_s": round(2 * numel * 4 * COPY_ITERATIONS / seconds / 1e9, 1), "buffer_mb": megabytes, "what": what}
+    return {"gb_s": significant(2 * numel * 4 * COPY_ITERATIONS / seconds / 1e9), "buffer_mb": megabytes, "what": what}
+
+
+def significant(value: float) -> float:
+    """``value`` to 4 significant digits: TFLOP/s read 0.0003 on a CPU smoke run and 800 on a GPU."""
+    return float(f"{value:.4g}")
 
 
 # The issue's sequence: eager fp32, + channels-last, + AMP bf16, + compile, all together. "all"
@@ -148,7 +153,7 @@ def step(ctx: PartContext) -> None:
     if peak is None:
         peak = statistics.median(matmul_peak_tflops(device, torch.bfloat16, sizes.matmul_n, sizes.matmul_repeats))
         ctx.set(matmul_peak_note="measured here: the env part did not run")
-    ctx.set(model=sizes.step_model.describe(), matmul_peak_tflops=round(peak, 2),
+    ctx.set(model=sizes.step_model.describe(), matmul_peak_tflops=significant(peak),
             steps_per_repeat=sizes.step_steps, warmup_steps=sizes.step_warmup)
     results: dict[str, object] = {}
     flops_per_image: float | None = None
@@ -168,7 +173,7 @@ def step(ctx: PartContext) -> None:
         results[variant.name] = measured
         if variant.compile:
             compile_estimate = measured["warmup_s"] * 1.2 + 10.0
-        ctx.set(variants=results, gflop_per_image=round(flops_per_image / 1e9, 2))
+        ctx.set(variants=results, gflop_per_image=significant(flops_per_image / 1e9))
     baseline = results.get("eager fp32")
     if isinstance(baseline, dict):
         for measured in results.values():
@@ -178,7 +183,7 @@ def step(ctx: PartContext) -> None:
     best = max((m for m in results.values() if isinstance(m, dict)), key=lambda m: m["images_per_s"], default=None)
     if best is not None:
         name = next(k for k, v in results.items() if v is best)
-        ctx.summary = (f"best {name}: {best['images_per_s']:.1f} img/s, {best['achieved_tflop_s']:.1f} TFLOP/s "
+        ctx.summary = (f"best {name}: {best['images_per_s']:.4g} img/s, {best['achieved_tflop_s']:.4g} TFLOP/s "
                        f"= {best['fraction_of_matmul_peak']:.1%} of the matmul peak")
 
 
@@ -209,10 +214,10 @@ def _measure(ctx: PartContext, variant: StepVariant, device: torch.device, peak_
     images_per_s = statistics.median(sizes.step_steps * spec.batch_size / s for s in seconds)
     achieved = flops_per_image * images_per_s / 1e12
     measured = {
-        "images_per_s": round(images_per_s, 2),
-        "images_per_s_repeats": [round(sizes.step_steps * spec.batch_size / s, 2) for s in seconds],
-        "achieved_tflop_s": round(achieved, 3),
-        "fraction_of_matmul_peak": round(achieved / peak_tflops, 4),
+        "images_per_s": significant(images_per_s),
+        "images_per_s_repeats": [significant(sizes.step_steps * spec.batch_size / s) for s in seconds],
+        "achieved_tflop_s": significant(achieved),
+        "fraction_of_matmul_peak": significant(achieved / peak_tflops),
         "first_step_s": round(first_step_s, 2),
         "warmup_s": round(warmup_s, 2),
         "peak_memory_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20) if on_gpu else NO_CUDA,

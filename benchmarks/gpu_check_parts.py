@@ -79,10 +79,14 @@ class CheckSizes:
     compile_estimate_s: float  # a compiled step variant's warm-up, before one was measured
     e2e_data: tuple[int, int, tuple[int, int]]
     e2e_model: ModelSpec
+    e2e_amp_dtype: str | None  # None: float32 (the smoke run; CPU bf16 is emulated and slow)
     e2e_workers: tuple[int, ...]
     e2e_log_interval: int
     e2e_windows: int  # timed windows after the dropped warm-up window
     dist_backend: str
+    # torchrun runs: label and extra --set items. The smoke run folds both into one (a process
+    # start costs more than the training on a CPU); on a GPU a SyncBN failure stays apart from NCCL's.
+    torchrun_runs: tuple[tuple[str, tuple[str, ...]], ...]
     predict_batch: int
 
 
@@ -91,8 +95,10 @@ GPU_SIZES = CheckSizes(
     demo_data=(8, 24, (120, 160)), demo_overrides=(), demo_epochs=12, demo_fast_epochs=3, demo_compile=True,
     step_model=ModelSpec("resnet50", (512, 512), 16), step_warmup=3, step_steps=10, step_repeats=3,
     step_compile=True, compile_estimate_s=90.0,
-    e2e_data=(4, 48, (512, 512)), e2e_model=ModelSpec("resnet50", (512, 512), 16), e2e_workers=(1, 2, 4),
-    e2e_log_interval=6, e2e_windows=5, dist_backend="nccl", predict_batch=16,
+    e2e_data=(4, 48, (512, 512)), e2e_model=ModelSpec("resnet50", (512, 512), 16), e2e_amp_dtype="bfloat16",
+    e2e_workers=(1, 2, 4),
+    e2e_log_interval=6, e2e_windows=5, dist_backend="nccl",
+    torchrun_runs=(("plain", ()), ("sync_bn", ("backend.sync_bn=true",))), predict_batch=16,
 )
 # 32x32 images: this project's CPUs emulate bfloat16 (about 9x slower than float32), and the
 # smoke run trains in bf16 as the GPU check does.
@@ -102,10 +108,12 @@ SMOKE_SIZES = CheckSizes(
     demo_overrides=("training.image_size=[32, 32]", "training.batch_size=4", "training.val_batch_size=4",
                     "training.num_workers=1", "training.log_interval=2"),
     demo_epochs=2, demo_fast_epochs=2, demo_compile=False,
-    step_model=ModelSpec("resnet18", (32, 32), 2), step_warmup=1, step_steps=2, step_repeats=2,
+    step_model=ModelSpec("resnet18", (32, 32), 2), step_warmup=1, step_steps=1, step_repeats=2,
     step_compile=False, compile_estimate_s=300.0,
-    e2e_data=(2, 4, (32, 32)), e2e_model=ModelSpec("resnet18", (32, 32), 2), e2e_workers=(1, 2),
-    e2e_log_interval=1, e2e_windows=2, dist_backend="gloo", predict_batch=4,
+    e2e_data=(2, 4, (32, 32)), e2e_model=ModelSpec("resnet18", (32, 32), 2), e2e_amp_dtype=None,
+    e2e_workers=(1, 2),
+    e2e_log_interval=1, e2e_windows=2, dist_backend="gloo",
+    torchrun_runs=(("sync_bn", ("backend.sync_bn=true",)),), predict_batch=4,
 )
 SIZES = {s.name: s for s in (GPU_SIZES, SMOKE_SIZES)}
 

@@ -191,8 +191,9 @@ def e2e(ctx: PartContext) -> None:
     data = synth_data(ctx, "e2e", sequences, frames, size)
     spec = sizes.e2e_model
     steps = sizes.e2e_log_interval * (sizes.e2e_windows + 1)
+    precision = f"{sizes.e2e_amp_dtype} autocast" if sizes.e2e_amp_dtype else "float32"
     ctx.set(model=spec.describe(), steps_per_run=steps, steps_per_window=sizes.e2e_log_interval,
-            settings="full cache (images cached), bf16 autocast, channels_last auto, compile off "
+            settings=f"full cache (images cached), {precision}, channels_last auto, compile off "
                      "(three compilations would not fit the budget; a compiled step waits more on data)")
     runs: dict[str, Any] = {}
     last_dir: Path | None = None
@@ -207,7 +208,8 @@ def e2e(ctx: PartContext) -> None:
         raw = raw_config(data, run_dir / "out", ctx.scratch / "cache-e2e", image_size=spec.image_size,
                          batch_size=spec.batch_size, num_workers=workers, backbone=spec.backbone,
                          target=sizes.target)
-        raw["backend"].update(amp_dtype="bfloat16", compile=False)
+        raw["backend"].update(compile=False, **({"amp_dtype": sizes.e2e_amp_dtype} if sizes.e2e_amp_dtype
+                                                 else {"amp": False}))
         raw["training"].update(max_steps=steps, log_interval=sizes.e2e_log_interval)
         raw["telemetry"].update(vram_interval_s=0.25)
         config = run_dir / "config.yaml"
@@ -313,10 +315,10 @@ def _vram_tags(log_dir: Path) -> Any:
 
 
 def torchrun(ctx: PartContext) -> None:
-    """``torchrun --nproc_per_node=1`` with NCCL (gloo on a CPU), then the same with ``backend.sync_bn: true``."""
+    """``torchrun --nproc_per_node=1`` with NCCL (gloo on a CPU), plain and with ``backend.sync_bn: true``."""
     backend = ctx.sizes.dist_backend
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1")
-    for label, extra in (("plain", ()), ("sync_bn", ("backend.sync_bn=true",))):
+    for label, extra in ctx.sizes.torchrun_runs:
         output_dir = ctx.work / label
         shutil.rmtree(output_dir, ignore_errors=True)
         result = train_demo(ctx, f"torchrun-{label}", output_dir, f"backend.dist_backend={backend}",
@@ -336,8 +338,8 @@ def torchrun(ctx: PartContext) -> None:
                 ctx.check("sync_bn: BatchNorm converted to SyncBatchNorm", "SyncBatchNorm:" in fields["sync_bn"],
                           fields["sync_bn"])
         ctx.set(**{label: fields})
-    ctx.summary = ", ".join(f"{k} exit {ctx.fields[k]['exit']} ({ctx.fields[k]['wall_s']:.0f} s)"
-                            for k in ("plain", "sync_bn") if k in ctx.fields)
+    ctx.summary = ", ".join(f"{label} exit {ctx.fields[label]['exit']} ({ctx.fields[label]['wall_s']:.0f} s)"
+                            for label, _extra in ctx.sizes.torchrun_runs if label in ctx.fields)
 
 
 def predict(ctx: PartContext) -> None:
