@@ -193,6 +193,8 @@ def e2e(ctx: PartContext) -> None:
     steps = sizes.e2e_log_interval * (sizes.e2e_windows + 1)
     precision = f"{sizes.e2e_amp_dtype} autocast" if sizes.e2e_amp_dtype else "float32"
     ctx.set(model=spec.describe(), steps_per_run=steps, steps_per_window=sizes.e2e_log_interval,
+            data=f"{sequences} sequences x {frames} frames drawn at {size[0]}x{size[1]}, cached at "
+                 f"{spec.image_size[0]}x{spec.image_size[1]}",
             settings=f"full cache (images cached), {precision}, channels_last auto, compile off "
                      "(three compilations would not fit the budget; a compiled step waits more on data)")
     runs: dict[str, Any] = {}
