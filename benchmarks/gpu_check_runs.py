@@ -198,8 +198,7 @@ def e2e(ctx: PartContext) -> None:
             settings=f"full cache (images cached), {precision}, channels_last auto, compile off "
                      "(three compilations would not fit the budget; a compiled step waits more on data)")
     runs: dict[str, Any] = {}
-    last_dir: Path | None = None
-    for workers in sizes.e2e_workers:
+    for workers in sizes.e2e_workers:  # one entry in runs per thread count, in this order
         key = f"{workers} thread{'s' if workers > 1 else ''}"
         if ctx.remaining() < MIN_RUN_S:
             runs[key] = f"skipped: {ctx.remaining():.0f} s left in the part's budget"
@@ -222,17 +221,15 @@ def e2e(ctx: PartContext) -> None:
             continue
         runs[key] = {"wall_s": round(result.seconds, 1), **_throughput(run_dir / "out")}
         runs[key]["loader"] = next(iter(log_lines(result, r"^loader: ")), "not logged")
-        last_dir = run_dir / "out"
-        ctx.share(e2e_run_dir=str(last_dir))
+        ctx.share(e2e_run_dir=str(run_dir / "out"))
         # The checkpoints (~300 MB each for the production model) are not needed; the telemetry part reads the logs.
         shutil.rmtree(run_dir / "out" / "checkpoints", ignore_errors=True)
         ctx.set(runs=runs)
-    keeping_up = [w for w in sizes.e2e_workers
-                  if isinstance(runs.get(k := f"{w} thread{'s' if w > 1 else ''}"), dict)
-                  and "data_wait_frac_median" in runs[k] and runs[k]["data_wait_frac_median"] < DATA_WAIT_TARGET]
+    done = {k: v for k, v in runs.items() if isinstance(v, dict) and "images_per_s" in v}
+    keeping_up = [workers for workers, key in zip(sizes.e2e_workers, runs)
+                  if key in done and done[key]["data_wait_frac_median"] < DATA_WAIT_TARGET]
     ctx.set(runs=runs, fewest_threads_under_5pct_wait=min(keeping_up) if keeping_up else
             f"none of {', '.join(map(str, sizes.e2e_workers))}")
-    done = {k: v for k, v in runs.items() if isinstance(v, dict) and "images_per_s" in v}
     ctx.summary = "; ".join(f"{k}: {v['images_per_s']:.3g} img/s, wait {v['data_wait_frac_median']:.1%}"
                             for k, v in done.items())
 
