@@ -98,14 +98,14 @@ def probe_packages() -> dict[str, str]:
 class Check:
     """One run of the check: the report, the budget and the progress log."""
 
-    def __init__(self, args: argparse.Namespace, out: Path, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, command: list[str], out: Path, work: Path) -> None:
         self.args, self.out, self.work = args, out, work
         self.sizes = SMOKE_SIZES if args.cpu_smoke else GPU_SIZES
         self.start = time.time()
         self.end = self.start + args.budget_s
         self.shared: dict = {}
         self.report = Report(mode="cpu-smoke" if args.cpu_smoke else "cuda", budget_s=args.budget_s,
-                             command=[Path(sys.argv[0]).name, *sys.argv[1:]],
+                             command=command,
                              parts=[PartReport(p.name, p.title) for p in PARTS], packages=probe_packages())
         self.log_path = out / "gpu_check.log"
 
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.work or Path(tempfile.mkdtemp(prefix="dist_seg_gpu_check_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return Check(args, out, work).run()
+        command = ["benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]
+        return Check(args, command, out, work).run()
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

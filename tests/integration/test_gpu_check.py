@@ -42,10 +42,9 @@ def run_check(out: Path, *args: str, env: dict[str, str] | None = None) -> subpr
     """The check as a user runs it. The budget is generous: it is a cap, and a shared CI machine can be slow."""
     child_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
                      OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
-    child_env.pop("OUT", None)  # the device tool's variable would redirect the report
-    return subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--cpu-smoke",
-                           "--out", str(out), "--budget-s", "1000", *args], env=child_env, capture_output=True, text=True, timeout=1200,
-                          check=False)
+    argv = [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--out", str(out),
+            "--budget-s", "1000", *args]
+    return subprocess.run(argv, env=child_env, capture_output=True, text=True, timeout=1200, check=False)
 
 
 def load_report(out: Path) -> dict:
