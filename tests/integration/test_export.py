@@ -22,6 +22,7 @@ from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.deploy import artifact as artifact_module
 from dist_seg.deploy.graph import load_export_source
 from dist_seg.engine.checkpoint import save_checkpoint
+from dist_seg.engine.inference import normalise
 from dist_seg.export import main as export_main
 from dist_seg.models import build_model
 from dist_seg.predict import main as predict_main
@@ -57,7 +58,7 @@ def frames(synth_root: Path, size: tuple[int, int], count: int = 3) -> np.ndarra
 def pytorch_ids(checkpoint: Path, images: np.ndarray) -> np.ndarray:
     """Class ids from the checkpoint's model through the trainer's own normalisation."""
     predictor = load_export_source(checkpoint).predictor
-    x, _ = predictor.prep.to_device(torch.from_numpy(images), torch.zeros(images.shape[0], 1, 1))
+    x = normalise(torch.from_numpy(images), torch.device("cpu"), torch.contiguous_format)
     with torch.no_grad():
         return predictor.model(x)["out"].argmax(1).numpy()
 
@@ -209,7 +210,7 @@ def test_ema_weights_are_exported_when_asked_and_required(synth_root, tmp_path, 
     _, logits = torch.export.load(str(out / "model.pt2")).module()(torch.from_numpy(frames(synth_root, (48, 64))))
     ema_source = load_export_source(with_ema, ema=True)
     plain_source = load_export_source(with_ema)
-    x, _ = plain_source.predictor.prep.to_device(torch.from_numpy(frames(synth_root, (48, 64))), torch.zeros(3, 1, 1))
+    x = normalise(torch.from_numpy(frames(synth_root, (48, 64))), torch.device("cpu"), torch.contiguous_format)
     with torch.no_grad():
         torch.testing.assert_close(logits, ema_source.predictor.model(x)["out"], rtol=1e-4, atol=1e-4)
         assert not torch.allclose(logits, plain_source.predictor.model(x)["out"], atol=1e-2)
