@@ -23,7 +23,8 @@ from dist_seg.engine.distributed import DistContext
 from dist_seg.engine.evaluation import evaluate
 from dist_seg.engine.losses import SegmentationLoss
 from dist_seg.engine.runtime import resolve_runtime
-from dist_seg.engine.trainer import NonFiniteLossError, run_training
+from dist_seg.engine.run import run_training
+from dist_seg.engine.step import NonFiniteLossError
 from dist_seg.errors import CheckpointError, DistSegError
 from dist_seg.models import build_model
 from dist_seg.predict import main as predict_main
