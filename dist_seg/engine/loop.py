@@ -66,7 +66,6 @@ class Trainer:
     runtime: Runtime
     step: TrainStep
     eval_model: torch.nn.Module  # bypasses DDP: evaluation needs no gradient sync and must not broadcast buffers
-    criterion: torch.nn.Module
     prep: BatchPreparer
     aug_generator: torch.Generator  # its own stream, so augmentation survives checkpoints exactly
     train_loader: Loader
@@ -187,7 +186,7 @@ class Trainer:
     def validate(self) -> EvalResult:
         """Evaluate on the validation split (all ranks) and log the metrics."""
         assert self.val_loader is not None
-        result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime, self.criterion, self.ctx,
+        result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime, self.step.criterion, self.ctx,
                           self.palette.names, self.cfg.dataset.void_index)
         values = {"val/loss": result.loss, "val/mIoU": result.mean_iou, "val/pixel_acc": result.pixel_acc}
         values.update({f"val/IoU/{name}": iou for name, iou in result.iou.items() if not math.isnan(iou)})

@@ -124,7 +124,7 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     return Trainer(
         cfg=cfg, ctx=ctx, out=out, runtime=runtime,
         step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm),
-        eval_model=eval_model, criterion=criterion,
+        eval_model=eval_model,
         prep=BatchPreparer(ctx.device, runtime.memory_format, tuple(tr.image_size), cfg.dataset.void_index),
         aug_generator=aug_generator, train_loader=train_loader, val_loader=val_loader, val_data=data.val,
         palette=palette, plan=plan, metrics=metrics,

@@ -1,16 +1,11 @@
 """The training step: what the trainer runs per micro-batch and what ``benchmarks/`` times.
 
-Forward under autocast, loss in float32, scaled backward; on the last micro-batch of an
-accumulation group the optimizer step: LR from the schedule, unscale and clip, update,
-scaler update, gradients reset.
-
-A non-finite loss must never reach the weights, and a GPU must not wait for the host to
-check every step. So the step keeps, on the device, the number of the first optimizer step
-whose loss was not finite, and from then on multiplies every backward by NaN: that and each
-later gradient is non-finite, and each update is skipped on the device by a found-inf flag
-(the GradScaler's under float16, else one computed from the gradient norm) that the fused
-optimizers honour. Gradients are all-reduced before the check, so all ranks skip the same
-updates. The loop reads the record at its next log window and stops the run.
+A non-finite loss must never reach the weights, and a GPU must not wait for the host to check
+every step. So the step records on the device the first optimizer step whose loss was not
+finite and from then on multiplies every backward by NaN: each later update is then skipped on
+the device by a found-inf flag (the GradScaler's under float16, else one from the gradient norm)
+that the fused optimizers honour. Gradients are all-reduced before that check, so all ranks skip
+the same updates. The loop reads the record at its next log window and stops the run.
 """
 
 from __future__ import annotations
