@@ -38,6 +38,11 @@ def sampler_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("vram-sampler")]
 
 
+def loader_threads() -> list[threading.Thread]:
+    """Gather threads of cache loaders still running."""
+    return [t for t in threading.enumerate() if t.name.startswith("dist_seg-gather") and t.is_alive()]
+
+
 def final_state(out_dir: Path) -> dict[str, torch.Tensor]:
     """Model weights of the newest checkpoint of a run."""
     latest = list_checkpoints(out_dir / "checkpoints")[-1].path
@@ -190,9 +195,11 @@ def test_nan_loss_never_reaches_the_weights(synth_root, tmp_path):
     import fixtures_custom_model
 
     cfg = tiny_config(synth_root, tmp_path / "run", training__epochs=2, training__log_interval=4,
-                      model={"type": "fixtures_custom_model:NanAfter", "bad_call": 3})
-    with pytest.raises(NonFiniteLossError, match="optimizer step 3"):
+                      training__num_workers=2, model={"type": "fixtures_custom_model:NanAfter", "bad_call": 3})
+    with pytest.raises(NonFiniteLossError, match="optimizer step 3") as stopped:
         run_training(cfg)
+    # Closed on the error path too, not left to garbage collection (the traceback keeps the loader alive).
+    assert loader_threads() == [] and stopped.traceback
     model = fixtures_custom_model.NanAfter.last
     assert model.calls == 4
     assert any(not torch.equal(model.initial[k], model.before_bad[k]) for k in model.initial)  # steps 1-2 trained
