@@ -1,8 +1,9 @@
 """A training step of the real model, without data loading: what the step and vram suites time.
 
-The step is the trainer's: forward under autocast, float32 class-balanced loss outside
-it, backward through a GradScaler (enabled only for float16), AdamW step. The batch is a
-fixed random tensor already on the device, so only the model and optimizer are timed.
+The step is the product's own :class:`dist_seg.engine.step.TrainStep` (forward under autocast,
+float32 class-balanced loss, scaled backward, fused AdamW step), built the way the trainer
+builds it. The batch is a fixed random tensor already on the device, so only the model and
+optimizer are timed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from dist_seg.config import DAVID_CLASSES, BackendConfig, ModelConfig
+from dist_seg.config import DAVID_CLASSES, BackendConfig, ModelConfig, TrainingConfig
 from dist_seg.engine.losses import SegmentationLoss
 from dist_seg.engine.runtime import resolve_runtime
+from dist_seg.engine.step import TrainStep, build_optimizer
 from dist_seg.models import build_model
 
 from .common import synchronize
@@ -37,7 +39,7 @@ class StepVariant:
 
 
 class StepHarness:
-    """Model, optimizer and one synthetic batch on ``device``, stepped like the trainer steps them."""
+    """Model, optimizer and one synthetic batch on ``device``, stepped by the trainer's :class:`TrainStep`."""
 
     def __init__(self, spec: ModelSpec, variant: StepVariant, device: torch.device, seed: int = 0) -> None:
         self.spec, self.variant, self.device = spec, variant, device
@@ -49,33 +51,25 @@ class StepHarness:
         model = build_model(ModelConfig(backbone=spec.backbone), num_classes).to(device, memory_format=layout)
         model.train()
         self.eager_model = model
-        self.model = torch.compile(model) if variant.compile else model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=variant.amp_dtype == torch.float16)
-        self.criterion = SegmentationLoss().to(device)
+        amp = variant.amp_dtype
+
+        def autocast() -> contextlib.AbstractContextManager:
+            return contextlib.nullcontext() if amp is None else torch.autocast(device.type, dtype=amp)
+
+        # The trainer's optimizer settings at their defaults (AdamW, learning rate and weight decay 1e-4).
+        optimizer = build_optimizer(model.parameters(), TrainingConfig(output_dir="unused"))
+        self.train_step = TrainStep(torch.compile(model) if variant.compile else model, SegmentationLoss().to(device),
+                                    optimizer, torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
+                                    autocast)
+        self.criterion = self.train_step.criterion
+        self.steps = 0
         height, width = spec.image_size
         self.x = torch.randn(spec.batch_size, 3, height, width, device=device).contiguous(memory_format=layout)
         self.y = torch.randint(0, num_classes, (spec.batch_size, height, width), device=device)
 
-    def forward(self) -> torch.Tensor:
-        """Forward pass and loss."""
-        amp = self.variant.amp_dtype
-        context = contextlib.nullcontext() if amp is None else torch.autocast(self.device.type, dtype=amp)
-        with context:
-            logits = self.model(self.x)["out"]
-        return self.criterion(logits, self.y)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
-
-    def optimizer_step(self) -> None:
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-
     def step(self) -> None:
-        self.backward(self.forward())
-        self.optimizer_step()
+        self.steps += 1
+        self.train_step(self.x, self.y, step=self.steps)
 
     def run(self, steps: int) -> float:
         """Seconds for ``steps`` back-to-back steps, from a synchronised start to a synchronised end."""
@@ -96,13 +90,14 @@ class StepHarness:
         for _ in range(steps):
             synchronize(self.device)
             t0 = time.perf_counter()
-            loss = self.forward()
+            loss = self.train_step.forward(self.x, self.y)
             synchronize(self.device)
             t1 = time.perf_counter()
-            self.backward(loss)
+            self.steps += 1
+            self.train_step.backward(loss, self.steps)
             synchronize(self.device)
             t2 = time.perf_counter()
-            self.optimizer_step()
+            self.train_step.optimizer_step()
             synchronize(self.device)
             t3 = time.perf_counter()
             times["forward_ms"].append(1e3 * (t1 - t0))
@@ -122,7 +117,7 @@ class StepHarness:
         with counter:
             logits = self.eager_model(self.x)["out"]
             self.criterion(logits, self.y).backward()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.train_step.optimizer.zero_grad(set_to_none=True)
         return counter.get_total_flops() / self.spec.batch_size
 
 

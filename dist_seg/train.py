@@ -16,7 +16,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     # Imported after the config is known good: a config typo should not wait for torch to import.
-    from .engine.trainer import run_training
+    from .engine.run import run_training
 
     run_training(cfg)
     return 0

@@ -8,6 +8,7 @@ alone is enough to rebuild the model (``dist_seg.predict``).
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -103,9 +104,20 @@ def save_checkpoint(state: dict[str, Any], directory: Path, name: str, keep: int
 
 
 def mirror_best(source: Path, best_path: Path) -> None:
-    """Copy a checkpoint to ``best_model.pth`` atomically."""
-    with atomic.atomic_open(best_path, "wb") as dst, open(source, "rb") as src:
-        shutil.copyfileobj(src, dst)
+    """Make ``best_path`` a hard link to the checkpoint ``source`` where the filesystem allows, else a copy.
+
+    Either way the mirror appears atomically (linked or copied to a temporary name, then
+    renamed), and it outlives the rotation of ``source``: checkpoints are never rewritten in place.
+    """
+    temporary = best_path.with_name(f".{best_path.name}.{os.getpid()}.link")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:  # no hard links here (some network and FUSE filesystems, another device)
+        with atomic.atomic_open(best_path, "wb") as dst, open(source, "rb") as src:
+            shutil.copyfileobj(src, dst)
+        return
+    os.replace(temporary, best_path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ device special cases.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -26,7 +26,6 @@ class Runtime:
     channels_last: bool
     compile: bool
     compile_mode: str
-    notes: list[str] = field(default_factory=list)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -69,7 +68,6 @@ def resolve_runtime(cfg: BackendConfig, device: torch.device, log: Callable[[str
         channels_last=channels_last,
         compile=compile_,
         compile_mode=cfg.compile_mode,
-        notes=notes,
     )
     for note in notes:
         log(note)

@@ -1,10 +1,12 @@
-"""Learning-rate schedule, stepped per optimizer iteration: linear warmup, then poly / cosine / constant."""
+"""Learning-rate schedule per optimizer step: linear warmup, then poly / cosine / constant.
+
+The train step sets each parameter group's LR to ``learning_rate * lr_factor(step)`` before
+every update, so the schedule has no state of its own: the step count is the position.
+"""
 
 from __future__ import annotations
 
 import math
-
-import torch
 
 from ..config import TrainingConfig
 
@@ -24,8 +26,3 @@ def lr_factor(step: int, total_steps: int, cfg: TrainingConfig) -> float:
         decay = 1.0
     return floor + (1.0 - floor) * decay
 
-
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
-                    cfg: TrainingConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR over ``total_steps`` optimizer steps (state dict round-trips through checkpoints)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))

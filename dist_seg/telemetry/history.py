@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .. import atomic
 from ..errors import DistSegError
@@ -101,16 +101,6 @@ class History:
         """Drop records after ``epoch`` (the epoch a resumed checkpoint ended) and rewrite the file."""
         self._records = [r for r in self._records if r.epoch <= epoch]
         self.save()
-
-    def best(self, metric: str, mode: Literal["max", "min"] = "max") -> EpochRecord | None:
-        """The record with the highest (or lowest) ``metric``, ignoring epochs where it is None."""
-        if metric not in {f.name for f in dataclasses.fields(EpochRecord)}:
-            raise ValueError(f"unknown metric {metric!r}; use a field of EpochRecord such as val_mIoU")
-        scored = [r for r in self._records if isinstance(getattr(r, metric), (int, float))]
-        if not scored:
-            return None
-        pick = max if mode == "max" else min
-        return pick(scored, key=lambda r: getattr(r, metric))
 
     def save(self) -> None:
         """Write all records to ``path`` atomically."""

@@ -12,8 +12,6 @@ from typing import Literal, TextIO
 
 from tqdm import tqdm
 
-from .history import EpochRecord
-
 ProgressMode = Literal["auto", "bar", "log", "none"]
 
 
@@ -24,24 +22,6 @@ def resolve_mode(mode: ProgressMode, stream: TextIO) -> Literal["bar", "log", "n
     if mode == "auto":
         return "bar" if stream.isatty() else "log"
     return mode
-
-
-def format_epoch(record: EpochRecord) -> str:
-    """One-line summary of a finished epoch."""
-    parts = [
-        f"epoch {record.epoch} done in {record.epoch_time_s:.1f}s",
-        f"train loss {record.train_loss:.4f}",
-        f"lr {record.lr:.2e}",
-        f"{record.train_images_per_s:.1f} img/s (global batch {record.global_batch_size}, {record.world_size} ranks)",
-        f"data wait {100 * record.data_wait_frac:.0f}%",
-    ]
-    if record.val_loss is not None:
-        parts.append(f"val loss {record.val_loss:.4f}")
-    if record.val_mIoU is not None:
-        parts.append(f"val mIoU {record.val_mIoU:.4f}")
-    if record.val_pixel_acc is not None:
-        parts.append(f"pixel acc {record.val_pixel_acc:.4f}")
-    return " | ".join(parts)
 
 
 def _step_fields(loss: float, lr: float, images_per_s: float, memory_mb: float | None) -> dict[str, str]:
@@ -100,12 +80,10 @@ class Progress:
             if self._done - self._logged_at >= self.log_interval or self._done >= self._steps:
                 self._flush_pending()
 
-    def end_epoch(self, record: EpochRecord | None = None) -> None:
-        """Close the epoch's bar (or print its last unprinted line), then ``record``'s summary if given."""
+    def end_epoch(self) -> None:
+        """Close the epoch's bar (or print its last unprinted line)."""
         self.close()
         self._flush_pending()
-        if record is not None and self.mode != "none":
-            self._print(format_epoch(record))
 
     def close(self) -> None:
         """Close an open bar."""

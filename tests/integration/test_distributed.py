@@ -36,7 +36,7 @@ from dist_seg.config import apply_overrides, config_from_dict
 from dist_seg.synth import generate_dataset
 from dist_seg.engine.checkpoint import list_checkpoints
 from dist_seg.engine.distributed import DistContext, restart_hazard
-from dist_seg.engine.trainer import run_training
+from dist_seg.engine.run import run_training
 from dist_seg.telemetry.tensorboard import rank_log_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

@@ -23,8 +23,9 @@ from dist_seg.engine.distributed import DistContext
 from dist_seg.engine.evaluation import evaluate
 from dist_seg.engine.losses import SegmentationLoss
 from dist_seg.engine.runtime import resolve_runtime
-from dist_seg.engine.trainer import NonFiniteLossError, run_training
-from dist_seg.errors import CheckpointError, DistSegError
+from dist_seg.engine.run import run_training
+from dist_seg.engine.step import NonFiniteLossError
+from dist_seg.errors import CheckpointError, ConfigError, DistSegError
 from dist_seg.models import build_model
 from dist_seg.predict import main as predict_main
 
@@ -35,6 +36,11 @@ CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu")
 
 def sampler_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("vram-sampler")]
+
+
+def loader_threads() -> list[threading.Thread]:
+    """Gather threads of cache loaders still running."""
+    return [t for t in threading.enumerate() if t.name.startswith("dist_seg-gather") and t.is_alive()]
 
 
 def final_state(out_dir: Path) -> dict[str, torch.Tensor]:
@@ -182,6 +188,38 @@ def test_nan_guard_stops_and_names_the_step(synth_root, tmp_path):
         run_training(cfg)
     assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
     assert sampler_threads() == []  # stopped and joined on the exception path too
+
+
+def test_nan_loss_never_reaches_the_weights(synth_root, tmp_path):
+    """Steps 3 and 4 have NaN losses; the flag is read at step 4's log window, and neither update landed."""
+    import fixtures_custom_model
+
+    cfg = tiny_config(synth_root, tmp_path / "run", training__epochs=2, training__log_interval=4,
+                      training__num_workers=2, model={"type": "fixtures_custom_model:NanAfter", "bad_call": 3})
+    with pytest.raises(NonFiniteLossError, match="optimizer step 3") as stopped:
+        run_training(cfg)
+    # Closed on the error path too, not left to garbage collection (the traceback keeps the loader alive).
+    assert loader_threads() == [] and stopped.traceback
+    model = fixtures_custom_model.NanAfter.last
+    assert model.calls == 4
+    assert any(not torch.equal(model.initial[k], model.before_bad[k]) for k in model.initial)  # steps 1-2 trained
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, model.before_bad[key]), key
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"backbone": "resnet999"}, "resnet999"),
+    ({"backbone": "resnet18", "backbone_weights": "missing_weights.pth"}, "missing_weights.pth"),
+    ({"type": "fixtures_custom_model:NoSuchNet"}, "NoSuchNet"),
+])
+def test_model_config_errors_stop_the_run_before_any_data_work(synth_root, tmp_path, model, message):
+    out = tmp_path / "run"
+    if "backbone_weights" in model:
+        model = {**model, "backbone_weights": str(tmp_path / model["backbone_weights"])}
+    cfg = tiny_config(synth_root, out, model=model)
+    with pytest.raises(ConfigError, match=message):
+        run_training(cfg)
+    assert not cfg.dataset.cache_dir.exists() and not out.exists()
 
 
 def test_resume_errors_are_clear(synth_root, tmp_path):

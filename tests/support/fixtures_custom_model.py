@@ -26,19 +26,31 @@ class TinyNet(nn.Module):
 
 
 class NanAfter(TinyNet):
-    """TinyNet whose output turns NaN from the ``bad_call``-th training forward on (NaN-guard tests)."""
+    """TinyNet whose output turns NaN from the ``bad_call``-th training forward on (NaN-guard tests).
+
+    It keeps copies of its weights at its first forward and at the bad one, and the latest
+    instance is ``NanAfter.last``, so an in-process test can compare them after the run.
+    """
+
+    last: "NanAfter | None" = None
 
     def __init__(self, num_classes: int, bad_call: int = 3) -> None:
         super().__init__(num_classes)
         self.bad_call = bad_call
         self.calls = 0
+        self.initial: dict[str, torch.Tensor] = {}
+        self.before_bad: dict[str, torch.Tensor] = {}
+        NanAfter.last = self
 
     def forward(self, x: torch.Tensor):
-        logits = super().forward(x)
         if self.training:
             self.calls += 1
-            if self.calls >= self.bad_call:
-                logits = logits * float("nan")
+            if self.calls in (1, self.bad_call):
+                weights = {k: v.detach().clone() for k, v in self.state_dict().items()}
+                setattr(self, "initial" if self.calls == 1 else "before_bad", weights)
+        logits = super().forward(x)
+        if self.training and self.calls >= self.bad_call:
+            logits = logits * float("nan")
         return logits
 
 

@@ -49,17 +49,6 @@ def test_append_refuses_an_epoch_out_of_order(tmp_path):
         history.append(record(3))
 
 
-def test_best_ignores_epochs_without_the_metric(tmp_path):
-    history = History(tmp_path / "history.json")
-    for r in (record(1, miou=0.4, loss=3.0), record(2, loss=5.0), record(3, miou=0.6, loss=2.0), record(4, miou=0.5, loss=1.0)):
-        history.append(r)
-    assert history.best("val_mIoU").epoch == 3
-    assert history.best("train_loss", mode="min").epoch == 4
-    assert History(tmp_path / "other.json").best("val_mIoU") is None
-    with pytest.raises(ValueError):
-        history.best("mIoU")
-
-
 def test_missing_file_is_an_empty_history_and_nan_is_stored_as_null(tmp_path):
     path = tmp_path / "history.json"
     assert History.load(path).records == ()

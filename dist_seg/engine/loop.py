@@ -1,0 +1,220 @@
+"""The training loop: epochs of train steps, then validation, visualisations, history and checkpoints.
+
+:func:`~dist_seg.engine.run.run_training` wires a :class:`Trainer` up; the loop itself only
+iterates. Each micro-batch goes through :class:`~dist_seg.engine.step.TrainStep`; the host
+reads the device (loss, non-finite flag) only at log windows.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import Config
+from ..data.loader import Loader, set_epoch
+from ..data.palette import Palette
+from ..telemetry.history import EpochRecord
+from ..telemetry.progress import Progress
+from .augment import BatchPreparer
+from .checkpoint import unwrap_model
+from .checkpointer import Checkpointer, EpochPlan, TrainPosition
+from .distributed import DistContext, StopVote
+from .evaluation import EvalResult, evaluate
+from .metrics import EpochTotals, TrainMetrics
+from .outputs import RunOutputs
+from .preemption import PreemptionWatch
+from .runtime import Runtime
+from .schedule import lr_factor
+from .step import TrainStep
+from .visualize import comparison_panel
+
+
+class StopReason(enum.StrEnum):
+    """Why training stopped (the values are the strings the summary always had)."""
+
+    COMPLETED = "completed"
+    MAX_STEPS = "max_steps"
+    PREEMPTED = "preempted"
+
+
+@dataclass
+class RunSummary:
+    """What ``run_training`` returns: where it stopped and why."""
+
+    status: StopReason
+    epochs_completed: int
+    global_step: int
+    best_miou: float | None
+    final: EvalResult | None
+    output_dir: Path
+
+
+@dataclass
+class Trainer:
+    """One run's parts, trained by :meth:`fit`."""
+
+    cfg: Config
+    ctx: DistContext
+    out: RunOutputs
+    runtime: Runtime
+    step: TrainStep
+    eval_model: torch.nn.Module  # bypasses DDP: evaluation needs no gradient sync and must not broadcast buffers
+    prep: BatchPreparer
+    aug_generator: torch.Generator  # its own stream, so augmentation survives checkpoints exactly
+    train_loader: Loader
+    val_loader: Loader | None
+    val_data: Dataset | None
+    palette: Palette
+    plan: EpochPlan
+    metrics: TrainMetrics
+    checkpointer: Checkpointer
+    pos: TrainPosition = field(default_factory=TrainPosition)
+    last_eval: EvalResult | None = None
+
+    def resume(self, path: Path) -> None:
+        """Continue from the checkpoint at ``path``."""
+        self.pos = self.checkpointer.restore(path)
+
+    def fit(self, preemption: PreemptionWatch, progress: Progress) -> RunSummary:
+        """Train until ``training.epochs`` (or ``max_steps``), validating and checkpointing on the way."""
+        while self.pos.epoch < self.plan.epochs:
+            stop = self.train_epoch(preemption, progress)
+            if stop is StopReason.PREEMPTED:
+                if self.pos.batch_in_epoch:
+                    self.checkpointer.save(self.pos, mid_epoch=True)
+                # Only rank 0 logs, and it may be stopping because another rank (node) was signalled.
+                cause = preemption.received or "a preemption signal to another rank"
+                self.out.log(f"stopped on {cause} at epoch {self.pos.epoch + 1}, batch "
+                             f"{self.pos.batch_in_epoch}: resume with training.resume_from_checkpoint: auto")
+            if stop is not None:
+                return self._summary(stop)
+        return self._summary(StopReason.COMPLETED)
+
+    def _summary(self, status: StopReason) -> RunSummary:
+        best = self.pos.best_miou if self.pos.best_epoch >= 0 else None
+        return RunSummary(status, self.pos.epoch, self.pos.global_step, best, self.last_eval, self.out.dir)
+
+    def train_epoch(self, preemption: PreemptionWatch, progress: Progress) -> StopReason | None:
+        """One pass over the training shard; returns why training must stop, or None to go on."""
+        tr, pos, plan = self.cfg.training, self.pos, self.plan
+        # When resuming mid-epoch, the sampler's order is a function of the epoch, so starting
+        # after the batches already trained lands exactly where the stopped run left off.
+        set_epoch(self.train_loader, pos.epoch, start_batch=pos.batch_in_epoch)
+        self.step.model.train()
+        remaining = plan.batches_per_epoch - pos.batch_in_epoch
+        progress.start_epoch(pos.epoch + 1, plan.epochs, remaining)
+        vote = StopVote(self.ctx)
+        stop = None
+        for images, masks, _paths in self.metrics.timed(itertools.islice(iter(self.train_loader), remaining)):
+            x, y = self.prep.train_batch(images, masks, tr.augment, self.aug_generator)
+            last_micro = (pos.batch_in_epoch + 1) % tr.grad_accum_steps == 0
+            loss = self.step(x, y, step=pos.global_step + 1, accum=tr.grad_accum_steps, last_micro=last_micro,
+                             lr_factor=lr_factor(pos.global_step, plan.total_steps, tr))
+            self.metrics.add(loss)
+            pos.batch_in_epoch += 1
+            if not last_micro:
+                continue
+            pos.global_step += 1
+            if vote.poll(preemption.requested):
+                stop = StopReason.PREEMPTED
+            elif tr.max_steps is not None and pos.global_step >= tr.max_steps:
+                stop = StopReason.MAX_STEPS
+            if stop is not None or pos.global_step % tr.log_interval == 0:
+                self._log_window(progress)
+            if stop is not None:
+                break
+        vote.drain()
+
+        if stop is StopReason.PREEMPTED and pos.batch_in_epoch < plan.batches_per_epoch:
+            return stop  # the caller saves a mid-epoch checkpoint, with the epoch's totals so far
+        # A stop on the epoch's last step finishes the epoch first (validation, epoch checkpoint).
+        if self.metrics.window_batches:
+            self._log_window(progress)
+        progress.end_epoch()
+        complete = pos.batch_in_epoch >= plan.batches_per_epoch
+        if complete:
+            pos.epoch += 1
+            pos.batch_in_epoch = 0
+        self._end_epoch(self.metrics.take_epoch() if complete else self.metrics.epoch, partial=not complete)
+        return stop
+
+    def _log_window(self, progress: Progress) -> None:
+        """Stop on a non-finite loss, else log the window's loss, LR, throughput and data wait."""
+        self.step.raise_if_nonfinite(self.ctx, f"epoch {self.pos.epoch + 1}")
+        window = self.metrics.close_window()
+        lr, step = self.step.lr, self.pos.global_step
+        self.out.scalars({"train/loss": window.loss, "train/lr": lr, "train/throughput_img_s": window.images_per_s,
+                          "train/data_wait_frac": window.data_wait_frac}, step)
+        memory_mb = torch.cuda.memory_allocated(self.ctx.device) / 2**20 if self.ctx.device.type == "cuda" else None
+        progress.update(window.batches, loss=window.loss, lr=lr, images_per_s=window.images_per_s,
+                        memory_mb=memory_mb, step=step)
+
+    def _end_epoch(self, totals: EpochTotals, partial: bool) -> None:
+        """Validate, visualise, record and checkpoint; ``partial`` when ``max_steps`` ended the epoch early."""
+        tr, pos, ctx = self.cfg.training, self.pos, self.ctx
+        epoch = pos.epoch + 1 if partial else pos.epoch
+        result = None
+        if self.val_loader is not None and (epoch % tr.val_interval == 0 or epoch == tr.epochs or partial):
+            result = self.validate()
+        is_best = result is not None and not math.isnan(result.mean_iou) and result.mean_iou > pos.best_miou
+        if is_best:
+            pos.best_miou, pos.best_epoch = result.mean_iou, epoch
+        if self.val_loader is not None and (epoch % tr.visualization_interval == 0 or epoch == tr.epochs):
+            self.visualize(epoch)
+        global_batch = self.metrics.global_batch
+        record = EpochRecord(
+            epoch=epoch, global_step=pos.global_step, train_loss=totals.train_loss(ctx.world_size),
+            lr=self.step.lr, train_images_per_s=totals.images_per_s(global_batch),
+            data_wait_frac=totals.epoch_wait_frac, epoch_time_s=totals.epoch_elapsed_s, world_size=ctx.world_size,
+            global_batch_size=global_batch * tr.grad_accum_steps,
+            val_loss=result.loss if result else None, val_mIoU=result.mean_iou if result else None,
+            val_pixel_acc=result.pixel_acc if result else None, val_iou=result.iou if result else None)
+        self.out.record_epoch(record)
+        summary = f"epoch {epoch}/{tr.epochs} | loss {record.train_loss:.4f} | {record.train_images_per_s:.1f} img/s"
+        if result is not None:
+            summary += f" | val loss {result.loss:.4f} | mIoU {result.mean_iou:.4f} | acc {result.pixel_acc:.4f}"
+        self.out.log(summary)
+        self.checkpointer.save(pos, mid_epoch=partial, is_best=is_best)
+
+    def validate(self) -> EvalResult:
+        """Evaluate on the validation split (all ranks) and log the metrics."""
+        assert self.val_loader is not None
+        result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime, self.step.criterion, self.ctx,
+                          self.palette.names, self.cfg.dataset.void_index)
+        values = {"val/loss": result.loss, "val/mIoU": result.mean_iou, "val/pixel_acc": result.pixel_acc}
+        values.update({f"val/IoU/{name}": iou for name, iou in result.iou.items() if not math.isnan(iou)})
+        self.out.scalars(values, self.pos.global_step)
+        self.last_eval = result
+        return result
+
+    def visualize(self, epoch: int) -> None:
+        """Side-by-side panels for the first validation frames (rank 0 only; no collectives)."""
+        if not self.out.active or self.val_data is None:
+            return
+        count = min(self.cfg.training.num_visualizations, len(self.val_data))
+        if count == 0:
+            return
+        panels = []
+        model = unwrap_model(self.eval_model)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for i in range(count):
+                image, mask, path = self.val_data[i]
+                x, y = self.prep.eval_batch(image.unsqueeze(0), mask.unsqueeze(0))
+                with self.runtime.autocast():
+                    logits = model(x)["out"]
+                pred = torch.nn.functional.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear",
+                                                       align_corners=False).argmax(1)[0]
+                shown = image.permute(1, 2, 0).numpy()
+                panels.append((Path(path).stem, comparison_panel(shown, mask.numpy(), pred.cpu().numpy().astype(
+                    np.uint8), self.palette)))
+        model.train(was_training)
+        self.out.save_visualizations(epoch, panels, self.pos.global_step)

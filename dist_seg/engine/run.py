@@ -1,0 +1,222 @@
+"""``run_training(cfg)``: the whole run, from process group to final checkpoint.
+
+Wires the parts of :mod:`.loop` together: process group, device choices, the model (built
+before any data work, so a config mistake costs seconds, not a cache build), data
+preparation, loaders, optimizer, checkpointing and the telemetry threads. One code path
+serves a laptop CPU, one GPU and ``torchrun`` on many nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..config import Config
+from ..data.cache_loader import CacheLoader
+from ..data.loader import Loader, build_loader, describe_loader
+from ..data.palette import Palette
+from ..data.pipeline import DataBundle, load_datasets, prepare
+from ..errors import DistSegError
+from ..models import build_model, check_model_config
+from ..telemetry.memlog import MemoryLog
+from ..telemetry.progress import Progress
+from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
+from ..telemetry.vram import VramSampler
+from .augment import BatchPreparer
+from .checkpoint import unwrap_model
+from .checkpointer import Checkpointer, EpochPlan
+from .distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
+from .losses import SegmentationLoss, class_weights
+from .loop import RunSummary, Trainer
+from .metrics import TrainMetrics
+from .outputs import RunOutputs
+from .preemption import PreemptionWatch
+from .runtime import Runtime, resolve_runtime
+from .step import TrainStep, build_optimizer
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_training(cfg: Config) -> RunSummary:
+    """Train according to ``cfg``: the whole run, from process group to final checkpoint."""
+    # Model config errors stop the run here, before any data is prepared; the written
+    # config names the backbone actually built.
+    cfg = dataclasses.replace(cfg, model=check_model_config(cfg.model, cfg.dataset.num_classes,
+                                                            tuple(cfg.training.image_size)))
+    ctx = setup_distributed(cfg.backend)
+    out = RunOutputs(cfg, active=ctx.is_main)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(teardown_distributed, ctx)
+        out.log(f"dist_seg: rank {ctx.rank}/{ctx.world_size} on {ctx.device}"
+                + (f" ({ctx.backend})" if ctx.backend else ""))
+        hazard = restart_hazard()
+        if hazard is not None:
+            out.warn(hazard)
+        # Every rank resumes from rank 0's choice: another node's listing of the shared output
+        # directory can lag behind, and ranks resuming from different checkpoints would diverge.
+        resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
+        trainer = _build_trainer(cfg, ctx, out, cleanup)
+        out.start(trainer.palette.names, ctx.world_size)
+        if resume_from is not None:
+            trainer.resume(resume_from)
+        elif cfg.training.resume_from_checkpoint == "auto":
+            out.log("resume_from_checkpoint: auto found no checkpoint; starting fresh")
+
+        memory_log, sampler = _start_vram_sampler(cfg, ctx, out, trainer, cleanup)
+        progress = Progress(cfg.telemetry.progress if ctx.is_main else "none", cfg.training.log_interval)
+        with PreemptionWatch() as preemption, sampler:
+            summary = trainer.fit(preemption, progress)
+        progress.close()
+        memory_log.write_summary(sampler.peaks())
+        final, tr = summary.final, cfg.training
+        out.finish(
+            hparams={"model": cfg.model.type, "backbone": cfg.model.backbone, "lr": tr.learning_rate,
+                     "global_batch": tr.batch_size * ctx.world_size * tr.grad_accum_steps,
+                     "world_size": ctx.world_size, "epochs": tr.epochs},
+            metrics={"hparam/best_mIoU": summary.best_miou if summary.best_miou is not None else float("nan"),
+                     "hparam/final_val_loss": final.loss if final else float("nan")})
+        out.log(f"done ({summary.status.value}): outputs in {out.dir}"
+                + (f" | best val mIoU {summary.best_miou:.4f}" if summary.best_miou is not None else ""))
+        return summary
+
+
+def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> Trainer:
+    """Every part of the run; config errors surface before the data is touched."""
+    tr = cfg.training
+    runtime = resolve_runtime(cfg.backend, ctx.device, log=out.log)
+    if tr.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    seed_everything(tr.seed)
+    palette = Palette.from_config(cfg.dataset)
+    model = build_model(cfg.model, len(palette.names))
+
+    data = _prepare_data(cfg, ctx, out)
+    train_loader = build_loader(data.train, tr, ctx, train=True)
+    cleanup.callback(_close_loader, train_loader)
+    val_loader = None
+    if data.val is not None and len(data.val):
+        val_loader = build_loader(data.val, tr, ctx, train=False)
+        cleanup.callback(_close_loader, val_loader)
+    steps_per_epoch = len(train_loader) // tr.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise DistSegError(
+            f"training split has {len(data.train)} frames: too few for one optimizer step of "
+            f"{ctx.world_size} rank(s) x training.batch_size {tr.batch_size} x grad_accum_steps "
+            f"{tr.grad_accum_steps}; lower the batch size or add data")
+    plan = EpochPlan(steps_per_epoch, tr.grad_accum_steps, tr.epochs)
+
+    train_model, eval_model = _place_model(model, cfg, ctx, runtime, out)
+    optimizer = build_optimizer(train_model.parameters(), tr)
+    scaler = runtime.grad_scaler()
+    weight = class_weights(data.train_class_pixel_counts, tr.class_weighting, cfg.dataset.void_index)
+    criterion = SegmentationLoss(weight).to(ctx.device)
+    aug_generator = torch.Generator().manual_seed(tr.seed * 1000 + ctx.rank)
+    global_batch = tr.batch_size * ctx.world_size
+    metrics = TrainMetrics(ctx, global_batch)
+    _log_training_setup(cfg, ctx, out, data, plan, train_loader, palette, weight)
+    return Trainer(
+        cfg=cfg, ctx=ctx, out=out, runtime=runtime,
+        step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm),
+        eval_model=eval_model,
+        prep=BatchPreparer(ctx.device, runtime.memory_format, tuple(tr.image_size), cfg.dataset.void_index),
+        aug_generator=aug_generator, train_loader=train_loader, val_loader=val_loader, val_data=data.val,
+        palette=palette, plan=plan, metrics=metrics,
+        checkpointer=Checkpointer(cfg, ctx, out, palette, plan, model=unwrap_model(train_model), optimizer=optimizer, scaler=scaler,
+                                  metrics=metrics, aug_generator=aug_generator))
+
+
+def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:
+    """Decode and cache once per node (local rank 0), then every rank opens the caches."""
+    if ctx.is_local_main:
+        prepare(cfg, log=out.log if ctx.is_main else (lambda _m: None), progress=ctx.is_main)
+    ctx.wait_for_local_main()
+    return load_datasets(cfg)
+
+
+def _close_loader(loader: Loader) -> None:
+    if isinstance(loader, CacheLoader):
+        loader.close()
+
+
+def _place_model(model: torch.nn.Module, cfg: Config, ctx: DistContext, runtime: Runtime,
+                 out: RunOutputs) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The model on the device for training and for evaluation: SyncBN, layout, compile, then DDP (in that order).
+
+    Resumed weights are loaded later into the unwrapped module; every rank loads the same
+    checkpoint, so DDP's initial broadcast of rank 0's random weights does no harm.
+    """
+    if cfg.backend.sync_bn:
+        if ctx.is_distributed and ctx.backend == "nccl":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            out.log("SyncBatchNorm: BatchNorm statistics are synchronised across ranks")
+        else:
+            out.warn("backend.sync_bn is on but needs NCCL across several GPUs "
+                     f"(this run: {ctx.backend or 'single process'}); keeping per-rank BatchNorm")
+    model = model.to(ctx.device, memory_format=runtime.memory_format)
+    compiled = torch.compile(model, mode=runtime.compile_mode) if runtime.compile else model
+    if not ctx.is_distributed:
+        return compiled, compiled
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(compiled, device_ids=device_ids), compiled
+
+
+def _log_training_setup(cfg: Config, ctx: DistContext, out: RunOutputs, data: DataBundle, plan: EpochPlan,
+                        train_loader: Loader, palette: Palette, weight: torch.Tensor | None) -> None:
+    tr = cfg.training
+    n_val = len(data.val) if data.val is not None else 0
+    out.log(f"data: {len(data.train)} train / {n_val} val frames | "
+            f"{plan.steps_per_epoch} steps per epoch, {plan.total_steps} in total")
+    out.log(f"batch: {tr.batch_size} per rank x {ctx.world_size} rank(s) x {tr.grad_accum_steps} "
+            f"accumulation = global batch {tr.batch_size * ctx.world_size * tr.grad_accum_steps}")
+    out.log(f"loader: {describe_loader(train_loader)}")
+    if weight is not None:
+        pairs = ", ".join(f"{n}={w:.2f}" for n, w in zip(palette.names, weight.tolist()))
+        out.log(f"class weights ({tr.class_weighting}): {pairs}")
+    if n_val == 0:
+        out.log("no validation split: validation and visualizations are skipped")
+
+
+def _start_vram_sampler(cfg: Config, ctx: DistContext, out: RunOutputs, trainer: Trainer,
+                        cleanup: contextlib.ExitStack) -> tuple[MemoryLog, VramSampler]:
+    """The per-rank VRAM sampler thread; each rank samples its own device into its own event files."""
+    output_dir = Path(cfg.training.output_dir)
+    memory_log = MemoryLog(output_dir / "memory_diagnostics.log", ctx.rank)
+    sinks: list = [memory_log]
+    if cfg.telemetry.tensorboard:
+        if ctx.is_main and out.writer is not None:
+            writer = out.writer
+        else:
+            writer = RunWriter(rank_log_dir(output_dir / "tensorboard", ctx.rank))
+            cleanup.callback(writer.close)
+        sinks.append(TensorBoardVramSink(writer))
+    sampler = VramSampler(ctx.rank, ctx.device, cfg.telemetry.vram_interval_s, cfg.telemetry.vram_sampler,
+                          sinks=sinks, step_fn=lambda: trainer.pos.global_step, log=out.log)
+    cleanup.callback(sampler.stop)
+    return memory_log, sampler
+
+
+def _resume_path(cfg: Config, out: RunOutputs) -> Path | None:
+    """The checkpoint to resume from, if any; refuses to overwrite an earlier run's checkpoints."""
+    setting = cfg.training.resume_from_checkpoint
+    if setting is None:
+        existing = out.latest_checkpoint()
+        if existing is not None:
+            raise DistSegError(
+                f"{out.dir} already holds checkpoints of an earlier run ({existing.name}); set "
+                "training.resume_from_checkpoint: auto to continue it, or choose another training.output_dir")
+        return None
+    if setting == "auto":
+        return out.latest_checkpoint()
+    return Path(setting)
