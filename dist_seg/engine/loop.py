@@ -145,11 +145,16 @@ class Trainer:
         self._end_epoch(self.metrics.take_epoch() if complete else self.metrics.epoch, partial=not complete)
         return stop
 
+    def _scheduled_lr(self) -> float:
+        """The learning rate the schedule gives after the steps taken so far (what the next step uses)."""
+        tr = self.cfg.training
+        return tr.learning_rate * lr_factor(self.pos.global_step, self.plan.total_steps, tr)
+
     def _log_window(self, progress: Progress) -> None:
         """Stop on a non-finite loss, else log the window's loss, LR, throughput and data wait."""
         self.step.raise_if_nonfinite(self.ctx, f"epoch {self.pos.epoch + 1}")
         window = self.metrics.close_window()
-        lr, step = self.step.lr, self.pos.global_step
+        lr, step = self._scheduled_lr(), self.pos.global_step
         self.out.scalars({"train/loss": window.loss, "train/lr": lr, "train/throughput_img_s": window.images_per_s,
                           "train/data_wait_frac": window.data_wait_frac}, step)
         memory_mb = torch.cuda.memory_allocated(self.ctx.device) / 2**20 if self.ctx.device.type == "cuda" else None
@@ -171,7 +176,7 @@ class Trainer:
         global_batch = self.metrics.global_batch
         record = EpochRecord(
             epoch=epoch, global_step=pos.global_step, train_loss=totals.train_loss(ctx.world_size),
-            lr=self.step.lr, train_images_per_s=totals.images_per_s(global_batch),
+            lr=self._scheduled_lr(), train_images_per_s=totals.images_per_s(global_batch),
             data_wait_frac=totals.epoch_wait_frac, epoch_time_s=totals.epoch_elapsed_s, world_size=ctx.world_size,
             global_batch_size=global_batch * tr.grad_accum_steps,
             val_loss=result.loss if result else None, val_mIoU=result.mean_iou if result else None,

@@ -100,11 +100,6 @@ class TrainStep:
                 del optimizer.found_inf
         optimizer.zero_grad(set_to_none=True)
 
-    @property
-    def lr(self) -> float:
-        """The learning rate of the latest update (of the first parameter group)."""
-        return self.optimizer.param_groups[0]["lr"]
-
     def raise_if_nonfinite(self, ctx: DistContext, where: str) -> None:
         """Stop if any rank saw a non-finite loss (a host sync: call it at log points, on every rank)."""
         flag = ctx.all_reduce_max(self.first_bad_step.clone())
