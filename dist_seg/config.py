@@ -247,6 +247,9 @@ class TrainingConfig:
     # The LR schedule still spans training.epochs, so a stopped run can be resumed exactly.
     max_steps: int | None = None
     log_interval: int = 20
+    # After the last epoch, score the best checkpoint on the test split (native resolution,
+    # no TTA) into output_dir/eval/test/; skipped when the run has no test split.
+    final_eval: bool = True
 
     def validate(self, fail: Fail) -> None:
         for key in ("batch_size", "val_batch_size", "epochs", "val_interval", "visualization_interval",

@@ -189,6 +189,8 @@ class Trainer:
         result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime, self.step.criterion, self.ctx,
                           self.palette.names, self.cfg.dataset.void_index)
         values = {"val/loss": result.loss, "val/mIoU": result.mean_iou, "val/pixel_acc": result.pixel_acc}
+        if not math.isnan(result.flicker):
+            values["val/flicker"] = result.flicker
         values.update({f"val/IoU/{name}": iou for name, iou in result.iou.items() if not math.isnan(iou)})
         self.out.scalars(values, self.pos.global_step)
         self.last_eval = result

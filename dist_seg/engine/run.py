@@ -33,7 +33,8 @@ from .checkpoint import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan
 from .distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
 from .losses import SegmentationLoss, class_weights
-from .loop import RunSummary, Trainer
+from .final_eval import evaluate_test_split
+from .loop import RunSummary, StopReason, Trainer
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import PreemptionWatch
@@ -79,13 +80,16 @@ def run_training(cfg: Config) -> RunSummary:
             summary = trainer.fit(preemption, progress)
         progress.close()
         memory_log.write_summary(sampler.peaks())
+        test = (evaluate_test_split(cfg, ctx, trainer.runtime, out, trainer.pos.global_step)
+                if summary.status is StopReason.COMPLETED else None)
         final, tr = summary.final, cfg.training
         out.finish(
             hparams={"model": cfg.model.type, "backbone": cfg.model.backbone, "lr": tr.learning_rate,
                      "global_batch": tr.batch_size * ctx.world_size * tr.grad_accum_steps,
                      "world_size": ctx.world_size, "epochs": tr.epochs},
             metrics={"hparam/best_mIoU": summary.best_miou if summary.best_miou is not None else float("nan"),
-                     "hparam/final_val_loss": final.loss if final else float("nan")})
+                     "hparam/final_val_loss": final.loss if final else float("nan"),
+                     "hparam/test_mIoU": test.mean_iou if test else float("nan")})
         out.log(f"done ({summary.status.value}): outputs in {out.dir}"
                 + (f" | best val mIoU {summary.best_miou:.4f}" if summary.best_miou is not None else ""))
         return summary

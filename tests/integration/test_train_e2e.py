@@ -20,6 +20,7 @@ from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.engine.augment import BatchPreparer
 from dist_seg.engine.checkpoint import list_checkpoints
 from dist_seg.engine.distributed import DistContext
+from dist_seg.engine.eval_report import REPORT_FILES
 from dist_seg.engine.evaluation import evaluate
 from dist_seg.engine.losses import SegmentationLoss
 from dist_seg.engine.runtime import resolve_runtime
@@ -113,6 +114,31 @@ def test_training_writes_tensorboard_tags(synth_root, tmp_path):
     assert expected <= tags, expected - tags
     assert any(t.startswith("val/IoU/") for t in tags)
     assert "val/overlay" in acc.Tags()["images"]
+
+
+def test_end_of_training_scores_the_best_checkpoint_on_the_test_split(synth_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run_training(tiny_config(synth_root, out, training__epochs=1, dataset__split__test=["Video_002"]))
+    folder = out / "eval" / "test"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(REPORT_FILES)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert Path(metrics["checkpoint"]) == out / "best_model.pth"
+    assert list(metrics["sequences"]) == ["Video_002"] and metrics["frames"] == 8
+    assert 0.0 <= metrics["mean_iou"] <= 1.0 and metrics["flicker"] is not None
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"eval/test/mIoU", "eval/test/pixel_acc", "eval/test/flicker", "eval/test/VC_2", "val/flicker"} <= tags
+    assert acc.Scalars("eval/test/mIoU")[-1].value == pytest.approx(metrics["mean_iou"], rel=1e-6)
+
+
+def test_final_eval_switch_off_writes_no_test_report(synth_root, tmp_path):
+    out = tmp_path / "run"
+    summary = run_training(tiny_config(synth_root, out, training__epochs=1, training__final_eval=False,
+                                       dataset__split__test=["Video_002"]))
+    assert summary.status == "completed" and not (out / "eval").exists()
 
 
 def test_resume_equivalence_epoch_boundary(synth_root, tmp_path):
