@@ -27,13 +27,14 @@ from .checkpoint import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan, TrainPosition
 from .distributed import DistContext, StopVote
 from .evaluation import EvalResult, evaluate
+from .inference import forward_logits, upsample_argmax
 from .metrics import EpochTotals, TrainMetrics
 from .outputs import RunOutputs
 from .preemption import PreemptionWatch
 from .runtime import Runtime
 from .schedule import lr_factor
 from .step import TrainStep
-from .visualize import comparison_panel
+from .visualize import comparison_panel, spread_indices
 
 
 class StopReason(enum.StrEnum):
@@ -197,26 +198,24 @@ class Trainer:
         return result
 
     def visualize(self, epoch: int) -> None:
-        """Side-by-side panels for the first validation frames (rank 0 only; no collectives)."""
+        """Titled panels of a fixed, spread-out choice of validation frames (rank 0 only; no collectives)."""
         if not self.out.active or self.val_data is None:
             return
-        count = min(self.cfg.training.num_visualizations, len(self.val_data))
-        if count == 0:
+        chosen = spread_indices(len(self.val_data), self.cfg.training.num_visualizations)
+        if not chosen:
             return
         panels = []
         model = unwrap_model(self.eval_model)
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            for i in range(count):
+            for i in chosen:
                 image, mask, path = self.val_data[i]
                 x, y = self.prep.eval_batch(image.unsqueeze(0), mask.unsqueeze(0))
-                with self.runtime.autocast():
-                    logits = model(x)["out"]
-                pred = torch.nn.functional.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear",
-                                                       align_corners=False).argmax(1)[0]
-                shown = image.permute(1, 2, 0).numpy()
-                panels.append((Path(path).stem, comparison_panel(shown, mask.numpy(), pred.cpu().numpy().astype(
-                    np.uint8), self.palette)))
+                pred = upsample_argmax(forward_logits(model, x, self.runtime), y.shape[-2:])[0]
+                stem = Path(path).stem
+                panels.append((stem, comparison_panel(image.permute(1, 2, 0).numpy(), mask.numpy(),
+                                                      pred.cpu().numpy().astype(np.uint8), self.palette,
+                                                      name=stem, void_index=self.cfg.dataset.void_index)))
         model.train(was_training)
         self.out.save_visualizations(epoch, panels, self.pos.global_step)

@@ -26,6 +26,7 @@ from dist_seg.engine.losses import SegmentationLoss
 from dist_seg.engine.runtime import resolve_runtime
 from dist_seg.engine.run import run_training
 from dist_seg.engine.step import NonFiniteLossError
+from dist_seg.engine.visualize import spread_indices
 from dist_seg.errors import CheckpointError, ConfigError, DistSegError
 from dist_seg.models import build_model
 from dist_seg.predict import main as predict_main
@@ -114,6 +115,10 @@ def test_training_writes_tensorboard_tags(synth_root, tmp_path):
     assert expected <= tags, expected - tags
     assert any(t.startswith("val/IoU/") for t in tags)
     assert "val/overlay" in acc.Tags()["images"]
+    # a fixed, spread-out choice of validation frames, not the first ones
+    val_frames = sorted(p.stem for p in (synth_root / "Images" / "Video_003").glob("*.png"))
+    shown = sorted(p.stem for p in (out / "visualizations" / "epoch_001").glob("*.png"))
+    assert shown == [val_frames[i] for i in spread_indices(len(val_frames), 2)] and shown != val_frames[:2]
 
 
 def test_end_of_training_scores_the_best_checkpoint_on_the_test_split(synth_root, tmp_path):
