@@ -184,11 +184,16 @@ class BackendConfig:
     # Seconds other ranks wait while each node's local rank 0 decodes and caches the dataset.
     prepare_timeout_s: float = 7200.0
     sync_bn: bool = False
+    # torch's intra-op threads: "auto" = on CPU runs, the usable cores (affinity) per rank
+    # minus training.num_workers, at least 1 (OMP_NUM_THREADS wins if set); N = exactly N.
+    cpu_threads: int | Literal["auto"] = "auto"
 
     def validate(self, fail: Fail) -> None:
         for key in ("dist_timeout_s", "prepare_timeout_s"):
             if getattr(self, key) <= 0:
                 fail(key, f"must be positive, got {getattr(self, key)}")
+        if self.cpu_threads != "auto" and self.cpu_threads < 1:
+            fail("cpu_threads", f"must be auto or >= 1, got {self.cpu_threads}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from .outputs import RunOutputs
 from .preemption import PreemptionWatch
 from .runtime import Runtime, resolve_runtime
 from .step import TrainStep, build_optimizer
+from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
+from .threads import apply_cpu_threads
 
 
 def seed_everything(seed: int) -> None:
@@ -99,12 +102,15 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     """Every part of the run; config errors surface before the data is touched."""
     tr = cfg.training
     runtime = resolve_runtime(cfg.backend, ctx.device, log=out.log)
+    threads = apply_cpu_threads(cfg.backend.cpu_threads, tr.num_workers, ctx.device,
+                                local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     seed_everything(tr.seed)
     palette = Palette.from_config(cfg.dataset)
     model = build_model(cfg.model, len(palette.names))
+    flops = forward_flops(model, tuple(tr.image_size)) if ctx.is_main else None
 
     data = _prepare_data(cfg, ctx, out)
     train_loader = build_loader(data.train, tr, ctx, train=True)
@@ -129,7 +135,14 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     aug_generator = torch.Generator().manual_seed(tr.seed * 1000 + ctx.rank)
     global_batch = tr.batch_size * ctx.world_size
     metrics = TrainMetrics(ctx, global_batch)
-    _log_training_setup(cfg, ctx, out, data, plan, train_loader, palette, weight)
+    out.log("run:")
+    for line in startup_summary(cfg, runtime, StartupFacts(
+            parameters=parameter_count(model), flops=flops, train_frames=len(data.train),
+            val_frames=len(data.val) if data.val is not None else 0, steps_per_epoch=plan.steps_per_epoch,
+            total_steps=plan.total_steps, world_size=ctx.world_size, loader=describe_loader(train_loader),
+            threads=threads)):
+        out.log(line)
+    _log_training_notes(cfg, out, data, palette, weight)
     return Trainer(
         cfg=cfg, ctx=ctx, out=out, runtime=runtime,
         step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm),
@@ -176,19 +189,13 @@ def _place_model(model: torch.nn.Module, cfg: Config, ctx: DistContext, runtime:
     return DistributedDataParallel(compiled, device_ids=device_ids), compiled
 
 
-def _log_training_setup(cfg: Config, ctx: DistContext, out: RunOutputs, data: DataBundle, plan: EpochPlan,
-                        train_loader: Loader, palette: Palette, weight: torch.Tensor | None) -> None:
-    tr = cfg.training
-    n_val = len(data.val) if data.val is not None else 0
-    out.log(f"data: {len(data.train)} train / {n_val} val frames | "
-            f"{plan.steps_per_epoch} steps per epoch, {plan.total_steps} in total")
-    out.log(f"batch: {tr.batch_size} per rank x {ctx.world_size} rank(s) x {tr.grad_accum_steps} "
-            f"accumulation = global batch {tr.batch_size * ctx.world_size * tr.grad_accum_steps}")
-    out.log(f"loader: {describe_loader(train_loader)}")
+def _log_training_notes(cfg: Config, out: RunOutputs, data: DataBundle, palette: Palette,
+                        weight: torch.Tensor | None) -> None:
+    """What the summary leaves out: the class weights and a missing validation split."""
     if weight is not None:
         pairs = ", ".join(f"{n}={w:.2f}" for n, w in zip(palette.names, weight.tolist()))
-        out.log(f"class weights ({tr.class_weighting}): {pairs}")
-    if n_val == 0:
+        out.log(f"class weights ({cfg.training.class_weighting}): {pairs}")
+    if data.val is None or not len(data.val):
         out.log("no validation split: validation and visualizations are skipped")
 
 

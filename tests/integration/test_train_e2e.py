@@ -193,11 +193,28 @@ def test_float16_amp_is_switched_off_on_cpu_with_a_message(synth_root, tmp_path,
     assert "AMP off" in capsys.readouterr().out
 
 
+def test_startup_summary_names_what_will_run(synth_root, tmp_path, capsys):
+    run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1, training__max_steps=1,
+                             dataset__void_class="void", backend__cpu_threads=1))
+    log = capsys.readouterr().out
+    summary = log[log.index("run:\n"):log.index("epoch 1/1")]
+    expected = [r"model +deeplabv3plus / resnet18 \| \d+\.\d+ M parameters \| \d+\.\d GFLOPs per image \(forward\) at 48x64",
+                r"input +48x64 \| cache 48x64", r"classes +13 \(rgb masks, void ignored\)",
+                r"data +24 train / 8 val frames", r"global batch 4",
+                r"precision float32 \| channels_last off \| compile off",
+                r"loader +full cache served by the main thread", r"threads +torch intra-op 1 \(backend.cpu_threads\)",
+                r"device +cpu \(.+\) x 1 rank"]
+    for pattern in expected:
+        assert re.search(pattern, summary), (pattern, summary)
+    assert torch.get_num_threads() == 1
+    assert log.count("[vram rank 0]") <= 1
+
+
 def test_compile_path_on_a_tiny_model(synth_root, tmp_path, capsys):
     summary = run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1, training__max_steps=2,
                                        model={"type": "fixtures_custom_model:TinyNet", "width": 4},
                                        backend__compile=True))
-    assert "compile=True" in capsys.readouterr().out
+    assert re.search(r"precision .* compile on \(default\)", capsys.readouterr().out)
     assert summary.status == "max_steps"
     state = torch.load(tmp_path / "run" / "checkpoints" / "epoch_0000_step_000002.pth", weights_only=True)
     assert not any("_orig_mod" in k for k in state["model"])
