@@ -216,7 +216,7 @@ def test_compile_path_on_a_tiny_model(synth_root, tmp_path, capsys):
                                        backend__compile=True))
     assert re.search(r"precision .* compile on \(default\)", capsys.readouterr().out)
     assert summary.status == "max_steps"
-    state = torch.load(tmp_path / "run" / "checkpoints" / "epoch_0000_step_000002.pth", weights_only=True)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "epoch_0001_batch_000002.pth", weights_only=True)
     assert not any("_orig_mod" in k for k in state["model"])
 
 
@@ -325,9 +325,9 @@ def test_train_cli_reports_config_errors_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("call, checkpoint, batches", [(4, "epoch_0000_step_000004.pth", [4]),
+@pytest.mark.parametrize("call, checkpoint, batches", [(4, "epoch_0001_batch_000004.pth", [4]),
                                                        (6, "epoch_0001.pth", [])])
-def test_sigterm_checkpoints_at_the_next_step(synth_root, tmp_path, call, checkpoint, batches):
+def test_sigterm_checkpoints_at_the_next_step(synth_root, tmp_path, capsys, call, checkpoint, batches):
     """SIGTERM mid-epoch saves a mid-epoch checkpoint; on an epoch's last step the epoch is finished first."""
     out = tmp_path / "run"
     model = {"type": "fixtures_custom_model:SignalAt", "call": call}
@@ -335,7 +335,12 @@ def test_sigterm_checkpoints_at_the_next_step(synth_root, tmp_path, call, checkp
     assert summary.status == "preempted"
     assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == [checkpoint]
     assert [c.step for c in list_checkpoints(out / "checkpoints") if c.step] == batches
+    if batches:  # the name says what the log says
+        stop = re.search(r"stopped on SIGTERM at epoch (\d+), batch (\d+)", capsys.readouterr().out)
+        assert checkpoint == f"epoch_{int(stop.group(1)):04d}_batch_{int(stop.group(2)):06d}.pth"
     resumed = run_training(tiny_config(synth_root, out, model={**model, "call": 10**6},
                                        training__resume_from_checkpoint="auto"))
     assert resumed.status == "completed" and resumed.epochs_completed == 2
     assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2]
+    # the mid-epoch checkpoint went once its epoch's checkpoint existed
+    assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == ["epoch_0001.pth", "epoch_0002.pth"]

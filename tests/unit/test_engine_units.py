@@ -151,6 +151,41 @@ def test_checkpoint_rotation_best_mirror_and_weights_only(tmp_path):
     assert ckpt.list_checkpoints(directory)[-1].step == 7
 
 
+def _save(directory: Path, name: str) -> None:
+    ckpt.save_checkpoint({"model": {}, "epoch": 0, "global_step": 0, "config": {}}, directory, name, keep=5)
+
+
+def test_checkpoint_names_use_the_logs_one_based_epoch_and_old_names_still_sort(tmp_path):
+    assert ckpt.checkpoint_name(2, 22) == "epoch_0003_batch_000022.pth"  # "epoch 3, batch 22"
+    assert ckpt.checkpoint_name(3) == "epoch_0003.pth"  # 3 epochs completed
+    directory = tmp_path / "checkpoints"
+    _save(directory, "epoch_0002.pth")
+    _save(directory, "epoch_0002_step_000021.pth")  # earlier naming: zero-based epoch, i.e. in epoch 3
+    infos = ckpt.list_checkpoints(directory)
+    assert [(c.path.name, c.epoch, c.step) for c in infos] == [("epoch_0002.pth", 2, None),
+                                                               ("epoch_0002_step_000021.pth", 2, 21)]
+    _save(directory, ckpt.checkpoint_name(2, 22))
+    assert ckpt.list_checkpoints(directory)[-1].path.name == "epoch_0003_batch_000022.pth"
+
+
+def test_mid_epoch_checkpoints_go_once_their_epoch_checkpoint_exists(tmp_path):
+    directory = tmp_path / "checkpoints"
+    _save(directory, ckpt.checkpoint_name(1))
+    _save(directory, ckpt.checkpoint_name(1, 3))
+    _save(directory, "epoch_0001_step_000004.pth")  # earlier naming
+    assert len(ckpt.list_checkpoints(directory)) == 3
+    _save(directory, ckpt.checkpoint_name(2))
+    assert [c.path.name for c in ckpt.list_checkpoints(directory)] == ["epoch_0001.pth", "epoch_0002.pth"]
+
+
+def test_best_mirror_shares_the_checkpoints_inode(tmp_path):
+    directory = tmp_path / "checkpoints"
+    _save(directory, ckpt.checkpoint_name(1))
+    best = tmp_path / "best_model.pth"
+    ckpt.mirror_best(directory / "epoch_0001.pth", best)
+    assert best.stat().st_ino == (directory / "epoch_0001.pth").stat().st_ino
+
+
 def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         ckpt.load_checkpoint(tmp_path / "nope.pth")
@@ -274,7 +309,7 @@ def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
     saved.metrics.epoch = EpochTotals(2, 1.5, 7.0, 0.25)
     position = TrainPosition(epoch=1, batch_in_epoch=2, global_step=8, best_miou=0.5, best_epoch=1)
     saved.save(position, mid_epoch=True)
-    path = tmp_path / "run" / "checkpoints" / "epoch_0001_step_000002.pth"
+    path = tmp_path / "run" / "checkpoints" / "epoch_0002_batch_000002.pth"  # "epoch 2, batch 2" in the log
     state = torch.load(path, weights_only=True)
     assert set(state) == {"format", "version", "model", "optimizer", "scheduler", "scaler", "train_state", "epoch",
                           "global_step", "best_metric", "rng", "config", "class_names", "palette", "world_size"}
