@@ -16,6 +16,8 @@ from typing import Literal, Mapping
 
 import torch
 
+from ..parallel import usable_cores
+
 
 @dataclass(frozen=True)
 class ThreadChoice:
@@ -26,13 +28,6 @@ class ThreadChoice:
 
     def describe(self) -> str:
         return f"{self.threads} ({self.reason})"
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def choose_cpu_threads(setting: int | Literal["auto"], loader_workers: int, local_processes: int = 1,

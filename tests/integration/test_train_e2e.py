@@ -344,3 +344,21 @@ def test_sigterm_checkpoints_at_the_next_step(synth_root, tmp_path, capsys, call
     assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2]
     # the mid-epoch checkpoint went once its epoch's checkpoint existed
     assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == ["epoch_0001.pth", "epoch_0002.pth"]
+
+
+def test_sigterm_during_validation_stops_after_the_current_batch(synth_root, tmp_path, capsys):
+    """Validation of 8 one-frame batches: the signal at the first one stops the run there, not 7 batches later."""
+    from fixtures_custom_model import SignalInValidation
+
+    SignalInValidation.eval_calls = 0
+    out = tmp_path / "run"
+    summary = run_training(tiny_config(synth_root, out, model={"type": "fixtures_custom_model:SignalInValidation"},
+                                       training__val_batch_size=1))
+    assert summary.status == "preempted" and summary.epochs_completed == 1
+    assert SignalInValidation.eval_calls == 1  # no further validation batch, no visualisation
+    log = capsys.readouterr().out
+    assert "validation stopped by a preemption signal" in log
+    assert "stopped on SIGTERM at epoch 2, batch 0" in log
+    assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == ["epoch_0001.pth"]
+    history = json.loads((out / "history.json").read_text())
+    assert [(r["epoch"], r["val_mIoU"]) for r in history] == [(1, None)]
