@@ -38,7 +38,7 @@ from .final_eval import evaluate_test_split
 from .loop import RunSummary, StopReason, Trainer
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
-from .preemption import PreemptionWatch
+from .preemption import Preempted, PreemptionWatch, preemption_raises
 from .runtime import Runtime, resolve_runtime
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
@@ -70,7 +70,12 @@ def run_training(cfg: Config) -> RunSummary:
         # Every rank resumes from rank 0's choice: another node's listing of the shared output
         # directory can lag behind, and ranks resuming from different checkpoints would diverge.
         resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
-        trainer = _build_trainer(cfg, ctx, out, cleanup)
+        try:
+            trainer = _build_trainer(cfg, ctx, out, cleanup)
+        except Preempted as stop:
+            out.log(f"stopped on {stop.signal_name} while preparing the data: sequences cached so far are kept; "
+                    "run again to continue")
+            return RunSummary(StopReason.PREEMPTED, 0, 0, None, None, out.dir)
         out.start(trainer.palette.names, ctx.world_size)
         if resume_from is not None:
             trainer.resume(resume_from)
@@ -112,7 +117,8 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     model = build_model(cfg.model, len(palette.names))
     flops = forward_flops(model, tuple(tr.image_size)) if ctx.is_main else None
 
-    data = _prepare_data(cfg, ctx, out)
+    with preemption_raises():  # a cache build has no step boundary to stop at
+        data = _prepare_data(cfg, ctx, out)
     train_loader = build_loader(data.train, tr, ctx, train=True)
     cleanup.callback(_close_loader, train_loader)
     val_loader = None

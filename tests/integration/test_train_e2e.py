@@ -362,3 +362,32 @@ def test_sigterm_during_validation_stops_after_the_current_batch(synth_root, tmp
     assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == ["epoch_0001.pth"]
     history = json.loads((out / "history.json").read_text())
     assert [(r["epoch"], r["val_mIoU"]) for r in history] == [(1, None)]
+
+
+def test_sigterm_during_the_cache_build_stops_cleanly(synth_root, tmp_path, capsys, monkeypatch):
+    """The signal lands while frames are decoded: no temporaries stay behind, and a rerun builds the rest."""
+    import os
+    import signal
+
+    import dist_seg.data.cache as cache
+
+    decode, decoded = cache._decode_for_cache, []
+
+    def decode_then_signal(*args, **kwargs):  # the real decode; the signal arrives mid-build, at the third frame
+        decoded.append(1)
+        if len(decoded) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "_decode_for_cache", decode_then_signal)
+    out = tmp_path / "run"
+    cfg = tiny_config(synth_root, out, dataset__cache_workers=1, training__max_steps=1)
+    summary = run_training(cfg)
+    assert summary.status == "preempted" and summary.global_step == 0
+    assert len(decoded) == 3  # stopped at once, not after the other 29 frames
+    assert "stopped on SIGTERM while preparing the data" in capsys.readouterr().out
+    cache_dir = Path(cfg.dataset.cache_dir)
+    assert [p for p in cache_dir.rglob("*") if p.name.endswith(".tmp")] == []
+    assert not list(cache_dir.rglob("manifest.json"))
+    monkeypatch.setattr(cache, "_decode_for_cache", decode)
+    assert run_training(cfg).status == "max_steps"
