@@ -117,6 +117,7 @@ class Trainer:
         progress.start_epoch(pos.epoch + 1, plan.epochs, remaining, plan.batches_per_epoch)
         vote = StopVote(self.ctx)
         stop = None
+        self.metrics.start_epoch()
         for images, masks, _paths in self.metrics.timed(itertools.islice(iter(self.train_loader), remaining)):
             x, y = self.prep.train_batch(images, masks, tr.augment, self.aug_generator)
             last_micro = (pos.batch_in_epoch + 1) % tr.grad_accum_steps == 0

@@ -292,6 +292,25 @@ def test_train_metrics_windows_epoch_totals_and_checkpoint_keys():
     assert totals.train_loss(world_size=1) == pytest.approx(4.0) and resumed.epoch.epoch_batches == 0
 
 
+def test_an_epochs_first_window_does_not_time_the_previous_epochs_validation(monkeypatch):
+    import dist_seg.engine.metrics as metrics_module
+
+    clock = [0.0]
+    monkeypatch.setattr(metrics_module.time, "perf_counter", lambda: clock[0])
+    metrics = TrainMetrics(CPU, global_batch=4)
+    clock[0] = 100.0  # validation, visualisation and the checkpoint of the previous epoch
+    metrics.start_epoch()
+    for loss in metrics.timed([1.0, 1.0]):
+        clock[0] += 1.0
+        metrics.add(torch.tensor(loss, dtype=torch.float64))
+    window = metrics.close_window()
+    assert window.images_per_s == pytest.approx(2 * 4 / 2.0)  # 2 batches of 4 images in 2 s, not in 102 s
+    assert metrics.take_epoch().epoch_elapsed_s == pytest.approx(2.0)
+    metrics.add(torch.tensor(1.0, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="open window"):
+        metrics.start_epoch()
+
+
 def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
     cfg = tiny_config(tmp_path / "data", tmp_path / "run")
 
