@@ -91,6 +91,9 @@ class DatasetConfig:
     cache_dir: Path | None = None
     # Processes used to build the cache; null = all cores.
     cache_workers: int | None = None
+    # Each cache setting (size, classes, mask format, ...) of a dataset has its own cache folder;
+    # this many most recently used ones are kept per dataset, older ones are deleted.
+    cache_keep_settings: int = 3
 
     @property
     def num_classes(self) -> int:
@@ -137,6 +140,8 @@ class DatasetConfig:
             fail("cache_size", f"must be positive [H, W], got {list(self.cache_size)}")
         if self.cache_workers is not None and self.cache_workers < 1:
             fail("cache_workers", f"must be >= 1 or null (all cores), got {self.cache_workers}")
+        if self.cache_keep_settings < 1:
+            fail("cache_keep_settings", f"must be >= 1, got {self.cache_keep_settings}")
 
 
 @dataclass
