@@ -16,6 +16,7 @@ from ..data.splits import read_splits
 from .distributed import DistContext
 from .native_eval import NativeEvalResult, evaluate_checkpoint
 from .outputs import RunOutputs
+from .preemption import Preempted, preemption_raises
 from .runtime import Runtime
 
 SPLIT = "test"
@@ -40,7 +41,13 @@ def evaluate_test_split(cfg: Config, ctx: DistContext, runtime: Runtime, out: Ru
         return None
     out.log(f"final evaluation: {checkpoint.name} on the {SPLIT} split at native resolution")
     tr = cfg.training
-    result = evaluate_checkpoint(checkpoint, ctx, runtime, config=cfg, split=SPLIT, batch_size=tr.val_batch_size,
-                                 num_workers=tr.num_workers, log=out.log)
+    try:
+        with preemption_raises():  # training is saved: a signal only cuts the evaluation short
+            result = evaluate_checkpoint(checkpoint, ctx, runtime, config=cfg, split=SPLIT,
+                                         batch_size=tr.val_batch_size, num_workers=tr.num_workers, log=out.log)
+    except Preempted as stop:
+        out.log(f"final evaluation stopped on {stop.signal_name}; run it later with "
+                f"python -m dist_seg.evaluate --checkpoint {checkpoint}")
+        return None
     out.save_evaluation(result, SPLIT, step)
     return result
