@@ -91,6 +91,9 @@ class DatasetConfig:
     cache_dir: Path | None = None
     # Processes used to build the cache; null = all cores.
     cache_workers: int | None = None
+    # Each cache setting (size, classes, mask format, ...) of a dataset has its own cache folder;
+    # this many most recently used ones are kept per dataset, older ones are deleted.
+    cache_keep_settings: int = 3
 
     @property
     def num_classes(self) -> int:
@@ -137,6 +140,8 @@ class DatasetConfig:
             fail("cache_size", f"must be positive [H, W], got {list(self.cache_size)}")
         if self.cache_workers is not None and self.cache_workers < 1:
             fail("cache_workers", f"must be >= 1 or null (all cores), got {self.cache_workers}")
+        if self.cache_keep_settings < 1:
+            fail("cache_keep_settings", f"must be >= 1, got {self.cache_keep_settings}")
 
 
 @dataclass
@@ -184,11 +189,16 @@ class BackendConfig:
     # Seconds other ranks wait while each node's local rank 0 decodes and caches the dataset.
     prepare_timeout_s: float = 7200.0
     sync_bn: bool = False
+    # torch's intra-op threads: "auto" = on CPU runs, the usable cores (affinity) per rank
+    # minus training.num_workers, at least 1 (OMP_NUM_THREADS wins if set); N = exactly N.
+    cpu_threads: int | Literal["auto"] = "auto"
 
     def validate(self, fail: Fail) -> None:
         for key in ("dist_timeout_s", "prepare_timeout_s"):
             if getattr(self, key) <= 0:
                 fail(key, f"must be positive, got {getattr(self, key)}")
+        if self.cpu_threads != "auto" and self.cpu_threads < 1:
+            fail("cpu_threads", f"must be auto or >= 1, got {self.cpu_threads}")
 
 
 @dataclass
@@ -247,6 +257,9 @@ class TrainingConfig:
     # The LR schedule still spans training.epochs, so a stopped run can be resumed exactly.
     max_steps: int | None = None
     log_interval: int = 20
+    # After the last epoch, score the best checkpoint on the test split (native resolution,
+    # no TTA) into output_dir/eval/test/; skipped when the run has no test split.
+    final_eval: bool = True
 
     def validate(self, fail: Fail) -> None:
         for key in ("batch_size", "val_batch_size", "epochs", "val_interval", "visualization_interval",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from tqdm import tqdm
@@ -15,6 +16,12 @@ R = TypeVar("R")
 def usable_cores() -> int:
     """Cores this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _default_sigterm() -> None:
+    # Forked workers inherit the parent's handler, which may raise to stop the parent cleanly;
+    # a worker just ends (the parent terminates the pool while it unwinds).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def map_in_pool(fn: Callable[[T], R], items: Sequence[T], *, workers: int, desc: str,
@@ -33,7 +40,7 @@ def map_in_pool(fn: Callable[[T], R], items: Sequence[T], *, workers: int, desc:
             return
         # Small chunks keep the bar moving and the cores balanced; large ones cut IPC.
         chunksize = max(1, min(16, len(items) // (workers * 4)))
-        with multiprocessing.get_context().Pool(workers) as pool:
+        with multiprocessing.get_context().Pool(workers, initializer=_default_sigterm) as pool:
             for result in pool.imap(fn, items, chunksize=chunksize):
                 yield result
                 bar.update()

@@ -23,6 +23,8 @@ import functools
 import hashlib
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -55,11 +57,52 @@ def cache_root(ds: DatasetConfig) -> Path:
 
 
 def dataset_cache_dir(root: Path, cfg: Config) -> Path:
-    """Cache folder of one dataset root at the configured resolution (root may be read-only)."""
+    """Cache folder of one dataset root for this config's cache settings (root may be read-only).
+
+    ``<cache root>/<dataset>-<hash of its path>/<H>x<W>-<settings digest>``: each combination
+    of size, classes, mask format and the rest of :class:`CacheSettings` has its own folder,
+    so switching between configs of one dataset (index and RGB masks, two sizes) reuses
+    both caches instead of rebuilding one. :func:`prune_setting_folders` bounds their number.
+    """
     resolved = Path(root).resolve()
     key = f"{resolved.name}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:12]}"
     height, width = output_size(cfg)
-    return cache_root(cfg.dataset) / key / f"{height}x{width}"
+    settings = json.dumps(CacheSettings.from_config(cfg).as_json(), sort_keys=True)
+    return cache_root(cfg.dataset) / key / f"{height}x{width}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+
+
+# Setting folders, and the plain HxW folders of caches built before they had a settings digest.
+_SETTING_FOLDER = re.compile(r"^\d+x\d+(-[0-9a-f]{8})?$")
+LAST_USED = ".last_used"
+
+
+def prune_setting_folders(current: Path, keep: int, log: Callable[[str], None]) -> list[Path]:
+    """Mark ``current`` as used now and delete all but the ``keep`` most recently used setting folders beside it.
+
+    A folder another process holds locked (it is being built or prepared right now) is left
+    alone. Returns the folders deleted.
+    """
+    marker = current / LAST_USED
+    marker.touch()
+    os.utime(marker)
+
+    def last_used(folder: Path) -> float:
+        stamp = folder / LAST_USED
+        return stamp.stat().st_mtime if stamp.exists() else folder.stat().st_mtime
+
+    others = [f for f in current.parent.iterdir() if f.is_dir() and f != current and _SETTING_FOLDER.match(f.name)]
+    removed = []
+    for folder in sorted(others, key=last_used, reverse=True)[max(keep - 1, 0):]:
+        with contextlib.ExitStack() as stack:
+            try:
+                handle = stack.enter_context(open(folder / ".lock", "a+b"))
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # in use, or not ours to lock: keep it
+            shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+        log(f"cache: removed {folder} (dataset.cache_keep_settings {keep}: least recently used)")
+    return removed
 
 
 @dataclass(frozen=True)
@@ -317,6 +360,8 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
             for writer in writers:
                 writer.abort()
             raise
+        for directory in sorted(set(outcome.directories)):
+            prune_setting_folders(directory, cfg.dataset.cache_keep_settings, log)
     return outcome
 
 

@@ -44,18 +44,25 @@ Loader = DataLoader | CacheLoader
 
 
 class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...`` in order: every index on exactly one rank, none padded."""
+    """A contiguous run of indices per rank, in order: every index on exactly one rank, none padded.
+
+    Contiguous, not strided, so consecutive frames of a sequence stay on one rank and the
+    validation flicker rate sees their pairs (only the pairs across a chunk border are lost).
+    Chunk lengths differ by at most one.
+    """
 
     def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size}")
         self.length, self.rank, self.world_size = length, rank, world_size
+        self.start = rank * length // world_size
+        self.stop = (rank + 1) * length // world_size
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.world_size))
+        return iter(range(self.start, self.stop))
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.world_size))
+        return self.stop - self.start
 
 
 class TrainingSampler(DistributedSampler):

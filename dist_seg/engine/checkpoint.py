@@ -25,7 +25,10 @@ from ..errors import CheckpointError
 FORMAT = "dist_seg.checkpoint"
 VERSION = 1
 REQUIRED_KEYS = ("format", "version", "model", "epoch", "global_step", "config")
-_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?\.pth$")
+# epoch_0007.pth: 7 epochs done; epoch_0008_batch_000120.pth: epoch 8 (one-based, as the log
+# says), 120 batches into it; epoch_0007_step_000120.pth: the same position in the earlier
+# naming (zero-based epoch), still ordered right for auto-resume.
+_NAME = re.compile(r"^epoch_(\d+)(?:_(step|batch)_(\d+))?\.pth$")
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -72,32 +75,58 @@ class CheckpointInfo:
     """A checkpoint file in the rotation, with the position it was taken at."""
 
     path: Path
-    epoch: int
-    step: int | None  # step within the epoch for a mid-epoch (preemption) checkpoint
+    epoch: int  # completed epochs at the checkpoint
+    step: int | None  # batches into the next epoch for a mid-epoch checkpoint, None at an epoch's end
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.step is not None
 
 
 def checkpoint_name(epoch: int, batch_in_epoch: int | None = None) -> str:
-    """``epoch_0007.pth`` after 7 complete epochs, ``epoch_0007_step_000120.pth`` mid-way through the 8th."""
-    return f"epoch_{epoch:04d}.pth" if batch_in_epoch is None else f"epoch_{epoch:04d}_step_{batch_in_epoch:06d}.pth"
+    """The file name for a position of ``epoch`` completed epochs (and ``batch_in_epoch`` batches into the next).
+
+    ``epoch_0007.pth`` after 7 complete epochs; ``epoch_0008_batch_000120.pth`` for a stop at
+    "epoch 8, batch 120", the numbers the log prints.
+    """
+    if batch_in_epoch is None:
+        return f"epoch_{epoch:04d}.pth"
+    return f"epoch_{epoch + 1:04d}_batch_{batch_in_epoch:06d}.pth"
+
+
+def _parse(path: Path) -> CheckpointInfo | None:
+    m = _NAME.match(path.name)
+    if not m:
+        return None
+    epoch, kind, batch = int(m.group(1)), m.group(2), m.group(3)
+    if kind is None:
+        return CheckpointInfo(path, epoch, None)
+    return CheckpointInfo(path, epoch - 1 if kind == "batch" else epoch, int(batch))
 
 
 def list_checkpoints(directory: Path) -> list[CheckpointInfo]:
     """Checkpoints in ``directory``, oldest first (by position in training)."""
     found = []
     if directory.is_dir():
-        for path in directory.iterdir():
-            m = _NAME.match(path.name)
-            if m:
-                found.append(CheckpointInfo(path, int(m.group(1)), None if m.group(2) is None else int(m.group(2))))
+        found = [info for info in map(_parse, directory.iterdir()) if info is not None]
     return sorted(found, key=lambda c: (c.epoch, -1 if c.step is None else c.step))
 
 
 def save_checkpoint(state: dict[str, Any], directory: Path, name: str, keep: int) -> Path:
-    """Write ``state`` atomically as ``directory/name`` and delete all but the newest ``keep`` checkpoints."""
+    """Write ``state`` atomically as ``directory/name``, then prune.
+
+    Pruning drops mid-epoch checkpoints that an epoch-end checkpoint has overtaken (they
+    only served a resume of that epoch) and then all but the newest ``keep``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     with atomic.atomic_open(path, "wb") as fh:
         torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
+    found = list_checkpoints(directory)
+    done = max((c.epoch for c in found if not c.mid_epoch), default=-1)
+    for old in found:
+        if old.mid_epoch and old.epoch < done:
+            old.path.unlink(missing_ok=True)
     for old in list_checkpoints(directory)[:-keep]:
         old.path.unlink(missing_ok=True)
     return path

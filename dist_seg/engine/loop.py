@@ -27,13 +27,14 @@ from .checkpoint import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan, TrainPosition
 from .distributed import DistContext, StopVote
 from .evaluation import EvalResult, evaluate
+from .inference import forward_logits, upsample_argmax
 from .metrics import EpochTotals, TrainMetrics
 from .outputs import RunOutputs
 from .preemption import PreemptionWatch
 from .runtime import Runtime
 from .schedule import lr_factor
 from .step import TrainStep
-from .visualize import comparison_panel
+from .visualize import comparison_panel, spread_indices
 
 
 class StopReason(enum.StrEnum):
@@ -42,6 +43,10 @@ class StopReason(enum.StrEnum):
     COMPLETED = "completed"
     MAX_STEPS = "max_steps"
     PREEMPTED = "preempted"
+
+
+class _ValidationStopped(Exception):
+    """Raised between validation batches when the ranks agreed to stop on a preemption signal."""
 
 
 @dataclass
@@ -109,9 +114,10 @@ class Trainer:
         set_epoch(self.train_loader, pos.epoch, start_batch=pos.batch_in_epoch)
         self.step.model.train()
         remaining = plan.batches_per_epoch - pos.batch_in_epoch
-        progress.start_epoch(pos.epoch + 1, plan.epochs, remaining)
+        progress.start_epoch(pos.epoch + 1, plan.epochs, remaining, plan.batches_per_epoch)
         vote = StopVote(self.ctx)
         stop = None
+        self.metrics.start_epoch()
         for images, masks, _paths in self.metrics.timed(itertools.islice(iter(self.train_loader), remaining)):
             x, y = self.prep.train_batch(images, masks, tr.augment, self.aug_generator)
             last_micro = (pos.batch_in_epoch + 1) % tr.grad_accum_steps == 0
@@ -142,7 +148,9 @@ class Trainer:
         if complete:
             pos.epoch += 1
             pos.batch_in_epoch = 0
-        self._end_epoch(self.metrics.take_epoch() if complete else self.metrics.epoch, partial=not complete)
+        if self._end_epoch(self.metrics.take_epoch() if complete else self.metrics.epoch, partial=not complete,
+                           preemption=preemption, progress=progress):
+            return StopReason.PREEMPTED
         return stop
 
     def _scheduled_lr(self) -> float:
@@ -161,17 +169,25 @@ class Trainer:
         progress.update(window.batches, loss=window.loss, lr=lr, images_per_s=window.images_per_s,
                         memory_mb=memory_mb, step=step)
 
-    def _end_epoch(self, totals: EpochTotals, partial: bool) -> None:
-        """Validate, visualise, record and checkpoint; ``partial`` when ``max_steps`` ended the epoch early."""
+    def _end_epoch(self, totals: EpochTotals, partial: bool, preemption: PreemptionWatch | None = None,
+                   progress: Progress | None = None) -> bool:
+        """Validate, visualise, record and checkpoint; ``partial`` when ``max_steps`` ended the epoch early.
+
+        Returns True when a preemption signal stopped the validation: the epoch is then
+        recorded and checkpointed without validation metrics, and the run must stop.
+        """
         tr, pos, ctx = self.cfg.training, self.pos, self.ctx
         epoch = pos.epoch + 1 if partial else pos.epoch
         result = None
+        stopped = False
         if self.val_loader is not None and (epoch % tr.val_interval == 0 or epoch == tr.epochs or partial):
-            result = self.validate()
+            result = self.validate(preemption, progress)
+            stopped = result is None
         is_best = result is not None and not math.isnan(result.mean_iou) and result.mean_iou > pos.best_miou
         if is_best:
             pos.best_miou, pos.best_epoch = result.mean_iou, epoch
-        if self.val_loader is not None and (epoch % tr.visualization_interval == 0 or epoch == tr.epochs):
+        if not stopped and self.val_loader is not None and (epoch % tr.visualization_interval == 0
+                                                            or epoch == tr.epochs):
             self.visualize(epoch)
         global_batch = self.metrics.global_batch
         record = EpochRecord(
@@ -185,41 +201,68 @@ class Trainer:
         summary = f"epoch {epoch}/{tr.epochs} | loss {record.train_loss:.4f} | {record.train_images_per_s:.1f} img/s"
         if result is not None:
             summary += f" | val loss {result.loss:.4f} | mIoU {result.mean_iou:.4f} | acc {result.pixel_acc:.4f}"
+        if stopped:
+            summary += " | validation stopped by a preemption signal"
         self.out.log(summary)
         self.checkpointer.save(pos, mid_epoch=partial, is_best=is_best)
+        return stopped
 
-    def validate(self) -> EvalResult:
-        """Evaluate on the validation split (all ranks) and log the metrics."""
+    def validate(self, preemption: PreemptionWatch | None = None, progress: Progress | None = None) -> EvalResult | None:
+        """Evaluate on the validation split (all ranks) and log the metrics.
+
+        With ``preemption``, the ranks vote between batches (as between training steps) and
+        all stop together when one was signalled: None is returned, within a batch or two.
+        """
         assert self.val_loader is not None
-        result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime, self.step.criterion, self.ctx,
-                          self.palette.names, self.cfg.dataset.void_index)
+        vote = StopVote(self.ctx)
+        # Shards differ by at most one batch; votes are collectives, so only batches every rank has vote.
+        tr = self.cfg.training
+        voting_batches = -(-(len(self.val_loader.dataset) // self.ctx.world_size) // tr.val_batch_size)
+
+        def between_batches(i: int) -> None:
+            if progress is not None:
+                progress.validation_step()
+            if preemption is not None and i < voting_batches and vote.poll(preemption.requested):
+                raise _ValidationStopped
+
+        if progress is not None:
+            progress.start_validation(len(self.val_loader))
+        try:
+            result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime, self.step.criterion,
+                              self.ctx, self.palette.names, self.cfg.dataset.void_index, on_batch=between_batches)
+        except _ValidationStopped:
+            return None
+        finally:
+            vote.drain()
+            if progress is not None:
+                progress.end_validation()
         values = {"val/loss": result.loss, "val/mIoU": result.mean_iou, "val/pixel_acc": result.pixel_acc}
+        if not math.isnan(result.flicker):
+            values["val/flicker"] = result.flicker
         values.update({f"val/IoU/{name}": iou for name, iou in result.iou.items() if not math.isnan(iou)})
         self.out.scalars(values, self.pos.global_step)
         self.last_eval = result
         return result
 
     def visualize(self, epoch: int) -> None:
-        """Side-by-side panels for the first validation frames (rank 0 only; no collectives)."""
+        """Titled panels of a fixed, spread-out choice of validation frames (rank 0 only; no collectives)."""
         if not self.out.active or self.val_data is None:
             return
-        count = min(self.cfg.training.num_visualizations, len(self.val_data))
-        if count == 0:
+        chosen = spread_indices(len(self.val_data), self.cfg.training.num_visualizations)
+        if not chosen:
             return
         panels = []
         model = unwrap_model(self.eval_model)
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            for i in range(count):
+            for i in chosen:
                 image, mask, path = self.val_data[i]
                 x, y = self.prep.eval_batch(image.unsqueeze(0), mask.unsqueeze(0))
-                with self.runtime.autocast():
-                    logits = model(x)["out"]
-                pred = torch.nn.functional.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear",
-                                                       align_corners=False).argmax(1)[0]
-                shown = image.permute(1, 2, 0).numpy()
-                panels.append((Path(path).stem, comparison_panel(shown, mask.numpy(), pred.cpu().numpy().astype(
-                    np.uint8), self.palette)))
+                pred = upsample_argmax(forward_logits(model, x, self.runtime), y.shape[-2:])[0]
+                stem = Path(path).stem
+                panels.append((stem, comparison_panel(image.permute(1, 2, 0).numpy(), mask.numpy(),
+                                                      pred.cpu().numpy().astype(np.uint8), self.palette,
+                                                      name=stem, void_index=self.cfg.dataset.void_index)))
         model.train(was_training)
         self.out.save_visualizations(epoch, panels, self.pos.global_step)

@@ -68,6 +68,17 @@ class TrainMetrics:
         self._wait_s = 0.0
         self._loss_sum.zero_()
 
+    def start_epoch(self) -> None:
+        """Restart the (empty) open window as the epoch's batches begin.
+
+        Without this the epoch's first window would also time the validation, visualisation
+        and checkpoint of the previous epoch (or the run's set-up), and report a fraction of
+        the real throughput, next to an honest last window.
+        """
+        if self.window_batches:
+            raise RuntimeError("start_epoch with an open window of trained batches: close it first")
+        self._open_window()
+
     def timed(self, batches: Iterable[T]) -> Iterator[T]:
         """``batches``, counting the time spent waiting for each as data wait."""
         iterator = iter(batches)

@@ -20,6 +20,8 @@ from ..config import Config, config_to_dict, save_config
 from ..telemetry.history import EpochRecord, History
 from ..telemetry.tensorboard import RunWriter
 from .checkpoint import checkpoint_name, list_checkpoints, mirror_best, save_checkpoint
+from .eval_report import write_report
+from .native_eval import NativeEvalResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,6 +102,16 @@ class RunOutputs:
             width = max(p.shape[1] for _, p in panels)
             padded = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for _, p in panels]
             self.writer.image("val/overlay", np.concatenate(padded, axis=0), step)
+
+    @_main_rank_only
+    def save_evaluation(self, result: NativeEvalResult, split: str, step: int) -> Path:
+        """Write an evaluation's report to ``eval/<split>/`` and its scalars to TensorBoard as ``eval/<split>/...``."""
+        folder = self.dir / "eval" / split
+        write_report(result, folder)
+        self.scalars(result.scalars(f"eval/{split}"), step)
+        self.log(f"{split} (native resolution, {result.frames} frames): mIoU {result.mean_iou:.4f} | "
+                 f"acc {result.pixel_acc:.4f} | flicker {result.video.flicker:.4f} | report in {folder}")
+        return folder
 
     @_main_rank_only
     def finish(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:

@@ -6,9 +6,11 @@ boundary it agrees on with the other ranks, so every rank saves the same positio
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from types import FrameType
+from typing import Iterator
 
 PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
 
@@ -39,3 +41,34 @@ class PreemptionWatch:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+class Preempted(Exception):
+    """A preemption signal arrived during work that has no step boundary to stop at."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextlib.contextmanager
+def preemption_raises(signals: tuple[int, ...] = PREEMPTION_SIGNALS) -> Iterator[None]:
+    """While active, a preemption signal raises :class:`Preempted` in the main thread.
+
+    For long work without a step boundary (building the data caches): the exception unwinds
+    it within moments, through its cleanup (aborted cache writers, a terminated decode
+    pool), instead of the default action killing the process with temporary files left behind.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, _frame: FrameType | None) -> None:
+        raise Preempted(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, _raise) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

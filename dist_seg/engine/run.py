@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
 from pathlib import Path
 
@@ -33,12 +34,15 @@ from .checkpoint import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan
 from .distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
 from .losses import SegmentationLoss, class_weights
-from .loop import RunSummary, Trainer
+from .final_eval import evaluate_test_split
+from .loop import RunSummary, StopReason, Trainer
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
-from .preemption import PreemptionWatch
+from .preemption import Preempted, PreemptionWatch, preemption_raises
 from .runtime import Runtime, resolve_runtime
 from .step import TrainStep, build_optimizer
+from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
+from .threads import apply_cpu_threads
 
 
 def seed_everything(seed: int) -> None:
@@ -66,7 +70,12 @@ def run_training(cfg: Config) -> RunSummary:
         # Every rank resumes from rank 0's choice: another node's listing of the shared output
         # directory can lag behind, and ranks resuming from different checkpoints would diverge.
         resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
-        trainer = _build_trainer(cfg, ctx, out, cleanup)
+        try:
+            trainer = _build_trainer(cfg, ctx, out, cleanup)
+        except Preempted as stop:
+            out.log(f"stopped on {stop.signal_name} while preparing the data: sequences cached so far are kept; "
+                    "run again to continue")
+            return RunSummary(StopReason.PREEMPTED, 0, 0, None, None, out.dir)
         out.start(trainer.palette.names, ctx.world_size)
         if resume_from is not None:
             trainer.resume(resume_from)
@@ -79,13 +88,16 @@ def run_training(cfg: Config) -> RunSummary:
             summary = trainer.fit(preemption, progress)
         progress.close()
         memory_log.write_summary(sampler.peaks())
+        test = (evaluate_test_split(cfg, ctx, trainer.runtime, out, trainer.pos.global_step)
+                if summary.status is StopReason.COMPLETED else None)
         final, tr = summary.final, cfg.training
         out.finish(
             hparams={"model": cfg.model.type, "backbone": cfg.model.backbone, "lr": tr.learning_rate,
                      "global_batch": tr.batch_size * ctx.world_size * tr.grad_accum_steps,
                      "world_size": ctx.world_size, "epochs": tr.epochs},
             metrics={"hparam/best_mIoU": summary.best_miou if summary.best_miou is not None else float("nan"),
-                     "hparam/final_val_loss": final.loss if final else float("nan")})
+                     "hparam/final_val_loss": final.loss if final else float("nan"),
+                     "hparam/test_mIoU": test.mean_iou if test else float("nan")})
         out.log(f"done ({summary.status.value}): outputs in {out.dir}"
                 + (f" | best val mIoU {summary.best_miou:.4f}" if summary.best_miou is not None else ""))
         return summary
@@ -95,14 +107,18 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     """Every part of the run; config errors surface before the data is touched."""
     tr = cfg.training
     runtime = resolve_runtime(cfg.backend, ctx.device, log=out.log)
+    threads = apply_cpu_threads(cfg.backend.cpu_threads, tr.num_workers, ctx.device,
+                                local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     seed_everything(tr.seed)
     palette = Palette.from_config(cfg.dataset)
     model = build_model(cfg.model, len(palette.names))
+    flops = forward_flops(model, tuple(tr.image_size)) if ctx.is_main else None
 
-    data = _prepare_data(cfg, ctx, out)
+    with preemption_raises():  # a cache build has no step boundary to stop at
+        data = _prepare_data(cfg, ctx, out)
     train_loader = build_loader(data.train, tr, ctx, train=True)
     cleanup.callback(_close_loader, train_loader)
     val_loader = None
@@ -125,7 +141,14 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     aug_generator = torch.Generator().manual_seed(tr.seed * 1000 + ctx.rank)
     global_batch = tr.batch_size * ctx.world_size
     metrics = TrainMetrics(ctx, global_batch)
-    _log_training_setup(cfg, ctx, out, data, plan, train_loader, palette, weight)
+    out.log("run:")
+    for line in startup_summary(cfg, runtime, StartupFacts(
+            parameters=parameter_count(model), flops=flops, train_frames=len(data.train),
+            val_frames=len(data.val) if data.val is not None else 0, steps_per_epoch=plan.steps_per_epoch,
+            total_steps=plan.total_steps, world_size=ctx.world_size, loader=describe_loader(train_loader),
+            threads=threads)):
+        out.log(line)
+    _log_training_notes(cfg, out, data, palette, weight)
     return Trainer(
         cfg=cfg, ctx=ctx, out=out, runtime=runtime,
         step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm),
@@ -172,19 +195,13 @@ def _place_model(model: torch.nn.Module, cfg: Config, ctx: DistContext, runtime:
     return DistributedDataParallel(compiled, device_ids=device_ids), compiled
 
 
-def _log_training_setup(cfg: Config, ctx: DistContext, out: RunOutputs, data: DataBundle, plan: EpochPlan,
-                        train_loader: Loader, palette: Palette, weight: torch.Tensor | None) -> None:
-    tr = cfg.training
-    n_val = len(data.val) if data.val is not None else 0
-    out.log(f"data: {len(data.train)} train / {n_val} val frames | "
-            f"{plan.steps_per_epoch} steps per epoch, {plan.total_steps} in total")
-    out.log(f"batch: {tr.batch_size} per rank x {ctx.world_size} rank(s) x {tr.grad_accum_steps} "
-            f"accumulation = global batch {tr.batch_size * ctx.world_size * tr.grad_accum_steps}")
-    out.log(f"loader: {describe_loader(train_loader)}")
+def _log_training_notes(cfg: Config, out: RunOutputs, data: DataBundle, palette: Palette,
+                        weight: torch.Tensor | None) -> None:
+    """What the summary leaves out: the class weights and a missing validation split."""
     if weight is not None:
         pairs = ", ".join(f"{n}={w:.2f}" for n, w in zip(palette.names, weight.tolist()))
-        out.log(f"class weights ({tr.class_weighting}): {pairs}")
-    if n_val == 0:
+        out.log(f"class weights ({cfg.training.class_weighting}): {pairs}")
+    if data.val is None or not len(data.val):
         out.log("no validation split: validation and visualizations are skipped")
 
 

@@ -41,7 +41,10 @@ class Runtime:
 
 
 def resolve_runtime(cfg: BackendConfig, device: torch.device, log: Callable[[str], None] = print) -> Runtime:
-    """Turn ``backend.*`` settings into concrete choices for ``device`` and log each non-obvious one."""
+    """Turn ``backend.*`` settings into concrete choices for ``device`` and log each one that overrides the config.
+
+    The choices themselves are in the training run's start-up summary (:mod:`.summary`).
+    """
     notes: list[str] = []
     on_gpu = device.type == "cuda"
     dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
@@ -71,7 +74,4 @@ def resolve_runtime(cfg: BackendConfig, device: torch.device, log: Callable[[str
     )
     for note in notes:
         log(note)
-    precision = f"autocast {str(dtype).removeprefix('torch.')}" if amp else "float32"
-    log(f"device {device} | {precision} | channels_last={channels_last} | compile={compile_}"
-        + (f" ({cfg.compile_mode})" if compile_ else ""))
     return runtime

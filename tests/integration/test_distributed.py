@@ -488,7 +488,7 @@ def test_sigterm_to_plain_python_checkpoints_at_that_step_and_the_run_resumes(wo
         assert launch.wait() == 0, launch.describe()
     # One process decides alone: it stops right after the step during which the signal came.
     assert "stopped on SIGTERM at epoch 2, batch 3: resume with training.resume_from_checkpoint: auto" in launch.log
-    assert [c.path.name for c in list_checkpoints(out / "checkpoints")][-1] == "epoch_0001_step_000003.pth"
+    assert [c.path.name for c in list_checkpoints(out / "checkpoints")][-1] == "epoch_0002_batch_000003.pth"
     assert int((gate / "calls.rank0").read_text()) == hold_at
 
     cfg = yaml.safe_load(config.read_text())
@@ -508,7 +508,7 @@ def test_resume_on_more_ranks_continues_at_the_same_sample_and_keeps_the_schedul
     cfg = yaml.safe_load(config.read_text())
     cfg["training"]["max_steps"] = 2 * STEPS_PER_EPOCH + 4
     assert run_training(config_from_dict(cfg)).status == "max_steps"
-    assert list_checkpoints(out / "checkpoints")[-1].path.name == "epoch_0001_step_000004.pth"
+    assert list_checkpoints(out / "checkpoints")[-1].path.name == "epoch_0002_batch_000004.pth"
 
     cmd = torchrun("--standalone", "--nproc_per_node=2", f"--log-dir={work / 'grow_logs'}", "--redirects=3",
                    "-m", "dist_seg.train", str(config), "--set", "training.resume_from_checkpoint=auto")

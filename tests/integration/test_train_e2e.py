@@ -20,11 +20,13 @@ from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.engine.augment import BatchPreparer
 from dist_seg.engine.checkpoint import list_checkpoints
 from dist_seg.engine.distributed import DistContext
+from dist_seg.engine.eval_report import REPORT_FILES
 from dist_seg.engine.evaluation import evaluate
 from dist_seg.engine.losses import SegmentationLoss
 from dist_seg.engine.runtime import resolve_runtime
 from dist_seg.engine.run import run_training
 from dist_seg.engine.step import NonFiniteLossError
+from dist_seg.engine.visualize import spread_indices
 from dist_seg.errors import CheckpointError, ConfigError, DistSegError
 from dist_seg.models import build_model
 from dist_seg.predict import main as predict_main
@@ -113,6 +115,35 @@ def test_training_writes_tensorboard_tags(synth_root, tmp_path):
     assert expected <= tags, expected - tags
     assert any(t.startswith("val/IoU/") for t in tags)
     assert "val/overlay" in acc.Tags()["images"]
+    # a fixed, spread-out choice of validation frames, not the first ones
+    val_frames = sorted(p.stem for p in (synth_root / "Images" / "Video_003").glob("*.png"))
+    shown = sorted(p.stem for p in (out / "visualizations" / "epoch_001").glob("*.png"))
+    assert shown == [val_frames[i] for i in spread_indices(len(val_frames), 2)] and shown != val_frames[:2]
+
+
+def test_end_of_training_scores_the_best_checkpoint_on_the_test_split(synth_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run_training(tiny_config(synth_root, out, training__epochs=1, dataset__split__test=["Video_002"]))
+    folder = out / "eval" / "test"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(REPORT_FILES)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert Path(metrics["checkpoint"]) == out / "best_model.pth"
+    assert list(metrics["sequences"]) == ["Video_002"] and metrics["frames"] == 8
+    assert 0.0 <= metrics["mean_iou"] <= 1.0 and metrics["flicker"] is not None
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"eval/test/mIoU", "eval/test/pixel_acc", "eval/test/flicker", "eval/test/VC_2", "val/flicker"} <= tags
+    assert acc.Scalars("eval/test/mIoU")[-1].value == pytest.approx(metrics["mean_iou"], rel=1e-6)
+
+
+def test_final_eval_switch_off_writes_no_test_report(synth_root, tmp_path):
+    out = tmp_path / "run"
+    summary = run_training(tiny_config(synth_root, out, training__epochs=1, training__final_eval=False,
+                                       dataset__split__test=["Video_002"]))
+    assert summary.status == "completed" and not (out / "eval").exists()
 
 
 def test_resume_equivalence_epoch_boundary(synth_root, tmp_path):
@@ -162,13 +193,30 @@ def test_float16_amp_is_switched_off_on_cpu_with_a_message(synth_root, tmp_path,
     assert "AMP off" in capsys.readouterr().out
 
 
+def test_startup_summary_names_what_will_run(synth_root, tmp_path, capsys):
+    run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1, training__max_steps=1,
+                             dataset__void_class="void", backend__cpu_threads=1))
+    log = capsys.readouterr().out
+    summary = log[log.index("run:\n"):log.index("epoch 1/1")]
+    expected = [r"model +deeplabv3plus / resnet18 \| \d+\.\d+ M parameters \| \d+\.\d GFLOPs per image \(forward\) at 48x64",
+                r"input +48x64 \| cache 48x64", r"classes +13 \(rgb masks, void ignored\)",
+                r"data +24 train / 8 val frames", r"global batch 4",
+                r"precision float32 \| channels_last off \| compile off",
+                r"loader +full cache served by the main thread", r"threads +torch intra-op 1 \(backend.cpu_threads\)",
+                r"device +cpu \(.+\) x 1 rank"]
+    for pattern in expected:
+        assert re.search(pattern, summary), (pattern, summary)
+    assert torch.get_num_threads() == 1
+    assert log.count("[vram rank 0]") <= 1
+
+
 def test_compile_path_on_a_tiny_model(synth_root, tmp_path, capsys):
     summary = run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1, training__max_steps=2,
                                        model={"type": "fixtures_custom_model:TinyNet", "width": 4},
                                        backend__compile=True))
-    assert "compile=True" in capsys.readouterr().out
+    assert re.search(r"precision .* compile on \(default\)", capsys.readouterr().out)
     assert summary.status == "max_steps"
-    state = torch.load(tmp_path / "run" / "checkpoints" / "epoch_0000_step_000002.pth", weights_only=True)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "epoch_0001_batch_000002.pth", weights_only=True)
     assert not any("_orig_mod" in k for k in state["model"])
 
 
@@ -277,9 +325,9 @@ def test_train_cli_reports_config_errors_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("call, checkpoint, batches", [(4, "epoch_0000_step_000004.pth", [4]),
+@pytest.mark.parametrize("call, checkpoint, batches", [(4, "epoch_0001_batch_000004.pth", [4]),
                                                        (6, "epoch_0001.pth", [])])
-def test_sigterm_checkpoints_at_the_next_step(synth_root, tmp_path, call, checkpoint, batches):
+def test_sigterm_checkpoints_at_the_next_step(synth_root, tmp_path, capsys, call, checkpoint, batches):
     """SIGTERM mid-epoch saves a mid-epoch checkpoint; on an epoch's last step the epoch is finished first."""
     out = tmp_path / "run"
     model = {"type": "fixtures_custom_model:SignalAt", "call": call}
@@ -287,7 +335,59 @@ def test_sigterm_checkpoints_at_the_next_step(synth_root, tmp_path, call, checkp
     assert summary.status == "preempted"
     assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == [checkpoint]
     assert [c.step for c in list_checkpoints(out / "checkpoints") if c.step] == batches
+    if batches:  # the name says what the log says
+        stop = re.search(r"stopped on SIGTERM at epoch (\d+), batch (\d+)", capsys.readouterr().out)
+        assert checkpoint == f"epoch_{int(stop.group(1)):04d}_batch_{int(stop.group(2)):06d}.pth"
     resumed = run_training(tiny_config(synth_root, out, model={**model, "call": 10**6},
                                        training__resume_from_checkpoint="auto"))
     assert resumed.status == "completed" and resumed.epochs_completed == 2
     assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2]
+    # the mid-epoch checkpoint went once its epoch's checkpoint existed
+    assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == ["epoch_0001.pth", "epoch_0002.pth"]
+
+
+def test_sigterm_during_validation_stops_after_the_current_batch(synth_root, tmp_path, capsys):
+    """Validation of 8 one-frame batches: the signal at the first one stops the run there, not 7 batches later."""
+    from fixtures_custom_model import SignalInValidation
+
+    SignalInValidation.eval_calls = 0
+    out = tmp_path / "run"
+    summary = run_training(tiny_config(synth_root, out, model={"type": "fixtures_custom_model:SignalInValidation"},
+                                       training__val_batch_size=1))
+    assert summary.status == "preempted" and summary.epochs_completed == 1
+    assert SignalInValidation.eval_calls == 1  # no further validation batch, no visualisation
+    log = capsys.readouterr().out
+    assert "validation stopped by a preemption signal" in log
+    assert "stopped on SIGTERM at epoch 2, batch 0" in log
+    assert [c.path.name for c in list_checkpoints(out / "checkpoints")] == ["epoch_0001.pth"]
+    history = json.loads((out / "history.json").read_text())
+    assert [(r["epoch"], r["val_mIoU"]) for r in history] == [(1, None)]
+
+
+def test_sigterm_during_the_cache_build_stops_cleanly(synth_root, tmp_path, capsys, monkeypatch):
+    """The signal lands while frames are decoded: no temporaries stay behind, and a rerun builds the rest."""
+    import os
+    import signal
+
+    import dist_seg.data.cache as cache
+
+    decode, decoded = cache._decode_for_cache, []
+
+    def decode_then_signal(*args, **kwargs):  # the real decode; the signal arrives mid-build, at the third frame
+        decoded.append(1)
+        if len(decoded) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "_decode_for_cache", decode_then_signal)
+    out = tmp_path / "run"
+    cfg = tiny_config(synth_root, out, dataset__cache_workers=1, training__max_steps=1)
+    summary = run_training(cfg)
+    assert summary.status == "preempted" and summary.global_step == 0
+    assert len(decoded) == 3  # stopped at once, not after the other 29 frames
+    assert "stopped on SIGTERM while preparing the data" in capsys.readouterr().out
+    cache_dir = Path(cfg.dataset.cache_dir)
+    assert [p for p in cache_dir.rglob("*") if p.name.endswith(".tmp")] == []
+    assert not list(cache_dir.rglob("manifest.json"))
+    monkeypatch.setattr(cache, "_decode_for_cache", decode)
+    assert run_training(cfg).status == "max_steps"

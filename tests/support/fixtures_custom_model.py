@@ -82,3 +82,22 @@ class SignalAt(TinyNet):
 
                 os.kill(os.getpid(), signal.SIGTERM)
         return super().forward(x)
+
+
+class SignalInValidation(TinyNet):
+    """TinyNet that sends SIGTERM to its own process at its first evaluation forward; counts them in ``eval_calls``.
+
+    Forwards on the meta device (the start-up summary counting FLOPs) compute nothing and do not count.
+    """
+
+    eval_calls = 0  # on the class: the test reads it after the run
+
+    def forward(self, x: torch.Tensor):
+        if not self.training and x.device.type != "meta":
+            type(self).eval_calls += 1
+            if type(self).eval_calls == 1:
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGTERM)
+        return super().forward(x)

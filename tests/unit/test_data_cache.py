@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from dist_seg.config import DAVID_CLASSES
-from dist_seg.data.cache import MANIFEST, cache_root, dataset_cache_dir
+from dist_seg.data.cache import LAST_USED, MANIFEST, cache_root, dataset_cache_dir
 from dist_seg.data.dataset import Batch, CachedDataset, DecodeDataset
 from dist_seg.data.palette import Palette
 from dist_seg.data.pipeline import load_datasets, prepare
@@ -118,9 +118,12 @@ def test_changed_settings_invalidate_the_cache_for_loading(tmp_path, dataset_roo
     _quiet(cfg)
     other_palette = make_config(tmp_path, dataset_root, dataset={"classes": [
         {"name": c.name, "color": list(c.color)} for c in reversed(DAVID_CLASSES)]})
-    with pytest.raises(DataError, match=r"settings changed \(classes\).*python -m dist_seg.prepare"):
+    # other settings, another cache folder: nothing built there yet
+    assert dataset_cache_dir(dataset_root, other_palette) != dataset_cache_dir(dataset_root, cfg)
+    with pytest.raises(DataError, match=r"not usable \(not built yet\).*python -m dist_seg.prepare"):
         load_datasets(other_palette)
     assert sorted(_quiet(other_palette).built) == sorted(SEQUENCES)
+    assert sorted(_quiet(cfg).reused) == sorted(SEQUENCES)  # the first setting's caches are still there
 
 
 def test_build_killed_before_its_manifest_leaves_nothing_valid(tmp_path, dataset_root):
@@ -220,3 +223,27 @@ def test_synthetic_dataset_validates_prepares_and_loads(tmp_path):
     assert summary.split_counts == {"train": (1, 3), "val": (1, 3), "test": (0, 0)}
     bundle = load_datasets(cfg)
     assert bundle.train_class_pixel_counts.sum() == 3 * 16 * 20
+
+
+def test_index_and_rgb_mask_settings_get_their_own_cache_folders(tmp_path, dataset_root):
+    rgb = make_config(tmp_path, dataset_root)
+    index = make_config(tmp_path, dataset_root, dataset={"mask_format": "index"})
+    assert dataset_cache_dir(dataset_root, rgb) != dataset_cache_dir(dataset_root, index)
+    assert dataset_cache_dir(dataset_root, rgb).parent == dataset_cache_dir(dataset_root, index).parent
+    assert dataset_cache_dir(dataset_root, rgb) == dataset_cache_dir(dataset_root, make_config(tmp_path, dataset_root))
+    _quiet(rgb)
+    assert _quiet(rgb).reused  # the other setting's folder did not disturb this one
+
+
+def test_only_the_most_recently_used_setting_folders_are_kept(tmp_path, dataset_root):
+    cfg = make_config(tmp_path, dataset_root, dataset={"cache_keep_settings": 2})
+    current = dataset_cache_dir(dataset_root, cfg)
+    dataset_dir = current.parent
+    older = [dataset_dir / "16x16-0000000a", dataset_dir / "16x16-0000000b", dataset_dir / "24x32"]
+    for age, folder in enumerate(older):
+        folder.mkdir(parents=True)
+        (folder / LAST_USED).touch()
+        os.utime(folder / LAST_USED, (1000 - age, 1000 - age))  # a used most recently, 24x32 (pre-digest name) least
+    (dataset_dir / "native").mkdir()
+    _quiet(cfg)
+    assert sorted(p.name for p in dataset_dir.iterdir()) == sorted([current.name, "16x16-0000000a", "native"])

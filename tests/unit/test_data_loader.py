@@ -80,12 +80,15 @@ def test_evaluation_loader_keeps_every_frame_once_in_order(bundle_and_cfg):
     assert paths == bundle.train.paths  # 5 frames in batches of 2: the last batch of 1 is kept
 
 
-def test_shard_sampler_covers_each_index_exactly_once_without_padding():
+def test_shard_sampler_hands_out_contiguous_chunks_covering_each_index_once():
     for length in (0, 1, 7, 10):
         for world in (1, 2, 3, 4):
             shards = [list(ShardSampler(length, rank, world)) for rank in range(world)]
             assert sorted(i for shard in shards for i in shard) == list(range(length))
             assert [len(ShardSampler(length, rank, world)) for rank in range(world)] == [len(s) for s in shards]
+            # Contiguous runs in rank order (consecutive frames stay together), balanced to within one.
+            assert [i for shard in shards for i in shard] == list(range(length))
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
     with pytest.raises(ValueError):
         ShardSampler(5, rank=2, world_size=2)
 

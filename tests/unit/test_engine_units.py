@@ -151,6 +151,41 @@ def test_checkpoint_rotation_best_mirror_and_weights_only(tmp_path):
     assert ckpt.list_checkpoints(directory)[-1].step == 7
 
 
+def _save(directory: Path, name: str) -> None:
+    ckpt.save_checkpoint({"model": {}, "epoch": 0, "global_step": 0, "config": {}}, directory, name, keep=5)
+
+
+def test_checkpoint_names_use_the_logs_one_based_epoch_and_old_names_still_sort(tmp_path):
+    assert ckpt.checkpoint_name(2, 22) == "epoch_0003_batch_000022.pth"  # "epoch 3, batch 22"
+    assert ckpt.checkpoint_name(3) == "epoch_0003.pth"  # 3 epochs completed
+    directory = tmp_path / "checkpoints"
+    _save(directory, "epoch_0002.pth")
+    _save(directory, "epoch_0002_step_000021.pth")  # earlier naming: zero-based epoch, i.e. in epoch 3
+    infos = ckpt.list_checkpoints(directory)
+    assert [(c.path.name, c.epoch, c.step) for c in infos] == [("epoch_0002.pth", 2, None),
+                                                               ("epoch_0002_step_000021.pth", 2, 21)]
+    _save(directory, ckpt.checkpoint_name(2, 22))
+    assert ckpt.list_checkpoints(directory)[-1].path.name == "epoch_0003_batch_000022.pth"
+
+
+def test_mid_epoch_checkpoints_go_once_their_epoch_checkpoint_exists(tmp_path):
+    directory = tmp_path / "checkpoints"
+    _save(directory, ckpt.checkpoint_name(1))
+    _save(directory, ckpt.checkpoint_name(1, 3))
+    _save(directory, "epoch_0001_step_000004.pth")  # earlier naming
+    assert len(ckpt.list_checkpoints(directory)) == 3
+    _save(directory, ckpt.checkpoint_name(2))
+    assert [c.path.name for c in ckpt.list_checkpoints(directory)] == ["epoch_0001.pth", "epoch_0002.pth"]
+
+
+def test_best_mirror_shares_the_checkpoints_inode(tmp_path):
+    directory = tmp_path / "checkpoints"
+    _save(directory, ckpt.checkpoint_name(1))
+    best = tmp_path / "best_model.pth"
+    ckpt.mirror_best(directory / "epoch_0001.pth", best)
+    assert best.stat().st_ino == (directory / "epoch_0001.pth").stat().st_ino
+
+
 def test_checkpoint_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         ckpt.load_checkpoint(tmp_path / "nope.pth")
@@ -257,6 +292,25 @@ def test_train_metrics_windows_epoch_totals_and_checkpoint_keys():
     assert totals.train_loss(world_size=1) == pytest.approx(4.0) and resumed.epoch.epoch_batches == 0
 
 
+def test_an_epochs_first_window_does_not_time_the_previous_epochs_validation(monkeypatch):
+    import dist_seg.engine.metrics as metrics_module
+
+    clock = [0.0]
+    monkeypatch.setattr(metrics_module.time, "perf_counter", lambda: clock[0])
+    metrics = TrainMetrics(CPU, global_batch=4)
+    clock[0] = 100.0  # validation, visualisation and the checkpoint of the previous epoch
+    metrics.start_epoch()
+    for loss in metrics.timed([1.0, 1.0]):
+        clock[0] += 1.0
+        metrics.add(torch.tensor(loss, dtype=torch.float64))
+    window = metrics.close_window()
+    assert window.images_per_s == pytest.approx(2 * 4 / 2.0)  # 2 batches of 4 images in 2 s, not in 102 s
+    assert metrics.take_epoch().epoch_elapsed_s == pytest.approx(2.0)
+    metrics.add(torch.tensor(1.0, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="open window"):
+        metrics.start_epoch()
+
+
 def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
     cfg = tiny_config(tmp_path / "data", tmp_path / "run")
 
@@ -274,7 +328,7 @@ def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
     saved.metrics.epoch = EpochTotals(2, 1.5, 7.0, 0.25)
     position = TrainPosition(epoch=1, batch_in_epoch=2, global_step=8, best_miou=0.5, best_epoch=1)
     saved.save(position, mid_epoch=True)
-    path = tmp_path / "run" / "checkpoints" / "epoch_0001_step_000002.pth"
+    path = tmp_path / "run" / "checkpoints" / "epoch_0002_batch_000002.pth"  # "epoch 2, batch 2" in the log
     state = torch.load(path, weights_only=True)
     assert set(state) == {"format", "version", "model", "optimizer", "scheduler", "scaler", "train_state", "epoch",
                           "global_step", "best_metric", "rng", "config", "class_names", "palette", "world_size"}
@@ -296,3 +350,16 @@ def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
     torch.save({**state, "scheduler": {"step": 7}}, old)
     with pytest.raises(CheckpointError, match="damaged"):
         parts(3).restore(old)
+
+
+def test_cpu_threads_auto_leaves_the_loaders_and_other_ranks_cores_free():
+    from dist_seg.engine.threads import choose_cpu_threads
+    from dist_seg.parallel import usable_cores
+
+    cores = usable_cores()
+    assert choose_cpu_threads("auto", loader_workers=1, env={}).threads == max(1, cores - 1)
+    assert choose_cpu_threads("auto", loader_workers=0, local_processes=2, env={}).threads == max(1, cores // 2)
+    assert choose_cpu_threads("auto", loader_workers=cores + 4, env={}).threads == 1
+    assert choose_cpu_threads("auto", loader_workers=0, env={"OMP_NUM_THREADS": "3"}).threads == 3
+    explicit = choose_cpu_threads(5, loader_workers=1, env={"OMP_NUM_THREADS": "3"})
+    assert (explicit.threads, explicit.reason) == (5, "backend.cpu_threads")

@@ -1,0 +1,53 @@
+"""The test split scored at the end of training: the best checkpoint, native resolution, no TTA.
+
+A run that completes all its epochs (``training.final_eval: true``, the default) and has a
+test split evaluates its best checkpoint (the last one when it had no validation) with
+:func:`~dist_seg.engine.native_eval.evaluate_checkpoint`, the same code as
+``dist_seg.evaluate``; the report goes to ``<output_dir>/eval/test/`` and the scalars to
+TensorBoard as ``eval/test/...``. Every rank takes part (the frames are sharded by sequence).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Config
+from ..data.splits import read_splits
+from .distributed import DistContext
+from .native_eval import NativeEvalResult, evaluate_checkpoint
+from .outputs import RunOutputs
+from .preemption import Preempted, preemption_raises
+from .runtime import Runtime
+
+SPLIT = "test"
+
+
+def final_checkpoint(out: RunOutputs) -> Path | None:
+    """The checkpoint the final evaluation scores: ``best_model.pth``, else the newest checkpoint."""
+    return out.best_path if out.best_path.is_file() else out.latest_checkpoint()
+
+
+def evaluate_test_split(cfg: Config, ctx: DistContext, runtime: Runtime, out: RunOutputs,
+                        step: int) -> NativeEvalResult | None:
+    """Score the run's checkpoint on its test split and publish the report; None when there is nothing to score."""
+    if not cfg.training.final_eval:
+        return None
+    if not read_splits(cfg).get(SPLIT):
+        out.log("final evaluation skipped: the run has no test split")
+        return None
+    # Rank 0 chose and wrote the checkpoint; the gather also waits until it has finished writing.
+    checkpoint = ctx.gather_objects(final_checkpoint(out))[0]
+    if checkpoint is None:
+        return None
+    out.log(f"final evaluation: {checkpoint.name} on the {SPLIT} split at native resolution")
+    tr = cfg.training
+    try:
+        with preemption_raises():  # training is saved: a signal only cuts the evaluation short
+            result = evaluate_checkpoint(checkpoint, ctx, runtime, config=cfg, split=SPLIT,
+                                         batch_size=tr.val_batch_size, num_workers=tr.num_workers, log=out.log)
+    except Preempted as stop:
+        out.log(f"final evaluation stopped on {stop.signal_name}; run it later with "
+                f"python -m dist_seg.evaluate --checkpoint {checkpoint}")
+        return None
+    out.save_evaluation(result, SPLIT, step)
+    return result
