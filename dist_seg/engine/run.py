@@ -24,6 +24,7 @@ from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
 from ..errors import DistSegError
 from ..models import build_model, check_model_config
+from ..models.init_from import init_from
 from ..telemetry.memlog import MemoryLog
 from ..telemetry.progress import Progress
 from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
@@ -32,7 +33,9 @@ from .augment import BatchPreparer
 from .checkpoint import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan
 from .distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
+from .ema import ModelEma
 from .losses import SegmentationLoss, class_weights
+from .losses_extra import build_criterion
 from .loop import RunSummary, Trainer
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
@@ -66,7 +69,7 @@ def run_training(cfg: Config) -> RunSummary:
         # Every rank resumes from rank 0's choice: another node's listing of the shared output
         # directory can lag behind, and ranks resuming from different checkpoints would diverge.
         resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
-        trainer = _build_trainer(cfg, ctx, out, cleanup)
+        trainer = _build_trainer(cfg, ctx, out, cleanup, fresh=resume_from is None)
         out.start(trainer.palette.names, ctx.world_size)
         if resume_from is not None:
             trainer.resume(resume_from)
@@ -91,8 +94,12 @@ def run_training(cfg: Config) -> RunSummary:
         return summary
 
 
-def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> Trainer:
-    """Every part of the run; config errors surface before the data is touched."""
+def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack,
+                   fresh: bool = True) -> Trainer:
+    """Every part of the run; config errors surface before the data is touched.
+
+    ``fresh``: no checkpoint will be resumed, so ``model.init_from`` applies (a resume restores every weight).
+    """
     tr = cfg.training
     runtime = resolve_runtime(cfg.backend, ctx.device, log=out.log)
     if tr.deterministic:
@@ -101,6 +108,8 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     seed_everything(tr.seed)
     palette = Palette.from_config(cfg.dataset)
     model = build_model(cfg.model, len(palette.names))
+    if cfg.model.init_from is not None and fresh:
+        init_from(model, cfg.model.init_from, log=out.log)
 
     data = _prepare_data(cfg, ctx, out)
     train_loader = build_loader(data.train, tr, ctx, train=True)
@@ -121,20 +130,22 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     optimizer = build_optimizer(train_model.parameters(), tr)
     scaler = runtime.grad_scaler()
     weight = class_weights(data.train_class_pixel_counts, tr.class_weighting, cfg.dataset.void_index)
-    criterion = SegmentationLoss(weight).to(ctx.device)
+    criterion = build_criterion(tr.loss, weight).to(ctx.device)
+    ema = ModelEma(unwrap_model(train_model), tr.ema.decay, tr.ema.warmup) if tr.ema.enabled else None
     aug_generator = torch.Generator().manual_seed(tr.seed * 1000 + ctx.rank)
     global_batch = tr.batch_size * ctx.world_size
     metrics = TrainMetrics(ctx, global_batch)
     _log_training_setup(cfg, ctx, out, data, plan, train_loader, palette, weight)
     return Trainer(
         cfg=cfg, ctx=ctx, out=out, runtime=runtime,
-        step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm),
+        step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm, ema=ema),
         eval_model=eval_model,
         prep=BatchPreparer(ctx.device, runtime.memory_format, tuple(tr.image_size), cfg.dataset.void_index),
         aug_generator=aug_generator, train_loader=train_loader, val_loader=val_loader, val_data=data.val,
         palette=palette, plan=plan, metrics=metrics,
         checkpointer=Checkpointer(cfg, ctx, out, palette, plan, model=unwrap_model(train_model), optimizer=optimizer, scaler=scaler,
-                                  metrics=metrics, aug_generator=aug_generator))
+                                  metrics=metrics, aug_generator=aug_generator, ema=ema),
+        val_criterion=SegmentationLoss(weight).to(ctx.device), ema=ema, train_data=data.train)
 
 
 def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:
