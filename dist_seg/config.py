@@ -302,8 +302,10 @@ class TrainingConfig:
     ema: EmaConfig = field(default_factory=EmaConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     # Before each validation, re-estimate BatchNorm statistics on this many un-augmented
-    # training batches at the weights being validated ("precise BN"); 0 = off.
-    precise_bn_batches: int = 0
+    # training batches at the weights being validated ("precise BN"); 0 = off. On by default:
+    # after a short run from scratch the running statistics (momentum 0.01 in torchvision's
+    # MobileNetV3) still describe the first steps and eval-mode predictions are near constant.
+    precise_bn_batches: int = 50
     # While precise BN is off: before each validation, warn when eval-mode predictions disagree
     # badly (< 80 % of pixels) with batch-statistics ones on a training batch.
     bn_check: bool = True
