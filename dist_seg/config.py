@@ -156,6 +156,10 @@ class ModelConfig:
     separable: bool = False
     # Local file with backbone (or full-model) weights; never downloaded.
     backbone_weights: Path | None = None
+    # A dist_seg checkpoint or plain state dict: every weight matching by name and shape is
+    # loaded when the run starts fresh (not when resuming); heads whose shape differs keep
+    # their fresh init (fine-tuning across class sets).
+    init_from: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -178,7 +182,9 @@ class BackendConfig:
 
     target: Literal["auto", "cuda", "rocm", "cpu"] = "auto"
     amp: bool = True
-    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    # auto: bfloat16 where the device computes it natively (Ampere+ GPUs, CPUs with avx512_bf16 /
+    # amx_bf16), float16 + GradScaler on older GPUs, float32 on other CPUs (engine/amp_policy.py).
+    amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool | Literal["auto"] = "auto"
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
@@ -202,16 +208,75 @@ class BackendConfig:
 
 
 @dataclass
+class PhotometricConfig:
+    """Per-sample colour jitter of training images on the device (masks are untouched).
+
+    Each sample draws a factor in ``[1 - r, 1 + r]`` for brightness, contrast, saturation and
+    the gamma exponent, and a hue shift in ``[-hue, hue]`` turns; 0 switches a property off.
+    """
+
+    enabled: bool = False
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.25
+    hue: float = 0.02
+    gamma: float = 0.2
+
+    def validate(self, fail: Fail) -> None:
+        for key in ("brightness", "contrast", "saturation", "gamma"):
+            _check_fraction(fail, key, getattr(self, key))
+        if not 0.0 <= self.hue <= 0.5:
+            fail("hue", f"must be in [0, 0.5] turns of the colour wheel, got {self.hue}")
+
+
+@dataclass
 class AugmentConfig:
-    """Batch augmentation applied on the device to images and masks alike."""
+    """Batch augmentation applied on the device: geometric to images and masks alike, photometric to images."""
 
     hflip: bool = True
     scale_min: float = 0.5
     scale_max: float = 2.0
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
 
     def validate(self, fail: Fail) -> None:
         if not 0 < self.scale_min <= self.scale_max:
             fail("", f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+
+
+@dataclass
+class EmaConfig:
+    """Exponential moving average of the weights, used for validation, best model and checkpoints' ``model``."""
+
+    enabled: bool = False
+    # Per optimizer step; 0.999 averages roughly the last 1,000 steps.
+    decay: float = 0.999
+    # Decay of update n is min(decay, (1 + n) / (10 + n)), so the random init fades fast.
+    warmup: bool = True
+
+    def validate(self, fail: Fail) -> None:
+        if not 0.0 < self.decay < 1.0:
+            fail("decay", f"must be in (0, 1), got {self.decay}")
+
+
+@dataclass
+class LossConfig:
+    """The training loss (validation loss stays the plain class-weighted cross-entropy)."""
+
+    # ce: class-weighted cross-entropy; ohem: the same over the hard pixels only.
+    type: Literal["ce", "ohem"] = "ce"
+    # A pixel is hard when the probability of its true class is below this.
+    ohem_thresh: float = 0.7
+    # At least this many pixels per batch (per rank) are kept: the lowest-probability ones.
+    ohem_min_kept: int = 100_000
+    dice_weight: float = 0.0
+    lovasz_weight: float = 0.0
+
+    def validate(self, fail: Fail) -> None:
+        if not 0.0 < self.ohem_thresh <= 1.0:
+            fail("ohem_thresh", f"must be in (0, 1], got {self.ohem_thresh}")
+        for key in ("ohem_min_kept", "dice_weight", "lovasz_weight"):
+            if getattr(self, key) < 0:
+                fail(key, f"must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass
@@ -244,6 +309,16 @@ class TrainingConfig:
     # [H, W] fed to the network.
     image_size: tuple[int, int] = (512, 512)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    # Before each validation, re-estimate BatchNorm statistics on this many un-augmented
+    # training batches at the weights being validated ("precise BN"); 0 = off. On by default:
+    # after a short run from scratch the running statistics (momentum 0.01 in torchvision's
+    # MobileNetV3) still describe the first steps and eval-mode predictions are near constant.
+    precise_bn_batches: int = 50
+    # While precise BN is off: before each validation, warn when eval-mode predictions disagree
+    # badly (< 80 % of pixels) with batch-statistics ones on a training batch.
+    bn_check: bool = True
     val_interval: int = 1
     visualization_interval: int = 5
     num_visualizations: int = 4
@@ -266,7 +341,7 @@ class TrainingConfig:
                     "max_checkpoints", "grad_accum_steps", "prefetch_factor", "log_interval"):
             if getattr(self, key) < 1:
                 fail(key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("num_workers", "warmup_iters", "num_visualizations"):
+        for key in ("num_workers", "warmup_iters", "num_visualizations", "precise_bn_batches"):
             if getattr(self, key) < 0:
                 fail(key, f"must be >= 0, got {getattr(self, key)}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -157,17 +157,21 @@ def dist_seg_config(data: Path, split: tuple[tuple[str, ...], tuple[str, ...]], 
 
 
 def run_dist_seg(ctx: Context, data: Path, split: tuple[tuple[str, ...], tuple[str, ...]], epochs: int,
-                 work: Path) -> list[Point]:
-    """Train with ``python -m dist_seg.train`` in a child process, timestamping each history record."""
+                 work: Path, overrides: tuple[str, ...] = ()) -> list[Point]:
+    """Train with ``python -m dist_seg.train`` in a child process, timestamping each history record.
+
+    ``overrides`` are ``KEY=VALUE`` settings passed on as ``--set`` (the recipe ablation's variants).
+    """
     shutil.rmtree(work, ignore_errors=True)  # cold start: no cache, no checkpoint to resume
     work.mkdir(parents=True)
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump(dist_seg_config(data, split, epochs, work, ctx.device.type), sort_keys=False))
+    settings = [arg for item in overrides for arg in ("--set", item)]
     history = work / "out" / "history.json"
     stamps: dict[int, float] = {}
     with open(work / "train.log", "w") as log:
         launch = time.time()
-        child = subprocess.Popen([sys.executable, "-m", "dist_seg.train", str(config)], env=child_env(),
+        child = subprocess.Popen([sys.executable, "-m", "dist_seg.train", str(config), *settings], env=child_env(),
                                  stdout=log, stderr=subprocess.STDOUT)
         last_mtime = None
         while True:

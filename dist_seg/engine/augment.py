@@ -3,7 +3,9 @@
 The loader ships uint8 tensors (4x fewer bytes over PCIe than float32); conversion,
 normalisation and augmentation run on the device, where they cost microseconds.
 Flip and random scale + crop are one affine resampling per batch, applied with the same
-grid to image (bilinear) and mask (nearest), so labels stay aligned.
+grid to image (bilinear) and mask (nearest), so labels stay aligned. Photometric jitter
+(optional) changes colours only, before normalisation; it draws from the same generator
+first, so one checkpointed stream covers both.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import IGNORE_INDEX, AugmentConfig
+from ..config import IGNORE_INDEX, AugmentConfig, PhotometricConfig
+from .photometric import PhotometricRanges, photometric_jitter
 
 # ImageNet statistics: what torchvision backbones (and their pretrained weights) expect.
 MEAN = (0.485, 0.456, 0.406)
@@ -33,11 +36,18 @@ class BatchPreparer:
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(STD, device=self.device).view(1, 3, 1, 1) * 255.0)
 
-    def to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 ``[B,3,H,W]``, ``[B,H,W]`` -> normalised float images and int64 masks on the device."""
+    def to_device(self, images: torch.Tensor, masks: torch.Tensor, photometric: PhotometricConfig | None = None,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 ``[B,3,H,W]``, ``[B,H,W]`` -> normalised float images and int64 masks on the device.
+
+        With ``photometric`` enabled the images are colour-jittered (from ``generator``) before normalisation.
+        """
         images = images.to(self.device, non_blocking=True)
         masks = masks.to(self.device, non_blocking=True)
-        x = (images.float() - self.mean) * self.inv_std
+        x = images.float()
+        if photometric is not None and photometric.enabled:
+            x = photometric_jitter(x / 255.0, _ranges(photometric), generator) * 255.0
+        x = (x - self.mean) * self.inv_std
         x = x.contiguous(memory_format=self.memory_format)
         y = masks.long()
         if self.void_index is not None:
@@ -53,10 +63,15 @@ class BatchPreparer:
 
     def train_batch(self, images: torch.Tensor, masks: torch.Tensor, aug: AugmentConfig,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training input: normalised, randomly flipped and scale-cropped to ``output_size``."""
-        x, y = self.to_device(images, masks)
+        """Training input: normalised, randomly colour-jittered (if enabled), flipped and scale-cropped to ``output_size``."""
+        x, y = self.to_device(images, masks, aug.photometric, generator)
         x, y = random_scale_crop_flip(x, y, self.output_size, aug, generator)
         return x.contiguous(memory_format=self.memory_format), y
+
+
+def _ranges(cfg: PhotometricConfig) -> PhotometricRanges:
+    return PhotometricRanges(brightness=cfg.brightness, contrast=cfg.contrast, saturation=cfg.saturation,
+                             hue=cfg.hue, gamma=cfg.gamma)
 
 
 def random_scale_crop_flip(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], aug: AugmentConfig,

@@ -1,7 +1,10 @@
 """A run's stateful parts in and out of checkpoints, and where a resumed run continues.
 
 The parts are the model, optimizer, GradScaler, the schedule position, the train position,
-every rank's RNG streams and the epoch's metric totals. The file format (keys, rotation,
+every rank's RNG streams, the epoch's metric totals and the weights' EMA. With EMA on, a
+checkpoint's ``model`` (and ``ema``, the same tensors, stored once) holds the averaged
+weights, the ones validation scored, so predict / evaluate / export use them unchanged;
+``model_raw`` holds the live weights that training resumes from. The file format (keys, rotation,
 best mirror, validated loading) is :mod:`.checkpoint`'s; this module decides what goes in.
 """
 
@@ -19,6 +22,7 @@ from ..data.palette import Palette
 from ..errors import CheckpointError
 from .checkpoint import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state
 from .distributed import DistContext
+from .ema import ModelEma
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 
@@ -63,13 +67,14 @@ class Checkpointer:
 
     def __init__(self, cfg: Config, ctx: DistContext, out: RunOutputs, palette: Palette, plan: EpochPlan, *,
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 metrics: TrainMetrics, aug_generator: torch.Generator) -> None:
+                 metrics: TrainMetrics, aug_generator: torch.Generator, ema: ModelEma | None = None) -> None:
         self.cfg, self.ctx, self.out, self.palette, self.plan = cfg, ctx, out, palette, plan
         self.model = model  # unwrapped: checkpoints hold no DDP / compile prefixes
         self.optimizer = optimizer
         self.scaler = scaler
         self.metrics = metrics
         self.aug_generator = aug_generator
+        self.ema = ema
 
     def save(self, pos: TrainPosition, mid_epoch: bool, is_best: bool = False) -> None:
         """Write a checkpoint at ``pos`` (rank 0 writes; all ranks contribute RNG states)."""
@@ -89,6 +94,9 @@ class Checkpointer:
             "palette": [list(c) for c in self.palette.colors.tolist()],
             "world_size": self.ctx.world_size,
         }
+        if self.ema is not None:
+            averaged = self.ema.module.state_dict()
+            state.update(model=averaged, ema=averaged, model_raw=state["model"], ema_updates=self.ema.updates)
         path = self.out.save_checkpoint(state, pos.epoch, pos.batch_in_epoch if mid_epoch else None, is_best)
         if path is not None:
             self.out.log(f"checkpoint: {path}" + (" (new best)" if is_best else ""))
@@ -96,7 +104,8 @@ class Checkpointer:
     def restore(self, path: Path) -> TrainPosition:
         """Load every part from ``path``; returns the position to continue from, in this run's batches."""
         state = load_checkpoint(path)
-        load_model_state(self.model, state, path)
+        load_model_state(self.model, {"model": state.get("model_raw", state["model"])}, path)
+        self._restore_ema(state, path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         saved = state["train_state"]
@@ -118,6 +127,17 @@ class Checkpointer:
                  else f"the start of epoch {pos.epoch + 1}")
         self.out.log(f"resumed from {path}: continuing at {where} (global step {pos.global_step})")
         return pos
+
+    def _restore_ema(self, state: dict[str, Any], path: Path) -> None:
+        if self.ema is None:
+            return
+        if "model_raw" in state:
+            self.ema.load_state_dict({"module": state["ema"], "updates": state["ema_updates"]})
+            return
+        # A checkpoint of a run without EMA: the average starts from its weights.
+        self.ema.load_state_dict({"module": self.model.state_dict(), "updates": 0})
+        self.out.warn(f"checkpoint {path} holds no EMA weights (training.ema was off): the EMA starts from "
+                      "its weights")
 
     def _carry_position_over(self, pos: TrainPosition, saved: dict[str, Any], saved_world: int) -> None:
         """Re-express the position in this run's batches and steps if the global batch changed.

@@ -41,14 +41,19 @@ class ModelEma:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Fold the current weights of ``model`` (same architecture, unwrapped) into the average."""
+    def update(self, model: nn.Module, applied: torch.Tensor | None = None) -> None:
+        """Fold the current weights of ``model`` (same architecture, unwrapped) into the average.
+
+        ``applied`` (a device scalar, 1.0 or 0.0) says whether the optimizer step really
+        updated the weights: 0.0 leaves the averaged weights unchanged without a host sync.
+        """
         d = self.current_decay()
         live = model.state_dict()
         for name, ema_value in self.module.state_dict().items():
             value = live[name].detach()
             if name in self._param_names and ema_value.is_floating_point():
-                ema_value.lerp_(value.to(ema_value.dtype), 1.0 - d)
+                weight = 1.0 - d if applied is None else (applied * (1.0 - d)).to(ema_value.dtype)
+                ema_value.lerp_(value.to(ema_value.dtype), weight)
             else:
                 ema_value.copy_(value)
         self.updates += 1

@@ -7,6 +7,7 @@ reads the device (loss, non-finite flag) only at log windows.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import math
@@ -23,11 +24,14 @@ from ..data.palette import Palette
 from ..telemetry.history import EpochRecord
 from ..telemetry.progress import Progress
 from .augment import BatchPreparer
+from .bn_refresh import check_bn_gap, refresh_bn_stats
 from .checkpoint import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan, TrainPosition
 from .distributed import DistContext, StopVote
+from .ema import ModelEma, ema_weights
 from .evaluation import EvalResult, evaluate
 from .inference import forward_logits, upsample_argmax
+from .losses import SegmentationLoss
 from .metrics import EpochTotals, TrainMetrics
 from .outputs import RunOutputs
 from .preemption import PreemptionWatch
@@ -82,6 +86,11 @@ class Trainer:
     checkpointer: Checkpointer
     pos: TrainPosition = field(default_factory=TrainPosition)
     last_eval: EvalResult | None = None
+    # Recipe parts: validation loss stays plain CE whatever the training loss; the EMA (if on)
+    # is what validation scores; the training frames feed precise BN and the BN gap check.
+    val_criterion: SegmentationLoss | None = None
+    ema: ModelEma | None = None
+    train_data: Dataset | None = None
 
     def resume(self, path: Path) -> None:
         """Continue from the checkpoint at ``path``."""
@@ -188,7 +197,8 @@ class Trainer:
             pos.best_miou, pos.best_epoch = result.mean_iou, epoch
         if not stopped and self.val_loader is not None and (epoch % tr.visualization_interval == 0
                                                             or epoch == tr.epochs):
-            self.visualize(epoch)
+            with self.validated_weights():
+                self.visualize(epoch)
         global_batch = self.metrics.global_batch
         record = EpochRecord(
             epoch=epoch, global_step=pos.global_step, train_loss=totals.train_loss(ctx.world_size),
@@ -225,11 +235,14 @@ class Trainer:
             if preemption is not None and i < voting_batches and vote.poll(preemption.requested):
                 raise _ValidationStopped
 
-        if progress is not None:
-            progress.start_validation(len(self.val_loader))
         try:
-            result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime, self.step.criterion,
-                              self.ctx, self.palette.names, self.cfg.dataset.void_index, on_batch=between_batches)
+            with self.validated_weights() as model:
+                self._prepare_batch_norm(model)
+                if progress is not None:
+                    progress.start_validation(len(self.val_loader))
+                result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime,
+                                  self.val_criterion or self.step.criterion, self.ctx, self.palette.names,
+                                  self.cfg.dataset.void_index, on_batch=between_batches)
         except _ValidationStopped:
             return None
         finally:
@@ -243,6 +256,25 @@ class Trainer:
         self.out.scalars(values, self.pos.global_step)
         self.last_eval = result
         return result
+
+    def validated_weights(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        """The unwrapped model holding the weights that validation scores (the EMA's while it is on)."""
+        model = unwrap_model(self.eval_model)
+        return ema_weights(model, self.ema) if self.ema is not None else contextlib.nullcontext(model)
+
+    def _prepare_batch_norm(self, model: torch.nn.Module) -> None:
+        """Precise BN (``training.precise_bn_batches``), or else the eval/train gap check (``training.bn_check``)."""
+        tr = self.cfg.training
+        if self.train_data is None:
+            return
+        if tr.precise_bn_batches:
+            refresh_bn_stats(model, self.train_data, self.prep, self.runtime, self.ctx, tr.batch_size,
+                             tr.precise_bn_batches)
+            if self.ema is not None:
+                # The statistics belong to the averaged weights: keep them with the EMA (and its checkpoint).
+                self.ema.module.load_state_dict(model.state_dict())
+        elif tr.bn_check:
+            check_bn_gap(model, self.train_data, self.prep, self.runtime, self.ctx, tr.batch_size, self.out.warn)
 
     def visualize(self, epoch: int) -> None:
         """Titled panels of a fixed, spread-out choice of validation frames (rank 0 only; no collectives)."""

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import IGNORE_INDEX
+from ..config import IGNORE_INDEX, LossConfig
+from .losses import SegmentationLoss
 
 
 class OhemCrossEntropy(nn.Module):
@@ -132,3 +133,12 @@ class RecipeLoss(nn.Module):
         if self.lovasz_weight:
             loss = loss + self.lovasz_weight * lovasz_softmax(logits, target)
         return loss
+
+
+def build_criterion(cfg: LossConfig, weight: torch.Tensor | None) -> nn.Module:
+    """The training loss of ``training.loss``: class-weighted CE or OHEM, plus the optional Dice / Lovász terms."""
+    ce: nn.Module = (OhemCrossEntropy(weight, cfg.ohem_thresh, cfg.ohem_min_kept) if cfg.type == "ohem"
+                     else SegmentationLoss(weight))
+    if not (cfg.dice_weight or cfg.lovasz_weight):
+        return ce
+    return RecipeLoss(ce, cfg.dice_weight, cfg.lovasz_weight)

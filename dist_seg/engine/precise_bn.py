@@ -38,7 +38,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], num_ba
     Each batch counts equally, so the result is the dataset average when batches have one
     size. ``reduce_mean`` (e.g. an all-reduce divided by the world size) averages the new
     statistics across ranks so every replica keeps identical buffers. Weights, momenta and
-    the model's train/eval mode are restored; returns the number of batches used.
+    the model's train/eval mode are restored; returns the number of batches used. Dropout
+    and other layers run in eval mode.
     """
     layers = batch_norms(model)
     if not layers or num_batches <= 0:
@@ -48,7 +49,11 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], num_ba
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches that follow
-    model.train()
+    # Only the BatchNorm layers train: dropout stays off, so the pass draws no random numbers
+    # and a resumed run's random streams match an uninterrupted one's.
+    model.eval()
+    for m in layers:
+        m.train()
     used = 0
     try:
         for x in batches:

@@ -25,6 +25,7 @@ from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
 from ..errors import DistSegError
 from ..models import build_model, check_model_config
+from ..models.init_from import init_from
 from ..telemetry.memlog import MemoryLog
 from ..telemetry.progress import Progress
 from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
@@ -33,9 +34,11 @@ from .augment import BatchPreparer
 from .checkpoint import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan
 from .distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
+from .ema import ModelEma
 from .losses import SegmentationLoss, class_weights
 from .final_eval import evaluate_test_split
 from .loop import RunSummary, StopReason, Trainer
+from .losses_extra import build_criterion
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
@@ -71,7 +74,7 @@ def run_training(cfg: Config) -> RunSummary:
         # directory can lag behind, and ranks resuming from different checkpoints would diverge.
         resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
         try:
-            trainer = _build_trainer(cfg, ctx, out, cleanup)
+            trainer = _build_trainer(cfg, ctx, out, cleanup, fresh=resume_from is None)
         except Preempted as stop:
             out.log(f"stopped on {stop.signal_name} while preparing the data: sequences cached so far are kept; "
                     "run again to continue")
@@ -103,8 +106,12 @@ def run_training(cfg: Config) -> RunSummary:
         return summary
 
 
-def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> Trainer:
-    """Every part of the run; config errors surface before the data is touched."""
+def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack,
+                   fresh: bool = True) -> Trainer:
+    """Every part of the run; config errors surface before the data is touched.
+
+    ``fresh``: no checkpoint will be resumed, so ``model.init_from`` applies (a resume restores every weight).
+    """
     tr = cfg.training
     runtime = resolve_runtime(cfg.backend, ctx.device, log=out.log)
     threads = apply_cpu_threads(cfg.backend.cpu_threads, tr.num_workers, ctx.device,
@@ -116,6 +123,8 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     palette = Palette.from_config(cfg.dataset)
     model = build_model(cfg.model, len(palette.names))
     flops = forward_flops(model, tuple(tr.image_size)) if ctx.is_main else None
+    if cfg.model.init_from is not None and fresh:
+        init_from(model, cfg.model.init_from, log=out.log)
 
     with preemption_raises():  # a cache build has no step boundary to stop at
         data = _prepare_data(cfg, ctx, out)
@@ -137,7 +146,8 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     optimizer = build_optimizer(train_model.parameters(), tr)
     scaler = runtime.grad_scaler()
     weight = class_weights(data.train_class_pixel_counts, tr.class_weighting, cfg.dataset.void_index)
-    criterion = SegmentationLoss(weight).to(ctx.device)
+    criterion = build_criterion(tr.loss, weight).to(ctx.device)
+    ema = ModelEma(unwrap_model(train_model), tr.ema.decay, tr.ema.warmup) if tr.ema.enabled else None
     aug_generator = torch.Generator().manual_seed(tr.seed * 1000 + ctx.rank)
     global_batch = tr.batch_size * ctx.world_size
     metrics = TrainMetrics(ctx, global_batch)
@@ -151,13 +161,14 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     _log_training_notes(cfg, out, data, palette, weight)
     return Trainer(
         cfg=cfg, ctx=ctx, out=out, runtime=runtime,
-        step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm),
+        step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm, ema=ema),
         eval_model=eval_model,
         prep=BatchPreparer(ctx.device, runtime.memory_format, tuple(tr.image_size), cfg.dataset.void_index),
         aug_generator=aug_generator, train_loader=train_loader, val_loader=val_loader, val_data=data.val,
         palette=palette, plan=plan, metrics=metrics,
         checkpointer=Checkpointer(cfg, ctx, out, palette, plan, model=unwrap_model(train_model), optimizer=optimizer, scaler=scaler,
-                                  metrics=metrics, aug_generator=aug_generator))
+                                  metrics=metrics, aug_generator=aug_generator, ema=ema),
+        val_criterion=SegmentationLoss(weight).to(ctx.device), ema=ema, train_data=data.train)
 
 
 def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..config import BackendConfig
+from .amp_policy import resolve_amp_dtype
 
 
 @dataclass
@@ -47,8 +48,17 @@ def resolve_runtime(cfg: BackendConfig, device: torch.device, log: Callable[[str
     """
     notes: list[str] = []
     on_gpu = device.type == "cuda"
-    dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
     amp = cfg.amp
+    if cfg.amp_dtype == "auto":
+        # Call after torch.cuda.set_device: it asks the current GPU.
+        resolved = resolve_amp_dtype(device)
+        if amp and resolved is None:
+            amp = False
+            notes.append(f"AMP off: backend.amp_dtype auto chose float32 on {device.type} (no native bfloat16 "
+                         "here; emulated bfloat16 is slower than float32); set bfloat16 to force it")
+        dtype = resolved or torch.float16
+    else:
+        dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
     if amp and not on_gpu and dtype == torch.float16:
         amp = False
         notes.append("AMP off: float16 autocast needs a GPU; set backend.amp_dtype: bfloat16 for CPU autocast")

@@ -18,7 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainingConfig
 from ..errors import DistSegError
+from .checkpoint import unwrap_model
 from .distributed import DistContext
+from .ema import ModelEma
 
 
 class NonFiniteLossError(DistSegError):
@@ -39,8 +41,9 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, autocast: Callable[[], contextlib.AbstractContextManager],
-                 grad_clip_norm: float | None = None) -> None:
+                 grad_clip_norm: float | None = None, ema: ModelEma | None = None) -> None:
         self.model = model
+        self.ema = ema  # updated after every optimizer step that changed the weights
         self.criterion = criterion
         self.optimizer = optimizer
         self.scaler = scaler
@@ -81,10 +84,12 @@ class TrainStep:
         for group, base_lr in zip(optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * lr_factor
         with_grad = [p for p in self.params if p.grad is not None]
+        norm = None
         if self.scaler.is_enabled():
-            if self.grad_clip_norm is not None:
+            if self.grad_clip_norm is not None or self.ema is not None:
                 self.scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(with_grad, self.grad_clip_norm)
+                norm = (torch.nn.utils.clip_grad_norm_(with_grad, self.grad_clip_norm) if self.grad_clip_norm
+                        is not None else torch.nn.utils.get_total_norm([p.grad for p in with_grad]))
             self.scaler.step(optimizer)  # the scaler's found-inf flag goes to the fused kernel
             self.scaler.update()
         else:
@@ -98,6 +103,9 @@ class TrainStep:
                 optimizer.step()
             finally:
                 del optimizer.found_inf
+        if self.ema is not None:
+            # A step skipped for a non-finite gradient left the weights as they were: the average too.
+            self.ema.update(unwrap_model(self.model), applied=torch.isfinite(norm).float())
         optimizer.zero_grad(set_to_none=True)
 
     def raise_if_nonfinite(self, ctx: DistContext, where: str) -> None:
