@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from typing import Callable, Sequence
 
 from .errors import DistSegError
@@ -39,10 +41,19 @@ def inference_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call ``main``; print DistSegErrors as ``error: ...`` and return exit status 1."""
+    """Call ``main``; print DistSegErrors as ``error: ...`` and return exit status 1.
+
+    ``--debug`` anywhere in the arguments (or ``DIST_SEG_DEBUG=1``) adds the traceback, for developers.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("DIST_SEG_DEBUG", "") not in ("", "0")
+    if "--debug" in args:
+        args.remove("--debug")
     try:
-        return main(argv)
+        return main(args)
     except DistSegError as exc:
+        if debug:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:

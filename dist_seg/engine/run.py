@@ -37,6 +37,7 @@ from .loop import RunSummary, Trainer
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import PreemptionWatch
+from .preflight import check_model_output, check_run_paths
 from .runtime import Runtime, resolve_runtime
 from .step import TrainStep, build_optimizer
 
@@ -54,6 +55,7 @@ def run_training(cfg: Config) -> RunSummary:
     # config names the backbone actually built.
     cfg = dataclasses.replace(cfg, model=check_model_config(cfg.model, cfg.dataset.num_classes,
                                                             tuple(cfg.training.image_size)))
+    check_run_paths(cfg)
     ctx = setup_distributed(cfg.backend)
     out = RunOutputs(cfg, active=ctx.is_main)
     with contextlib.ExitStack() as cleanup:
@@ -101,6 +103,7 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     seed_everything(tr.seed)
     palette = Palette.from_config(cfg.dataset)
     model = build_model(cfg.model, len(palette.names))
+    check_model_output(model.to(ctx.device), len(palette.names), tuple(tr.image_size), ctx.device)
 
     data = _prepare_data(cfg, ctx, out)
     train_loader = build_loader(data.train, tr, ctx, train=True)
@@ -134,7 +137,7 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
         aug_generator=aug_generator, train_loader=train_loader, val_loader=val_loader, val_data=data.val,
         palette=palette, plan=plan, metrics=metrics,
         checkpointer=Checkpointer(cfg, ctx, out, palette, plan, model=unwrap_model(train_model), optimizer=optimizer, scaler=scaler,
-                                  metrics=metrics, aug_generator=aug_generator))
+                                  metrics=metrics, aug_generator=aug_generator, splits=data.splits))
 
 
 def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:
