@@ -33,6 +33,14 @@ _REFUSED = {
 }
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+_UNSET = _Unset()
+
+
 @dataclass
 class ResumeChanges:
     """Differences between the checkpoint's config and this run's, sorted by what is done about them."""
@@ -67,7 +75,7 @@ def compare_resume(saved: dict[str, Any], cfg: Config, *, saved_classes: Sequenc
     old, new = _flatten(saved), _flatten(config_to_dict(cfg))
     refused: dict[str, list[str]] = {}
     for key in sorted(old.keys() | new.keys()):
-        before, after = old.get(key, "(unset)"), new.get(key, "(unset)")
+        before, after = old.get(key, _UNSET), new.get(key, _UNSET)
         if before == after or _section(key, _NOT_COMPARED):
             continue
         what = f"{key} {before!r} -> {after!r}"
