@@ -142,9 +142,14 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
 
 def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:
     """Decode and cache once per node (local rank 0), then every rank opens the caches."""
+    failure = None
     if ctx.is_local_main:
-        prepare(cfg, log=out.log if ctx.is_main else (lambda _m: None), progress=ctx.is_main)
-    ctx.wait_for_local_main()
+        try:
+            prepare(cfg, log=out.log if ctx.is_main else (lambda _m: None), progress=ctx.is_main)
+        except DistSegError as exc:
+            failure = exc
+    # Also the barrier the other ranks wait at: a data error stops every rank here, reported once.
+    ctx.raise_if_any_failed(failure)
     return load_datasets(cfg)
 
 
