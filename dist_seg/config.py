@@ -262,7 +262,7 @@ class TrainingConfig:
         if self.max_steps is not None and self.max_steps < 1:
             fail("max_steps", f"must be >= 1 or null, got {self.max_steps}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            fail("learning_rate", f"must be a positive finite number, got {self.learning_rate}")
+            fail("learning_rate", f"must be positive, got {self.learning_rate}")
         for key in ("weight_decay", "min_lr", "momentum", "poly_power"):
             if getattr(self, key) < 0:
                 fail(key, f"must be >= 0, got {getattr(self, key)}")
@@ -558,7 +558,7 @@ class _Builder:
             # infinity passes "> 0" and then poisons every step.
             if isinstance(value, float) and math.isfinite(value):
                 return value
-            self.fail(key, f"expected a finite number, got {value!r}")
+            self.fail(key, f"expected a number (finite, not nan or inf), got {value!r}")
         if tp is str:
             if isinstance(value, str):
                 return value

@@ -17,7 +17,7 @@ import torch
 from ..config import Config, config_to_dict
 from ..data.palette import Palette
 from ..data.splits import Splits
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DistSegError
 from .checkpoint import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state
 from .distributed import DistContext
 from .metrics import TrainMetrics
@@ -94,7 +94,12 @@ class Checkpointer:
         }
         if self.splits is not None:  # a resume checks that none of these became validation data
             state["train_sequences"] = [seq.name for seq in self.splits.train]
-        path = self.out.save_checkpoint(state, pos.epoch, pos.batch_in_epoch if mid_epoch else None, is_best)
+        path, failure = None, None
+        try:
+            path = self.out.save_checkpoint(state, pos.epoch, pos.batch_in_epoch if mid_epoch else None, is_best)
+        except DistSegError as exc:  # a full disk: every rank stops here, not at its next collective
+            failure = exc
+        self.ctx.raise_if_any_failed(failure)
         if path is not None:
             self.out.log(f"checkpoint: {path}" + (" (new best)" if is_best else ""))
 

@@ -468,3 +468,14 @@ sys.exit(run_cli(main))
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith("error: ") and corrupt.name in proc.stderr
+
+
+def test_image_above_pillows_pixel_limit_is_a_data_error_naming_it(synth_root, monkeypatch):
+    from PIL import Image
+
+    from dist_seg.data.decode import load_image
+
+    frame = next((synth_root / "Images").rglob("*.png"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 48x64 is then a "decompression bomb"
+    with pytest.raises(DataError, match=f"{frame.name}: cannot read image .*exceeds limit"):
+        load_image(frame, (48, 64))
