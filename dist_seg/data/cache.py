@@ -345,18 +345,16 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
     """
     settings = CacheSettings.from_config(cfg)
     outcome = CacheOutcome(directories=[dataset_cache_dir(listing.root, cfg) for listing in listings])
-    try:
-        lock = locked_directories(outcome.directories, log)
-        lock.__enter__()
-    except DataError:
-        # Read-only storage: a complete, fresh cache is read without a lock (reading needs no write).
-        if _reuse_all(listings, outcome, settings):
-            log(f"cache: {', '.join(map(str, outcome.directories))} cannot be written; its caches are complete "
-                "and fresh, so they are used as they are")
-            return outcome
-        raise
     with contextlib.ExitStack() as stack:
-        stack.push(lock)
+        try:
+            stack.enter_context(locked_directories(outcome.directories, log))
+        except DataError:
+            # Read-only storage: a complete, fresh cache is read without a lock (reading needs no write).
+            if _reuse_all(listings, outcome, settings):
+                log(f"cache: {', '.join(map(str, outcome.directories))} cannot be written; its caches are "
+                    "complete and fresh, so they are used as they are")
+                return outcome
+            raise
         writers: list[_SequenceWriter] = []
         try:
             for listing, directory in zip(listings, outcome.directories):
