@@ -25,9 +25,12 @@ _NOT_COMPARED = (
     "dataset.root", "dataset.test_root", "dataset.cache_dir", "dataset.cache_workers", "dataset.use_cache",
     "dataset.cache_images", "model.backbone_weights", "backend", "telemetry",
 )
-# Keys whose change makes the checkpoint's state mean something else.
+_OTHER_MODEL = "the checkpoint does not fit the configured model (it holds the weights of another one)"
+# Keys whose change makes the checkpoint's state mean something else. A custom model's own
+# keys are not among them: what they mean is the model's business (a test hook, a dropout
+# rate); a change that alters the weights' shapes fails when the weights are loaded.
 _REFUSED = {
-    "model": "the checkpoint does not fit the configured model (it holds the weights of another one)",
+    **{f"model.{key}": _OTHER_MODEL for key in ("type", "backbone", "activation", "output_stride", "separable")},
     "dataset.classes": "the checkpoint's output channels stand for other classes",
     "training.optimizer": "the checkpoint's optimizer state belongs to another optimizer (with force it starts afresh)",
 }

@@ -196,7 +196,7 @@ def test_resume_applies_new_optimizer_settings_and_says_so(synth_root, trained, 
 @pytest.mark.parametrize("change, message", [
     ({"dataset__classes": [{"name": c.name, "color": list(c.color)} for c in reversed(DAVID_CLASSES)]},
      "dataset.classes"),
-    ({"model": {**TINY, "width": 16}}, r"model.width \(unset\) -> 16"),
+    ({"model": {"type": "fixtures_custom_model:LinearPixelNet"}}, "model.type 'fixtures_custom_model:TinyNet' -> "),
     ({"training__optimizer": "sgd"}, "training.optimizer 'adamw' -> 'sgd'"),
     ({"dataset__split__val": ["Video_000"]}, "Video_000 were trained on but are now in the validation"),
     ({"dataset__split__val": [], "dataset__split__test": ["Video_001"]}, "Video_001 were trained on"),
@@ -207,6 +207,12 @@ def test_resume_refuses_changes_that_train_something_else(synth_root, trained, c
         resume(synth_root, trained, training__epochs=2, **change)
     assert "training.resume_force: true" in str(err.value)
     assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == before
+
+
+def test_resume_with_a_custom_model_key_that_changes_the_weights_is_refused(synth_root, trained, capsys):
+    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+        resume(synth_root, trained, training__epochs=2, model={**TINY, "width": 16})
+    assert "applies model.width (unset) -> 16" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("change", [
