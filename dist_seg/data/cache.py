@@ -280,6 +280,8 @@ def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
     try:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
     except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here (some network filesystems)
+            return array
         del array
         path.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -287,8 +289,7 @@ def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
                 f"no space left in {path.parent} for the cache array {path.name.lstrip('.')} "
                 f"({int(np.prod(shape)) / 2**20:.1f} MiB, {atomic.free_bytes(path.parent) / 2**20:.1f} MiB free); "
                 "free space there or set dataset.cache_dir (or $DIST_SEG_CACHE) to a larger disk") from exc
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here (some network filesystems)
-            raise
+        raise
     finally:
         os.close(fd)
     return array

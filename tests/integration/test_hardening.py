@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pytest
 import torch
 import yaml
