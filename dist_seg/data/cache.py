@@ -282,8 +282,7 @@ def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here (some network filesystems)
             return array
-        del array
-        path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # the mapping dies with this frame
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskSpaceError(
                 f"no space left in {path.parent} for the cache array {path.name.lstrip('.')} "
