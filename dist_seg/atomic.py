@@ -43,6 +43,15 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.{_HOST}-{os.getpid()}."
 
 
+def temporary_name(path: str | os.PathLike, tag: str) -> Path:
+    """A temporary name next to ``path`` for a writer that does not use :func:`atomic_open` (a hard link).
+
+    It follows the same naming, so :func:`remove_stale_temporaries` cleans it up if the writer dies.
+    """
+    path = Path(path)
+    return path.with_name(f"{_temp_prefix(path)}{tag}.tmp")
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temporary file next to ``path``; on clean exit it replaces ``path``.

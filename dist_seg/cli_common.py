@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
+import traceback
 from typing import Callable, Sequence
 
-from .errors import DistSegError
+from .errors import DistSegError, FailedOnAnotherRank
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,12 +43,55 @@ def inference_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call ``main``; print DistSegErrors as ``error: ...`` and return exit status 1."""
+    """Call ``main``; print DistSegErrors as ``error: ...`` and return exit status 1.
+
+    ``--debug`` anywhere in the arguments (or ``DIST_SEG_DEBUG=1``) adds the traceback, for developers.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("DIST_SEG_DEBUG", "") not in ("", "0")
+    if "--debug" in args:
+        args.remove("--debug")
     try:
-        return main(argv)
+        return main(args)
+    except FailedOnAnotherRank:
+        return 1  # rank 0 prints the cause
     except DistSegError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if debug:
+            traceback.print_exc()
+        message = user_message(exc)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        _tell_torchrun(message)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return 130
+
+
+def user_message(exc: DistSegError) -> str:
+    """The error's own message, also when a DataLoader worker re-raised it wrapped in its traceback.
+
+    PyTorch re-raises a worker's exception as the same type with the message
+    "Caught DataError in DataLoader worker process 0. Original Traceback ...".
+    """
+    text = str(exc)
+    marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text
+
+
+def _tell_torchrun(message: str) -> None:
+    """Under torchrun, leave the clean message in its error file, so its summary names this rank and cause.
+
+    Without the file torchrun reports every failed rank alike and shows no message.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    entry = {"message": f"error: {message}", "extraInfo": {"py_callstack": f"error: {message}",
+                                                         "timestamp": str(int(time.time()))}}
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({"message": entry}, fh)
+    except OSError:
+        pass  # the console line above already says it

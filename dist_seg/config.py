@@ -328,6 +328,9 @@ class TrainingConfig:
     force_resplit: bool = False
     # A checkpoint path, "auto" (latest in output_dir/checkpoints, if any) or null.
     resume_from_checkpoint: Literal["auto"] | Path | None = None
+    # Resume even when the checkpoint was trained with other classes, another model or optimizer,
+    # or on a sequence that is now validation/test data (refused otherwise, with the reason).
+    resume_force: bool = False
     # Stop after this many optimizer steps in total (smoke runs, benchmarks); null = all epochs.
     # The LR schedule still spans training.epochs, so a stopped run can be resumed exactly.
     max_steps: int | None = None
@@ -392,11 +395,13 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
 
     Relative paths resolve from the config file's directory.
     """
-    path = Path(path).expanduser()
+    path = expand_user(path, "the config file path")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist: pass the path to a YAML file such as configs/demo.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded): save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if raw is None:
@@ -405,6 +410,31 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
         raise ConfigError(f"{path} must hold a mapping with dataset:, training:, ... sections, not {type(raw).__name__}")
     apply_overrides(raw, parse_overrides(overrides))
     return config_from_dict(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{key_node.start_mark.name}: key {key!r} appears twice in the same section "
+                                  f"(lines {seen[key]} and {line}); YAML would silently keep only the last one: "
+                                  "merge them into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def expand_user(value: str | os.PathLike, key: str) -> Path:
+    """``Path(value).expanduser()``; an unknown ``~user`` is a ConfigError naming ``key``, not a RuntimeError."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError as exc:
+        raise ConfigError(f"{key}: cannot expand {str(value)!r} ({exc}); that user does not exist here: write "
+                          "the path out in full") from exc
 
 
 def parse_overrides(items: typing.Iterable[str]) -> list[tuple[str, Any]]:
@@ -612,10 +642,11 @@ class _Builder:
                     value = float(value)
                 except ValueError:
                     pass
-            # NaN compares false with every bound, so it would slip through each check after this.
-            if isinstance(value, float) and not math.isnan(value):
+            # NaN compares false with every bound, so it would slip through each check after this;
+            # infinity passes "> 0" and then poisons every step.
+            if isinstance(value, float) and math.isfinite(value):
                 return value
-            self.fail(key, f"expected a number, got {value!r}")
+            self.fail(key, f"expected a number (finite, not nan or inf), got {value!r}")
         if tp is str:
             if isinstance(value, str):
                 return value
@@ -623,13 +654,13 @@ class _Builder:
         if tp is Path:
             if not isinstance(value, (str, Path)) or not str(value):
                 self.fail(key, f"expected a path, got {value!r}")
-            return self.path(value)
+            return self.path(value, key)
         if tp is Any:
             return value
         raise TypeError(f"config field {key} has unsupported type {tp!r}")  # a bug in this module
 
-    def path(self, value: str | Path) -> Path:
-        p = Path(value).expanduser()
+    def path(self, value: str | Path, key: str) -> Path:
+        p = expand_user(value, f"{self.source}: {key}")
         if not p.is_absolute() and self.base_dir is not None:
             # normpath, not resolve(): drop "configs/../" without following symlinks.
             p = Path(os.path.normpath(self.base_dir / p))
@@ -645,7 +676,7 @@ class _Builder:
         return ClassSpec(name, color)
 
     def class_file(self, value: str | Path, key: str) -> list[ClassSpec]:
-        path = self.path(value)
+        path = self.path(value, key)
         if not path.is_file():
             self.fail(key, f"class list file {path} does not exist; give a list of {{name, color}} or a YAML/JSON file path")
         try:

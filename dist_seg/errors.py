@@ -28,5 +28,9 @@ class CheckpointError(DistSegError):
 class DiskSpaceError(DistSegError):
     """A folder has too little free space for what dist_seg must write there."""
 
+
+class FailedOnAnotherRank(DistSegError):
+    """Another rank hit a user error and reports it; this rank stops without repeating it."""
+
 class ExportError(DistSegError):
     """A model cannot be exported, its artifact fails the parity check, or a deployment file is unusable."""

@@ -24,6 +24,7 @@ from typing import Sequence, TextIO
 import numpy as np
 
 from .cli_common import add_inference_arguments, inference_settings, run_cli
+from .config import expand_user
 from .data.discovery import IMAGE_SUFFIXES, list_files
 from .errors import DataError
 
@@ -46,7 +47,7 @@ def collect_inputs(inputs: Sequence[str], images_dir: str = "Images") -> list[Pr
     """Expand image files, sequence folders and dataset roots into frames, sorted and de-duplicated."""
     jobs: list[PredictJob] = []
     for item in inputs:
-        path = Path(item).expanduser()
+        path = expand_user(item, "input path")
         if path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{path} is not an image (.png/.jpg/.jpeg)")

@@ -18,6 +18,7 @@ unreferenced array files and no new manifest; the next build removes them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -33,7 +34,7 @@ import numpy as np
 
 from .. import atomic
 from ..config import Config, DatasetConfig
-from ..errors import DataError
+from ..errors import DataError, DiskSpaceError
 from ..parallel import map_in_pool, usable_cores
 from .classes import IGNORE_INDEX
 from .decode import DecodedFrame, FrameCheck, LabelSpec, decode_frame
@@ -237,17 +238,27 @@ class _SequenceWriter:
         self.remaining = len(listing.frames)
         self.usable = True
         self.counts = np.zeros(256, dtype=np.int64)
-        n, (h, w) = len(listing.frames), settings.size
-        directory.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}.tmp"
+        self.shape = (len(listing.frames), *settings.size)
         self.masks_name = f"masks-{self.fingerprint}.npy"
         self.images_name = f"images-{self.fingerprint}.npy" if settings.cache_images else None
+        tag = f"{os.getpid()}.tmp"
         self.tmp_masks = directory / f".{self.masks_name}.{tag}"
-        self.masks = np.lib.format.open_memmap(self.tmp_masks, mode="w+", dtype=np.uint8, shape=(n, h, w))
-        self.tmp_images = self.images = None
-        if self.images_name:
-            self.tmp_images = directory / f".{self.images_name}.{tag}"
-            self.images = np.lib.format.open_memmap(self.tmp_images, mode="w+", dtype=np.uint8, shape=(n, 3, h, w))
+        self.tmp_images = directory / f".{self.images_name}.{tag}" if self.images_name else None
+        self.masks = self.images = None
+
+    @property
+    def nbytes(self) -> int:
+        """Disk space the arrays take once written (headers included)."""
+        n, h, w = self.shape
+        return (n * h * w + _HEADER_BYTES) * (4 if self.images_name else 1)
+
+    def allocate(self) -> None:
+        """Create the temporary arrays with every block allocated, so a full disk fails here, not as SIGBUS."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.masks = _allocated_memmap(self.tmp_masks, self.shape)
+        if self.tmp_images is not None:
+            n, h, w = self.shape
+            self.images = _allocated_memmap(self.tmp_images, (n, 3, h, w))
 
     def add(self, index: int, frame: _CachedFrame) -> None:
         self.remaining -= 1
@@ -294,6 +305,36 @@ class _SequenceWriter:
         for tmp in (self.tmp_masks, self.tmp_images):
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
+
+
+# Upper bound of an .npy header (numpy pads it to a multiple of 64 bytes).
+_HEADER_BYTES = 4096
+
+
+def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A writable uint8 ``.npy`` memmap at ``path`` whose blocks are all allocated on disk.
+
+    ``open_memmap`` alone makes a sparse file; a block the full disk cannot supply would then
+    fault (SIGBUS) at the first write into it. ``posix_fallocate`` turns that into ENOSPC now.
+    The file gets the umask's mode (numpy opens it with ``open``), like every other output.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here (some network filesystems)
+            return array
+        path.unlink(missing_ok=True)  # the mapping dies with this frame
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskSpaceError(
+                f"no space left in {path.parent} for the cache array {path.name.lstrip('.')} "
+                f"({int(np.prod(shape)) / 2**20:.1f} MiB, {atomic.free_bytes(path.parent) / 2**20:.1f} MiB free); "
+                "free space there or set dataset.cache_dir (or $DIST_SEG_CACHE) to a larger disk") from exc
+        raise
+    finally:
+        os.close(fd)
+    return array
 
 
 def remove_unreferenced(directory: Path, keep: set[str | None]) -> None:
@@ -347,7 +388,16 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
     """
     settings = CacheSettings.from_config(cfg)
     outcome = CacheOutcome(directories=[dataset_cache_dir(listing.root, cfg) for listing in listings])
-    with locked_directories(outcome.directories, log):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(locked_directories(outcome.directories, log))
+        except DataError:
+            # Read-only storage: a complete, fresh cache is read without a lock (reading needs no write).
+            if _reuse_all(listings, outcome, settings):
+                log(f"cache: {', '.join(map(str, outcome.directories))} cannot be written; its caches are "
+                    "complete and fresh, so they are used as they are")
+                return outcome
+            raise
         writers: list[_SequenceWriter] = []
         try:
             for listing, directory in zip(listings, outcome.directories):
@@ -355,6 +405,7 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
                     if seq.frames:
                         writer = _reuse_or_plan(seq, listing.root, directory / seq.name, settings, outcome, log)
                         writers += [writer] if writer else []
+            _allocate(writers)
             _fill(writers, settings, cfg.dataset, outcome, progress)
         except BaseException:
             for writer in writers:
@@ -363,6 +414,23 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
         for directory in sorted(set(outcome.directories)):
             prune_setting_folders(directory, cfg.dataset.cache_keep_settings, log)
     return outcome
+
+
+def _reuse_all(listings: Sequence[DatasetListing], outcome: CacheOutcome, settings: CacheSettings) -> bool:
+    """Record every sequence's cache as reused if all are fresh (nothing is written); False if any is not."""
+    for listing, directory in zip(listings, outcome.directories):
+        for seq in listing.sequences:
+            if not seq.frames:
+                continue
+            files = file_entries(listing.root, seq.frames)
+            cache, data, _ = _read_manifest(directory / seq.name, listing.root, settings.as_json())
+            if cache is None or data["files"] != files:
+                outcome.caches.clear()
+                outcome.reused.clear()
+                return False
+            outcome.caches.append(cache)
+            outcome.reused.append(seq.name)
+    return True
 
 
 def _reuse_or_plan(seq: SequenceListing, root: Path, directory: Path, settings: CacheSettings,
@@ -380,6 +448,17 @@ def _reuse_or_plan(seq: SequenceListing, root: Path, directory: Path, settings: 
     # Leftovers of killed builds go; the arrays of the current manifest stay valid meanwhile.
     remove_unreferenced(directory, {data.get("masks"), data.get("images")} if data else set())
     return _SequenceWriter(directory, root, seq, files, settings)
+
+
+def _allocate(writers: list[_SequenceWriter]) -> None:
+    """Check each cache folder's free space for the whole build first, then allocate every array."""
+    needed: dict[Path, int] = {}
+    for writer in writers:
+        needed[writer.directory.parent] = needed.get(writer.directory.parent, 0) + writer.nbytes
+    for directory, size in needed.items():
+        atomic.ensure_free_space(directory, size, "the cache build (dataset.cache_dir or $DIST_SEG_CACHE)")
+    for writer in writers:
+        writer.allocate()
 
 
 def _fill(writers: list[_SequenceWriter], settings: CacheSettings, ds: DatasetConfig, outcome: CacheOutcome,

@@ -107,6 +107,13 @@ def _check_named(key: str, wanted: Sequence[str] | None, names: Sequence[str]) -
                               f"choose from {', '.join(names)} (after dataset.include / exclude)")
 
 
+def check_split_names(names: Sequence[str], split: SplitConfig) -> None:
+    """ConfigError naming the key if ``dataset.split.val`` / ``test`` names a sequence not in ``names``."""
+    names = sorted(names)
+    _check_named("dataset.split.val", split.val, names)
+    _check_named("dataset.split.test", split.test, names)
+
+
 def assign_sequences(names: Sequence[str], split: SplitConfig, seed: int, *,
                      test_from_root: bool) -> dict[str, list[str]]:
     """Assign sequence names to train / val / test.
@@ -118,8 +125,7 @@ def assign_sequences(names: Sequence[str], split: SplitConfig, seed: int, *,
     names = sorted(names)
     if test_from_root and split.test is not None:
         raise ConfigError("dataset.split.test and dataset.test_root both choose the test split; remove one of them")
-    _check_named("dataset.split.val", split.val, names)
-    _check_named("dataset.split.test", split.test, names)
+    check_split_names(names, split)
     named = set(split.val or ()) | set(split.test or ())
     shuffled = [n for n in names if n not in named]
     random.Random(seed).shuffle(shuffled)

@@ -120,6 +120,8 @@ def save_checkpoint(state: dict[str, Any], directory: Path, name: str, keep: int
     """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
+    # The tensors are nearly all of the file: a full disk is named before anything is written.
+    atomic.ensure_free_space(directory, state_bytes(state) + _PICKLE_MARGIN, f"checkpoint {name}")
     with atomic.atomic_open(path, "wb") as fh:
         torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
     found = list_checkpoints(directory)
@@ -132,13 +134,28 @@ def save_checkpoint(state: dict[str, Any], directory: Path, name: str, keep: int
     return path
 
 
+# Pickle framing, RNG states and config on top of the tensor bytes.
+_PICKLE_MARGIN = 1 << 20
+
+
+def state_bytes(value: Any) -> int:
+    """Bytes of every tensor in a (nested) checkpoint state: what ``torch.save`` will write, give or take the framing."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(state_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(state_bytes(v) for v in value)
+    return 0
+
+
 def mirror_best(source: Path, best_path: Path) -> None:
     """Make ``best_path`` a hard link to the checkpoint ``source`` where the filesystem allows, else a copy.
 
     Either way the mirror appears atomically (linked or copied to a temporary name, then
     renamed), and it outlives the rotation of ``source``: checkpoints are never rewritten in place.
     """
-    temporary = best_path.with_name(f".{best_path.name}.{os.getpid()}.link")
+    temporary = atomic.temporary_name(best_path, "link")
     temporary.unlink(missing_ok=True)
     try:
         os.link(source, temporary)

@@ -19,12 +19,14 @@ import torch
 
 from ..config import Config, config_to_dict
 from ..data.palette import Palette
-from ..errors import CheckpointError
+from ..data.splits import Splits
+from ..errors import CheckpointError, DistSegError
 from .checkpoint import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state
 from .distributed import DistContext
 from .ema import ModelEma
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
+from .resume_check import compare_resume
 
 
 @dataclass
@@ -67,8 +69,10 @@ class Checkpointer:
 
     def __init__(self, cfg: Config, ctx: DistContext, out: RunOutputs, palette: Palette, plan: EpochPlan, *,
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 metrics: TrainMetrics, aug_generator: torch.Generator, ema: ModelEma | None = None) -> None:
+                 metrics: TrainMetrics, aug_generator: torch.Generator, ema: ModelEma | None = None,
+                 splits: Splits | None = None) -> None:
         self.cfg, self.ctx, self.out, self.palette, self.plan = cfg, ctx, out, palette, plan
+        self.splits = splits
         self.model = model  # unwrapped: checkpoints hold no DDP / compile prefixes
         self.optimizer = optimizer
         self.scaler = scaler
@@ -97,17 +101,31 @@ class Checkpointer:
         if self.ema is not None:
             averaged = self.ema.module.state_dict()
             state.update(model=averaged, ema=averaged, model_raw=state["model"], ema_updates=self.ema.updates)
-        path = self.out.save_checkpoint(state, pos.epoch, pos.batch_in_epoch if mid_epoch else None, is_best)
+        if self.splits is not None:  # a resume checks that none of these became validation data
+            state["train_sequences"] = [seq.name for seq in self.splits.train]
+        path, failure = None, None
+        try:
+            path = self.out.save_checkpoint(state, pos.epoch, pos.batch_in_epoch if mid_epoch else None, is_best)
+        except DistSegError as exc:  # a full disk: every rank stops here, not at its next collective
+            failure = exc
+        self.ctx.raise_if_any_failed(failure)
         if path is not None:
             self.out.log(f"checkpoint: {path}" + (" (new best)" if is_best else ""))
 
     def restore(self, path: Path) -> TrainPosition:
         """Load every part from ``path``; returns the position to continue from, in this run's batches."""
         state = load_checkpoint(path)
+        missing = [key for key in ("train_state", "scheduler", "rng") if key not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}, so training cannot continue from "
+                                  "it; to start a new run from its weights set model.backbone_weights to it")
+        fresh_optimizer = self._check_config_changes(state, path)
         load_model_state(self.model, {"model": state.get("model_raw", state["model"])}, path)
         self._restore_ema(state, path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if not fresh_optimizer:
+            self._load_optimizer(state, path)
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         saved = state["train_state"]
         pos = TrainPosition(**{f.name: saved[f.name] for f in dataclasses.fields(TrainPosition)})
         if schedule_position(state["scheduler"]) != pos.global_step:
@@ -138,6 +156,44 @@ class Checkpointer:
         self.ema.load_state_dict({"module": self.model.state_dict(), "updates": 0})
         self.out.warn(f"checkpoint {path} holds no EMA weights (training.ema was off): the EMA starts from "
                       "its weights")
+
+    def _check_config_changes(self, state: dict[str, Any], path: Path) -> bool:
+        """Say which changed settings apply; refuse those that would train something else unless forced.
+
+        Returns True when the optimizer changed (forced), so its state must not be loaded.
+        """
+        held_out = [] if self.splits is None else [seq.name for seq in (*self.splits.val, *self.splits.test)]
+        changes = compare_resume(state["config"], self.cfg, saved_classes=state.get("class_names"),
+                                 class_names=self.palette.names, trained_sequences=state.get("train_sequences"),
+                                 held_out_sequences=held_out)
+        if changes.refused and not self.cfg.training.resume_force:
+            raise CheckpointError(f"cannot resume from {path}: " + "; ".join(changes.refused) +
+                                  ". Restore the checkpoint's settings, start a new training.output_dir, or set "
+                                  "training.resume_force: true to resume anyway")
+        if changes.refused:
+            self.out.warn("training.resume_force: resuming despite " + "; ".join(changes.refused))
+        if changes.applied:
+            self.out.log("resume: the checkpoint was trained with other settings; this run applies "
+                         + ", ".join(changes.applied))
+        return changes.optimizer_changed
+
+    def _load_optimizer(self, state: dict[str, Any], path: Path) -> None:
+        """Optimizer state from the checkpoint, with this run's hyperparameters (the config is the truth)."""
+        if "optimizer" not in state:
+            raise CheckpointError(f"checkpoint {path} holds no optimizer state, so training cannot continue from "
+                                  "it; to start a new run from its weights set model.backbone_weights to it")
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: its optimizer state does not fit this run's "
+                                  f"{self.cfg.training.optimizer} optimizer ({exc}); resume with the optimizer "
+                                  "and model it was trained with, or start from its weights with "
+                                  "model.backbone_weights") from exc
+        # load_state_dict brings back the old learning rate, weight decay, momentum...: a changed
+        # config value must win (and config.yaml then tells the truth).
+        for group, settings in zip(self.optimizer.param_groups, configured):
+            group.update(settings)
 
     def _carry_position_over(self, pos: TrainPosition, saved: dict[str, Any], saved_world: int) -> None:
         """Re-express the position in this run's batches and steps if the global batch changed.

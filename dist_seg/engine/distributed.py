@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import BackendConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, DistSegError, FailedOnAnotherRank
 
 
 @dataclass
@@ -42,10 +42,19 @@ class DistContext:
     def is_distributed(self) -> bool:
         return self.backend is not None
 
-    def wait_for_local_main(self) -> None:
-        """Block until every rank reaches this point; used while local rank 0 builds the node's caches."""
-        if self.is_distributed:
-            dist.barrier(group=self.control_group)
+    def raise_if_any_failed(self, error: DistSegError | None) -> None:
+        """Collective: every rank stops if any rank hit ``error``; rank 0 raises the first one, the others quietly.
+
+        Without it a rank that failed alone leaves its peers at the next collective, where they die
+        with a transport traceback that hides the real cause.
+        """
+        errors = self.gather_objects(error) if self.is_distributed else [error]
+        failed = [e for e in errors if e is not None]
+        if not failed:
+            return
+        if self.is_main:
+            raise failed[0]
+        raise FailedOnAnotherRank(str(failed[0]))
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over ranks in place and return it (no-op without a process group)."""

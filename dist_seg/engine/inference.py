@@ -14,6 +14,8 @@ these functions, so a frame is labelled the same way everywhere:
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,7 +245,8 @@ class Predictor:
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {path} holds a config this dist_seg cannot read: {exc}") from exc
         palette = Palette.from_config(cfg.dataset)
-        model = build_model(cfg.model, palette.num_classes)
+        # The checkpoint holds every weight: the backbone_weights file it started from may be gone.
+        model = build_model(dataclasses.replace(cfg.model, backbone_weights=None), palette.num_classes)
         load_model_state(model, state, path)
         model = model.to(device, memory_format=runtime.memory_format).eval()
         return cls(model, cfg, palette, runtime, Path(path))

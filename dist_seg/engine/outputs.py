@@ -52,6 +52,7 @@ class RunOutputs:
     def start(self, class_names: list[str], world_size: int) -> None:
         """Create the output directory, write the resolved config, open TensorBoard."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temporaries()
         save_config(self.cfg, self.dir / "config.yaml")
         if self.cfg.telemetry.tensorboard:
             self.writer = RunWriter(self.dir / "tensorboard")
@@ -89,7 +90,15 @@ class RunOutputs:
                                keep=self.cfg.training.max_checkpoints)
         if is_best:
             mirror_best(path, self.best_path)
+        self.remove_stale_temporaries()
         return path
+
+    @_main_rank_only
+    def remove_stale_temporaries(self) -> None:
+        """Delete what killed writers (SIGKILL, OOM, preemption) left half-written in the output folders."""
+        for directory in (self.dir, self.checkpoint_dir):
+            for path in atomic.remove_stale_temporaries(directory):
+                self.log(f"removed {path}, left by a writer that was killed")
 
     @_main_rank_only
     def save_visualizations(self, epoch: int, panels: list[tuple[str, np.ndarray]], step: int) -> None:

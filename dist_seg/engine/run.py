@@ -42,6 +42,7 @@ from .losses_extra import build_criterion
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
+from .preflight import check_model_output, check_run_paths
 from .runtime import Runtime, resolve_runtime
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
@@ -61,6 +62,7 @@ def run_training(cfg: Config) -> RunSummary:
     # config names the backbone actually built.
     cfg = dataclasses.replace(cfg, model=check_model_config(cfg.model, cfg.dataset.num_classes,
                                                             tuple(cfg.training.image_size)))
+    check_run_paths(cfg)
     ctx = setup_distributed(cfg.backend)
     out = RunOutputs(cfg, active=ctx.is_main)
     with contextlib.ExitStack() as cleanup:
@@ -123,6 +125,7 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     palette = Palette.from_config(cfg.dataset)
     model = build_model(cfg.model, len(palette.names))
     flops = forward_flops(model, tuple(tr.image_size)) if ctx.is_main else None
+    check_model_output(model.to(ctx.device), len(palette.names), tuple(tr.image_size), ctx.device)
     if cfg.model.init_from is not None and fresh:
         init_from(model, cfg.model.init_from, log=out.log)
 
@@ -167,15 +170,20 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
         aug_generator=aug_generator, train_loader=train_loader, val_loader=val_loader, val_data=data.val,
         palette=palette, plan=plan, metrics=metrics,
         checkpointer=Checkpointer(cfg, ctx, out, palette, plan, model=unwrap_model(train_model), optimizer=optimizer, scaler=scaler,
-                                  metrics=metrics, aug_generator=aug_generator, ema=ema),
+                                  metrics=metrics, aug_generator=aug_generator, ema=ema, splits=data.splits),
         val_criterion=SegmentationLoss(weight).to(ctx.device), ema=ema, train_data=data.train)
 
 
 def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:
     """Decode and cache once per node (local rank 0), then every rank opens the caches."""
+    failure = None
     if ctx.is_local_main:
-        prepare(cfg, log=out.log if ctx.is_main else (lambda _m: None), progress=ctx.is_main)
-    ctx.wait_for_local_main()
+        try:
+            prepare(cfg, log=out.log if ctx.is_main else (lambda _m: None), progress=ctx.is_main)
+        except DistSegError as exc:
+            failure = exc
+    # Also the barrier the other ranks wait at: a data error stops every rank here, reported once.
+    ctx.raise_if_any_failed(failure)
     return load_datasets(cfg)
 
 

@@ -1,0 +1,101 @@
+"""What changed between a checkpoint's run and the run resuming it, and whether that is allowed.
+
+A resumed run trains with the current config. Most changes are harmless and simply apply
+(a new learning rate takes effect from the next step: the schedule multiplies the current
+``training.learning_rate``); they are listed so the log says what happened. A few would
+silently train something else and are refused unless ``training.resume_force`` is set:
+other classes (or the same classes reordered), another model, another optimizer, and a split
+that moves a sequence the checkpoint trained on into validation or test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..config import Config, config_to_dict
+
+# Keys whose change says nothing about what is trained (where outputs go, how data is fed,
+# devices, telemetry) or that a resume is expected to change.
+_NOT_COMPARED = (
+    "training.resume_from_checkpoint", "training.resume_force", "training.output_dir", "training.max_steps",
+    "training.log_interval", "training.num_workers", "training.prefetch_factor", "training.persistent_workers",
+    "training.val_batch_size", "training.val_interval", "training.visualization_interval",
+    "training.num_visualizations", "training.max_checkpoints", "training.force_resplit",
+    "dataset.root", "dataset.test_root", "dataset.cache_dir", "dataset.cache_workers", "dataset.use_cache",
+    "dataset.cache_images", "model.backbone_weights", "backend", "telemetry",
+)
+_OTHER_MODEL = "the checkpoint does not fit the configured model (it holds the weights of another one)"
+# Keys whose change makes the checkpoint's state mean something else. A custom model's own
+# keys are not among them: what they mean is the model's business (a test hook, a dropout
+# rate); a change that alters the weights' shapes fails when the weights are loaded.
+_REFUSED = {
+    **{f"model.{key}": _OTHER_MODEL for key in ("type", "backbone", "activation", "output_stride", "separable")},
+    "dataset.classes": "the checkpoint's output channels stand for other classes",
+    "training.optimizer": "the checkpoint's optimizer state belongs to another optimizer (with force it starts afresh)",
+}
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+_UNSET = _Unset()
+
+
+@dataclass
+class ResumeChanges:
+    """Differences between the checkpoint's config and this run's, sorted by what is done about them."""
+
+    applied: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    optimizer_changed: bool = False
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def _section(key: str, table: Sequence[str] | dict) -> str | None:
+    return next((s for s in table if key == s or key.startswith(s + ".")), None)
+
+
+def compare_resume(saved: dict[str, Any], cfg: Config, *, saved_classes: Sequence[str] | None,
+                   class_names: Sequence[str], trained_sequences: Sequence[str] | None,
+                   held_out_sequences: Sequence[str]) -> ResumeChanges:
+    """Sort every difference between the checkpoint's config ``saved`` and ``cfg`` into applied or refused.
+
+    ``trained_sequences`` are the training sequences stored in the checkpoint (None for
+    checkpoints that predate them); ``held_out_sequences`` this run's val and test sequences.
+    """
+    changes = ResumeChanges()
+    old, new = _flatten(saved), _flatten(config_to_dict(cfg))
+    refused: dict[str, list[str]] = {}
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key, _UNSET), new.get(key, _UNSET)
+        if before == after or _section(key, _NOT_COMPARED):
+            continue
+        what = f"{key} {before!r} -> {after!r}"
+        section = _section(key, _REFUSED)
+        if section is None:
+            changes.applied.append(what)
+        else:
+            refused.setdefault(section, []).append(what)
+    if saved_classes is not None and list(saved_classes) != list(class_names) and "dataset.classes" not in refused:
+        refused["dataset.classes"] = [f"class names {list(saved_classes)} -> {list(class_names)}"]
+    changes.optimizer_changed = "training.optimizer" in refused
+    changes.refused = [f"{', '.join(whats)}: {_REFUSED[section]}" for section, whats in refused.items()]
+    if trained_sequences is not None:
+        leaked = sorted(set(trained_sequences) & set(held_out_sequences))
+        if leaked:
+            changes.refused.append(
+                f"sequence(s) {', '.join(leaked)} were trained on but are now in the validation or test split "
+                "(the dataset or dataset.split changed): their scores would be inflated; name the old "
+                "split in dataset.split.val / test")
+    return changes
