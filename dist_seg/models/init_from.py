@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .weights import read_state_dict
 
 # Wrapper prefixes that DDP and torch.compile add to state-dict keys.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -49,27 +49,10 @@ def _strip(key: str) -> str:
     return key
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The model weights in ``path``: a dist_seg checkpoint's ``"model"`` or a plain state dict."""
-    if not path.is_file():
-        raise CheckpointError(f"model.init_from: {path} does not exist; give a dist_seg checkpoint "
-                              "or a saved state dict")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for unreadable / unsafe files
-        raise CheckpointError(f"model.init_from: cannot read {path} ({exc}); it must load with "
-                              "torch.load(weights_only=True)") from exc
-    state = data.get("model", data) if isinstance(data, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"model.init_from: {path} holds neither a dist_seg checkpoint (key 'model') "
-                              "nor a state dict of tensors")
-    return {_strip(k): v for k, v in state.items()}
-
-
 def init_from(model: nn.Module, path: str | Path, log: Callable[[str], None] = print) -> InitReport:
     """Load every matching weight of ``path`` into ``model`` (unwrapped), log and return what happened."""
     path = Path(path)
-    source = read_state_dict(path)
+    source = {_strip(k): v for k, v in read_state_dict(path, "model.init_from", CheckpointError).items()}
     target = model.state_dict()
     mismatched_modules = {k.rsplit(".", 1)[0] for k, v in source.items()
                           if k in target and tuple(v.shape) != tuple(target[k].shape)}

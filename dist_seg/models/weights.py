@@ -20,32 +20,34 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DistSegError
 
 _HEAD_PREFIXES = ("fc.", "classifier.")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DDP and torch.compile
 _SHOWN = 5  # mismatching keys quoted in an error
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors in the weights file ``path``; unreadable or non-state-dict files raise :class:`ConfigError`."""
+def read_state_dict(path: Path, key: str = "model.backbone_weights",
+                    error: type[DistSegError] = ConfigError) -> dict[str, torch.Tensor]:
+    """The tensors in the weights file ``path`` (a plain state dict, or one under ``"model"`` /
+    ``"state_dict"`` as dist_seg and many trainers save it); failures raise ``error`` naming ``key``."""
     if not path.is_file():
-        raise ConfigError(f"model.backbone_weights: file {path} does not exist; give the path of a local "
-                          "torch state dict (.pth), or remove the key to start from random weights")
+        raise error(f"{key}: file {path} does not exist; give the path of a local dist_seg checkpoint or "
+                    "torch state dict (.pth), or remove the key to start from random weights")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load fails with many types (zip, pickle, EOF, KeyError)
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConfigError(f"model.backbone_weights: cannot read {path} as a torch weights file "
-                          f"({type(exc).__name__}: {first_line}); the file may be truncated or not a "
-                          "torch.save() state dict") from exc
+        raise error(f"{key}: cannot read {path} as a torch weights file "
+                    f"({type(exc).__name__}: {first_line}); the file may be truncated or not a "
+                    "torch.save() state dict") from exc
     for container_key in ("model", "state_dict"):
         if isinstance(data, Mapping) and isinstance(data.get(container_key), Mapping):
             data = data[container_key]
     if not isinstance(data, Mapping) or not data or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
-        raise ConfigError(f"model.backbone_weights: {path} does not hold a state dict (a mapping of "
-                          "parameter names to tensors); save one with torch.save(model.state_dict(), path)")
+        raise error(f"{key}: {path} does not hold a state dict (a mapping of "
+                    "parameter names to tensors); save one with torch.save(model.state_dict(), path)")
     return dict(data)
 
 
