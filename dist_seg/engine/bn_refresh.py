@@ -23,8 +23,18 @@ from .visualize import spread_indices
 
 def training_batches(data: Dataset, prep: BatchPreparer, batch_size: int, num_batches: int,
                      ctx: DistContext) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Up to ``num_batches`` normalised, un-augmented batches of this rank's share of ``data``."""
-    indices = spread_indices(len(data), num_batches * batch_size * ctx.world_size)[ctx.rank::ctx.world_size]
+    """Up to ``num_batches`` normalised, un-augmented batches of this rank's share of ``data``.
+
+    Every rank gets the same number of batches (their statistics are averaged with collectives)
+    and no batch holds a single frame: BatchNorm in training mode cannot normalise one sample's
+    pooled features (ASPP's image pooling), so a remainder is dropped.
+    """
+    chosen = spread_indices(len(data), num_batches * batch_size * ctx.world_size)
+    per_rank = len(chosen) // ctx.world_size
+    usable = per_rank - per_rank % batch_size if per_rank >= batch_size else per_rank
+    if usable < 2:
+        return
+    indices = chosen[ctx.rank::ctx.world_size][:usable]
     for start in range(0, len(indices), batch_size):
         items = [data[i] for i in indices[start:start + batch_size]]
         images = torch.stack([item[0] for item in items])
@@ -48,7 +58,10 @@ def refresh_bn_stats(model: nn.Module, data: Dataset, prep: BatchPreparer, runti
 def check_bn_gap(model: nn.Module, data: Dataset, prep: BatchPreparer, runtime: Runtime, ctx: DistContext,
                  batch_size: int, warn: Callable[[str], None]) -> None:
     """Warn (through ``warn``) when eval-mode and batch-statistics predictions disagree badly on a training batch."""
-    x, y = next(training_batches(data, prep, batch_size, 1, ctx))
+    batch = next(training_batches(data, prep, batch_size, 1, ctx), None)
+    if batch is None:  # fewer than two training frames per rank: nothing to compare
+        return
+    x, y = batch
     with runtime.autocast():
         gap = bn_eval_train_gap(model, x, torch.nn.functional.interpolate(
             y.unsqueeze(1).float(), size=x.shape[-2:], mode="nearest").squeeze(1).long())

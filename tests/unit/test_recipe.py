@@ -349,3 +349,24 @@ def test_init_from_errors_name_the_file(tmp_path):
     torch.save({"something": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="other.pth.*matches"):
         init_from(_tiny_net(), tmp_path / "other.pth")
+
+
+class _Placement:
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+
+class _IdentityPrep:
+    def eval_batch(self, images, masks):
+        return images, masks
+
+
+@pytest.mark.parametrize("frames, batch_size, world", [(9, 4, 2), (17, 4, 2), (15, 4, 2), (5, 4, 1), (3, 2, 2)])
+def test_precise_bn_batches_are_equal_across_ranks_and_never_a_single_frame(frames, batch_size, world):
+    from dist_seg.engine.bn_refresh import training_batches
+
+    data = [(torch.full((3, 2, 2), float(i)), torch.zeros(2, 2, dtype=torch.long), f"f{i}") for i in range(frames)]
+    per_rank = [[x.shape[0] for x, _ in training_batches(data, _IdentityPrep(), batch_size, 8, _Placement(r, world))]
+                for r in range(world)]
+    assert all(sizes == per_rank[0] for sizes in per_rank)  # collectives need the same count on every rank
+    assert all(size >= 2 for sizes in per_rank for size in sizes)  # BatchNorm cannot train on one frame
