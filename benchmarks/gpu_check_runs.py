@@ -110,7 +110,9 @@ def _training_run(ctx: PartContext, label: str, result: CommandResult, output_di
                   *, loss_must_fall: bool = True) -> dict[str, Any]:
     """Fields and checks every finished demo training run gets: exit, loss trend, checkpoints."""
     fields: dict[str, Any] = {"wall_s": round(result.seconds, 1), "exit": result.returncode,
-                              "runtime": next(iter(log_lines(result, r"^device \S+ \|")), "not logged")}
+                              # The start-up summary's precision line: AMP dtype, channels-last, compile.
+                              "runtime": next((line.strip() for line in log_lines(result, r"^\s*precision ")),
+                                              "not logged")}
     if not ctx.check(f"{label}: finishes", result.ok, result.describe()):
         return fields
     history = read_history(output_dir)
