@@ -196,7 +196,8 @@ class BackendConfig:
     prepare_timeout_s: float = 7200.0
     sync_bn: bool = False
     # torch's intra-op threads: "auto" = on CPU runs, the usable cores (affinity) per rank
-    # minus training.num_workers, at least 1 (OMP_NUM_THREADS wins if set); N = exactly N.
+    # minus the loader's decoding worker processes (a full cache's gather threads only copy),
+    # at least 1 (OMP_NUM_THREADS wins if set); N = exactly N.
     cpu_threads: int | Literal["auto"] = "auto"
 
     def validate(self, fail: Fail) -> None:

@@ -163,6 +163,11 @@ def set_epoch(loader: Loader, epoch: int, start_batch: int = 0) -> None:
         raise ValueError("only a training loader can start an epoch part-way")
 
 
+def loader_processes(loader: Loader) -> int:
+    """Worker processes the loader keeps busy decoding (a full cache's gather threads only copy: none)."""
+    return 0 if isinstance(loader, CacheLoader) else loader.num_workers
+
+
 def describe_loader(loader: Loader) -> str:
     """One line for the log: how batches are served."""
     if isinstance(loader, CacheLoader):

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config
 from ..data.cache_loader import CacheLoader
-from ..data.loader import Loader, build_loader, describe_loader
+from ..data.loader import Loader, build_loader, describe_loader, loader_processes
 from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
 from ..errors import DistSegError
@@ -116,8 +116,6 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     """
     tr = cfg.training
     runtime = resolve_runtime(cfg.backend, ctx.device, log=out.log)
-    threads = apply_cpu_threads(cfg.backend.cpu_threads, tr.num_workers, ctx.device,
-                                local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -137,6 +135,9 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     if data.val is not None and len(data.val):
         val_loader = build_loader(data.val, tr, ctx, train=False)
         cleanup.callback(_close_loader, val_loader)
+    # After the loaders: what torch may use depends on whether they decode in worker processes.
+    threads = apply_cpu_threads(cfg.backend.cpu_threads, loader_processes(train_loader), ctx.device,
+                                local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     steps_per_epoch = len(train_loader) // tr.grad_accum_steps
     if steps_per_epoch == 0:
         raise DistSegError(

@@ -30,25 +30,25 @@ class ThreadChoice:
         return f"{self.threads} ({self.reason})"
 
 
-def choose_cpu_threads(setting: int | Literal["auto"], loader_workers: int, local_processes: int = 1,
+def choose_cpu_threads(setting: int | Literal["auto"], loader_processes: int, local_processes: int = 1,
                        env: Mapping[str, str] = os.environ) -> ThreadChoice:
-    """The thread count for ``backend.cpu_threads`` (``auto`` or N), given the loader's workers and ranks per node."""
+    """The thread count for ``backend.cpu_threads`` (``auto`` or N), given the loader's worker processes and ranks per node."""
     if setting != "auto":
         return ThreadChoice(int(setting), "backend.cpu_threads")
     if env.get("OMP_NUM_THREADS", "").strip().isdigit():
         return ThreadChoice(max(1, int(env["OMP_NUM_THREADS"])), "OMP_NUM_THREADS")
     cores = usable_cores()
     share = cores // max(1, local_processes)
-    threads = max(1, share - loader_workers)
+    threads = max(1, share - loader_processes)
     ranks = f" / {local_processes} ranks" if local_processes > 1 else ""
-    return ThreadChoice(threads, f"auto: {cores} usable cores{ranks} - {loader_workers} loader workers")
+    return ThreadChoice(threads, f"auto: {cores} usable cores{ranks} - {loader_processes} loader worker processes")
 
 
-def apply_cpu_threads(setting: int | Literal["auto"], loader_workers: int, device: torch.device,
+def apply_cpu_threads(setting: int | Literal["auto"], loader_processes: int, device: torch.device,
                       local_processes: int = 1) -> ThreadChoice:
     """Set torch's intra-op threads: always for an explicit N, for ``auto`` only on CPU runs (a GPU run keeps torch's default)."""
     if setting == "auto" and device.type != "cpu":
         return ThreadChoice(torch.get_num_threads(), "torch default: the GPU does the work")
-    choice = choose_cpu_threads(setting, loader_workers, local_processes)
+    choice = choose_cpu_threads(setting, loader_processes, local_processes)
     torch.set_num_threads(choice.threads)
     return choice

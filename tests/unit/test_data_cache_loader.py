@@ -13,7 +13,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from dist_seg.data.buffers import BatchBufferPool
 from dist_seg.data.cache_loader import CacheLoader
 from dist_seg.data.dataset import collate_samples
-from dist_seg.data.loader import ShardSampler, describe_loader, set_epoch
+from dist_seg.data.loader import ShardSampler, describe_loader, loader_processes, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 from test_data_support import make_config, make_dataset
 
@@ -215,3 +215,11 @@ def test_pinned_buffers_are_allocated_on_the_training_device_and_fenced(dataset,
     assert len(records) == 12 and {stream for _, stream in records} == {"stream of cuda:1"}
     # Every reuse (12 batches, fewer buffers) waited for the fence recorded when the buffer came back.
     assert log.count(("synchronize",)) == 12 - len(pinned)
+
+
+def test_only_decoding_worker_processes_count_against_torchs_cpu_threads(dataset):
+    # A full cache's gather threads copy bytes: reserving cores for them would starve the model.
+    assert loader_processes(training_loader(dataset, threads=4)) == 0
+    decoding = DataLoader(dataset, batch_size=3, num_workers=2, collate_fn=collate_samples)
+    assert loader_processes(decoding) == 2
+    assert loader_processes(DataLoader(dataset, batch_size=3, collate_fn=collate_samples)) == 0

@@ -352,14 +352,14 @@ def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
         parts(3).restore(old)
 
 
-def test_cpu_threads_auto_leaves_the_loaders_and_other_ranks_cores_free():
+def test_cpu_threads_auto_leaves_the_loader_processes_and_other_ranks_cores_free():
     from dist_seg.engine.threads import choose_cpu_threads
     from dist_seg.parallel import usable_cores
 
     cores = usable_cores()
-    assert choose_cpu_threads("auto", loader_workers=1, env={}).threads == max(1, cores - 1)
-    assert choose_cpu_threads("auto", loader_workers=0, local_processes=2, env={}).threads == max(1, cores // 2)
-    assert choose_cpu_threads("auto", loader_workers=cores + 4, env={}).threads == 1
-    assert choose_cpu_threads("auto", loader_workers=0, env={"OMP_NUM_THREADS": "3"}).threads == 3
-    explicit = choose_cpu_threads(5, loader_workers=1, env={"OMP_NUM_THREADS": "3"})
+    assert choose_cpu_threads("auto", loader_processes=1, env={}).threads == max(1, cores - 1)
+    assert choose_cpu_threads("auto", loader_processes=0, local_processes=2, env={}).threads == max(1, cores // 2)
+    assert choose_cpu_threads("auto", loader_processes=cores + 4, env={}).threads == 1
+    assert choose_cpu_threads("auto", loader_processes=0, env={"OMP_NUM_THREADS": "3"}).threads == 3
+    explicit = choose_cpu_threads(5, loader_processes=1, env={"OMP_NUM_THREADS": "3"})
     assert (explicit.threads, explicit.reason) == (5, "backend.cpu_threads")
