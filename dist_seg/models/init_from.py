@@ -17,10 +17,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import CheckpointError
-from .weights import read_state_dict
-
-# Wrapper prefixes that DDP and torch.compile add to state-dict keys.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+from .weights import read_state_dict, unwrap_key
 
 
 @dataclass(frozen=True)
@@ -42,17 +39,10 @@ class InitReport:
                 f"not in the file (fresh init): {modules(self.missing)}")
 
 
-def _strip(key: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        while key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
-
-
 def init_from(model: nn.Module, path: str | Path, log: Callable[[str], None] = print) -> InitReport:
     """Load every matching weight of ``path`` into ``model`` (unwrapped), log and return what happened."""
     path = Path(path)
-    source = {_strip(k): v for k, v in read_state_dict(path, "model.init_from", CheckpointError).items()}
+    source = {unwrap_key(k): v for k, v in read_state_dict(path, "model.init_from", CheckpointError).items()}
     target = model.state_dict()
     mismatched_modules = {k.rsplit(".", 1)[0] for k, v in source.items()
                           if k in target and tuple(v.shape) != tuple(target[k].shape)}

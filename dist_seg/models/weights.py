@@ -51,14 +51,20 @@ def read_state_dict(path: Path, key: str = "model.backbone_weights",
     return dict(data)
 
 
-def _strip(key: str, prefix: str) -> str:
-    return key[len(prefix):] if key.startswith(prefix) else key
+def unwrap_key(key: str) -> str:
+    """A state-dict key without the prefixes DDP (``module.``) and torch.compile (``_orig_mod.``) add."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
 
 
 def backbone_entries(state: dict[str, torch.Tensor], backbone_keys: set[str]) -> dict[str, torch.Tensor]:
     """The part of ``state`` meant for the backbone, renamed to the backbone's own keys."""
-    for prefix in _WRAPPER_PREFIXES:
-        state = {_strip(k, prefix): v for k, v in state.items()}
+    state = {unwrap_key(k): v for k, v in state.items()}
     if any(k.startswith("backbone.") for k in state):
         return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
@@ -68,7 +74,7 @@ def backbone_entries(state: dict[str, torch.Tensor], backbone_keys: set[str]) ->
     if len(roots) == 1:
         wrapper = f"{roots.pop()}."
         if not any(k.startswith(wrapper) for k in backbone_keys):
-            return {_strip(k, wrapper): v for k, v in state.items()}
+            return {k[len(wrapper):]: v for k, v in state.items()}
     return state
 
 

@@ -311,9 +311,9 @@ def _lraspp(classes: int) -> nn.Module:
 def test_init_from_loads_matching_weights_and_reinitialises_other_heads(tmp_path):
     torch.manual_seed(0)
     source = _lraspp(13)
-    # A dist_seg checkpoint (key "model") saved from a compiled model, with an extra head.
-    state = {f"_orig_mod.{k}": v for k, v in source.state_dict().items()}
-    state["_orig_mod.aux_classifier.weight"] = torch.zeros(2)
+    # A dist_seg checkpoint (key "model") saved from a compiled model inside DDP, with an extra head.
+    state = {f"module._orig_mod.{k}": v for k, v in source.state_dict().items()}
+    state["module._orig_mod.aux_classifier.weight"] = torch.zeros(2)
     torch.save({"model": state, "epoch": 3}, tmp_path / "ckpt.pth")
     torch.manual_seed(1)
     target = _lraspp(12)
