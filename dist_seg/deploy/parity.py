@@ -20,10 +20,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..config import Config
-from ..data.decode import resize_image
+from ..data.decode import load_image, resize_image
 from ..data.discovery import discover
 from ..engine.inference import normalise
 from ..errors import DataError
@@ -109,18 +108,16 @@ def parity_frames(cfg: Config, count: int, size: tuple[int, int]) -> tuple[list[
         listed = []
     if listed:
         picks = [listed[i] for i in np.linspace(0, len(listed) - 1, min(count, len(listed))).round().astype(int)]
-        frames = []
-        for frame in picks:
-            with Image.open(frame.image) as im:
-                frames.append(np.asarray(im.convert("RGB")))
-        return frames, f"dataset {root}"
+        return [_load_rgb(frame.image) for frame in picks], f"dataset {root}"
     with tempfile.TemporaryDirectory(prefix="dist_seg_parity_") as tmp:
         generate_dataset(Path(tmp), sequences=count, frames=1, size=size, seed=0)
-        frames = []
-        for path in sorted(Path(tmp, "Images").glob("*/*.png")):
-            with Image.open(path) as im:
-                frames.append(np.asarray(im.convert("RGB")))
+        frames = [_load_rgb(path) for path in sorted(Path(tmp, "Images").glob("*/*.png"))]
     return frames, f"synthetic (dataset root {root} not reachable)"
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    """``[H, W, 3]`` uint8 at native size, decoded as training and predict decode (16-bit, palette, EXIF...)."""
+    return load_image(path, None).transpose(1, 2, 0)
 
 
 def _batch(frames: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
