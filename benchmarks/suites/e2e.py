@@ -4,6 +4,10 @@ Both runs train the same model on the same scratch dataset for the same number o
 (``training.max_steps``) with the same loader workers; only ``dataset.use_cache`` differs.
 Throughput and the fraction of step time spent waiting for the next batch come from the
 trainer's own TensorBoard windows (warm-up window dropped).
+
+On a CPU a third run, "cache on, 1 thread", repeats the cached run with
+``backend.cpu_threads: 1``: what ``auto`` chose before it stopped counting the cache's
+gather threads as busy cores (one torch thread on a 2-core machine with 1+ gather threads).
 """
 
 from __future__ import annotations
@@ -40,17 +44,23 @@ def training_config(ctx: Context, suite: str, *, use_cache: bool, workers: int) 
 def run(ctx: Context) -> list[Record]:
     workers = run_workers(ctx)
     spec = ctx.sizes.model(ctx.device)
+    variants: list[tuple[str, bool, int | str]] = [("cache on", True, "auto"), ("cache off", False, "auto")]
+    if ctx.device.type == "cpu":
+        variants.append(("cache on, 1 thread", True, 1))
     records = []
-    for variant, use_cache in (("cache on", True), ("cache off", False)):
+    for variant, use_cache, threads in variants:
         ctx.log(f"  {variant}")
-        windows = train(ctx.suite_dir(NAME) / variant.replace(" ", "_"),
-                        training_config(ctx, NAME, use_cache=use_cache, workers=workers), ctx.sizes)
+        raw = training_config(ctx, NAME, use_cache=use_cache, workers=workers)
+        raw["backend"]["cpu_threads"] = threads
+        windows = train(ctx.suite_dir(NAME) / variant.replace(" ", "_").replace(",", ""), raw, ctx.sizes)
         settings = {"model": spec.describe(), "num_workers": workers, "use_cache": use_cache,
-                    "steps_per_window": ctx.sizes.run_log_interval, "amp_dtype": "bfloat16"}
+                    "steps_per_window": ctx.sizes.run_log_interval, "amp_dtype": "bfloat16", "cpu_threads": threads}
         derived = {"data_wait_frac_median": round(statistics.median(windows.data_wait_frac), 4),
                    "data_wait_frac_max": round(max(windows.data_wait_frac), 4)}
         records.append(ctx.record(NAME, variant, "images_per_s", "images/s", windows.images_per_s, settings,
                                   derived))
-    on, off = records
+    on, off = records[:2]
     on.derived["speedup_vs_cache_off"] = ratio(on.stats.median, off.stats.median)
+    if len(records) == 3:
+        on.derived["speedup_vs_1_thread"] = ratio(on.stats.median, records[2].stats.median)
     return records

@@ -27,7 +27,7 @@ DERIVED = {
                "within_2x_of_floor"},
     "step": {"speedup_vs_eager_fp32", "forward_ms", "backward_ms", "optimizer_ms", "gflop_per_image",
              "fraction_of_matmul_peak"},
-    "e2e": {"data_wait_frac_median", "speedup_vs_cache_off"},
+    "e2e": {"data_wait_frac_median", "speedup_vs_cache_off", "speedup_vs_1_thread"},
     "ddp": {"scaling_efficiency", "global_images_per_s"},
     "vram": {"overhead_percent", "samples_taken"},
     "memory": {"pss_mb", "uss_mb", "uss_growth_mb", "private_dirty_growth_mb", "cache_growth_mb",
@@ -36,7 +36,7 @@ DERIVED = {
 VARIANTS = {
     "loader": {"decode, 0 workers", "mask cache, 1 worker", "full cache, 1 worker", "floor: plain copy",
                "floor: fresh shared copy"},
-    "e2e": {"cache on", "cache off"},
+    "e2e": {"cache on", "cache off", "cache on, 1 thread"},
     "ddp": {"1 rank", "2 ranks"},
     "vram": {"sampler off", "sampler on"},
 }
