@@ -231,8 +231,10 @@ def config_for(work: Path, odd_root: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="module")
 def main_run(work: Path, config_for) -> dict[str, Any]:
-    """``NPROC=2 launch/single_node.sh``: DeepLabV3+ ResNet-18, 2 epochs, TensorBoard, sync_bn requested."""
-    config = config_for("main", {"backend.sync_bn": True, "training.epochs": 2})
+    """``NPROC=2 launch/single_node.sh``: DeepLabV3+ ResNet-18, 2 epochs, TensorBoard, sync_bn requested,
+    EMA of the weights and precise BN (the default) before each validation."""
+    config = config_for("main", {"backend.sync_bn": True, "training.epochs": 2,
+                                 "training.ema": {"enabled": True, "decay": 0.9}})
     log_dir = work / "main_logs"
     env = launch_env(NPROC="2", MAX_RESTARTS="0", PET_LOG_DIR=str(log_dir), PET_REDIRECTS="3")
     with Launch(["bash", "launch/single_node.sh", str(config)], work / "main_agent.log", env) as launch:
@@ -337,6 +339,17 @@ def test_distributed_eval_equals_single_process_on_uneven_split(main_run, work):
     single = evaluate_checkpoint(config, checkpoint, DistContext(0, 0, 1, torch.device("cpu"), None))
 
     assert single["frames"] == single["val_frames"] == VAL_FRAMES
+    # Validation during the 2-rank run scored what the checkpoint holds: the EMA weights with the
+    # BatchNorm statistics precise BN averaged over both ranks (a rank with other statistics
+    # would have scored its shard differently).
+    last = json.loads((main_run["out"] / "history.json").read_text())[-1]
+    assert last["epoch"] == 2
+    assert last["val_mIoU"] == pytest.approx(single["mean_iou"], rel=1e-5)
+    assert last["val_pixel_acc"] == pytest.approx(single["pixel_acc"], rel=1e-5)
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["ema_updates"] == 2 * STEPS_PER_EPOCH
+    assert any(not torch.equal(state["model"][k], state["model_raw"][k]) for k in state["model"]
+               if k.endswith("weight"))
     assert VAL_FRAMES % (2 * 3) != 0  # world x val_batch_size leaves a ragged end
     # Each frame evaluated exactly once, by one rank; the shards are uneven (4 + 3).
     shards = [r["evaluated_here"] for r in ranks]
