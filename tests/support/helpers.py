@@ -27,7 +27,8 @@ def tiny_raw_config(data_root: Path, out_dir: Path, cache_dir: Path | None = Non
         "backend": {"target": "cpu"},
         "training": {
             "output_dir": str(out_dir), "batch_size": 4, "val_batch_size": 4, "epochs": 2,
-            "learning_rate": 0.002, "num_workers": 0, "image_size": [48, 64], "log_interval": 2,
+            # No warm-up: tests of schedules and resumes expect the LR to be the configured one from step 1.
+            "learning_rate": 0.002, "warmup_iters": 0, "num_workers": 0, "image_size": [48, 64], "log_interval": 2,
             "visualization_interval": 1, "num_visualizations": 2,
         },
         "telemetry": {"progress": "log", "vram_interval_s": 0.2},
