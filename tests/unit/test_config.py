@@ -22,10 +22,13 @@ def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
     return path
 
 
-def test_defaults_match_the_original_pipeline(tmp_path):
+def test_defaults_match_the_original_pipeline_but_for_the_measured_recipe(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     tr, be = cfg.training, cfg.backend
-    assert (tr.batch_size, tr.val_batch_size, tr.epochs, tr.learning_rate, tr.weight_decay) == (4, 4, 80, 1e-4, 1e-4)
+    assert (tr.batch_size, tr.val_batch_size, tr.epochs, tr.weight_decay) == (4, 4, 80, 1e-4)
+    # Chosen by the time-to-accuracy ablation (benchmarks/RESULTS.md), not the original's 1e-4 constant.
+    assert (tr.learning_rate, tr.warmup_iters, tr.lr_schedule) == (1e-3, 50, "poly")
+    assert (tr.augment.scale_min, tr.augment.scale_max, tr.precise_bn_batches) == (0.75, 1.5, 50)
     assert (tr.num_workers, tr.image_size, tr.val_interval, tr.visualization_interval) == (4, (512, 512), 1, 5)
     assert (tr.max_checkpoints, tr.seed, tr.force_resplit, tr.resume_from_checkpoint) == (5, 1337, False, None)
     assert (be.target, be.amp) == ("auto", True)
