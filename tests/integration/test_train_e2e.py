@@ -29,6 +29,7 @@ from dist_seg.engine.step import NonFiniteLossError
 from dist_seg.engine.visualize import spread_indices
 from dist_seg.errors import CheckpointError, ConfigError, DistSegError
 from dist_seg.models import build_model
+from dist_seg.parallel import usable_cores
 from dist_seg.predict import main as predict_main
 
 pytestmark = pytest.mark.slow
@@ -208,6 +209,23 @@ def test_startup_summary_names_what_will_run(synth_root, tmp_path, capsys):
         assert re.search(pattern, summary), (pattern, summary)
     assert torch.get_num_threads() == 1
     assert log.count("[vram rank 0]") <= 1
+
+
+@pytest.mark.parametrize("use_cache, processes", [(True, 0), (False, 1)])
+def test_cpu_threads_auto_counts_only_decoding_worker_processes(synth_root, tmp_path, capsys, monkeypatch,
+                                                                use_cache, processes):
+    # A full cache is served by gather threads (a memory copy): they must not take torch's cores.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1, training__max_steps=1,
+                                 training__num_workers=1, dataset__use_cache=use_cache,
+                                 model={"type": "fixtures_custom_model:TinyNet", "width": 4}))
+        cores = usable_cores()
+        assert f"(auto: {cores} usable cores - {processes} loader worker processes)" in capsys.readouterr().out
+        assert torch.get_num_threads() == max(1, cores - processes)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_compile_path_on_a_tiny_model(synth_root, tmp_path, capsys):
