@@ -88,8 +88,10 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
     """
     import torch
 
+    from dist_seg.models.weights import unwrap_key
+
     state = torch.load(path, map_location="cpu", weights_only=True)
-    wrapped = [k for k in state["model"] if k.startswith(("module.", "_orig_mod."))]
+    wrapped = [k for k in state["model"] if unwrap_key(k) != k]
     steps = [float(s["step"]) for s in state["optimizer"]["state"].values() if "step" in s]
     optimizer_steps = int(max(steps)) if steps else 0
     scaler = state.get("scaler") or {}

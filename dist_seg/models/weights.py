@@ -53,12 +53,8 @@ def read_state_dict(path: Path, key: str = "model.backbone_weights",
 
 def unwrap_key(key: str) -> str:
     """A state-dict key without the prefixes DDP (``module.``) and torch.compile (``_orig_mod.``) add."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
+    while key.startswith(_WRAPPER_PREFIXES):  # nested: DDP around a compiled model gives both
+        key = key.split(".", 1)[1]
     return key
 
 
