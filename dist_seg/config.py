@@ -418,13 +418,22 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently).
+
+    Keys merged in with ``<<: *anchor`` are not duplicates: a key written next to the merge
+    overrides the merged one, as YAML defines.
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):
+                raise ConfigError(f"{key_node.start_mark.name}, line {line}: the key {key!r} is a "
+                                  f"{type(key).__name__}; config keys are plain names such as batch_size")
             if key in seen:
                 raise ConfigError(f"{key_node.start_mark.name}: key {key!r} appears twice in the same section "
                                   f"(lines {seen[key]} and {line}); YAML would silently keep only the last one: "

@@ -18,10 +18,13 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _default_sigterm() -> None:
-    # Forked workers inherit the parent's handler, which may raise to stop the parent cleanly;
-    # a worker just ends (the parent terminates the pool while it unwinds).
+def _worker_signals() -> None:
+    # Forked workers inherit the parent's SIGTERM handler, which may raise to stop the parent
+    # cleanly; a worker just ends (the parent terminates the pool while it unwinds). A Ctrl-C
+    # reaches every process of the terminal's group: the parent's KeyboardInterrupt terminates
+    # the pool, so workers ignore it rather than each printing a traceback.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def map_in_pool(fn: Callable[[T], R], items: Sequence[T], *, workers: int, desc: str,
@@ -40,7 +43,7 @@ def map_in_pool(fn: Callable[[T], R], items: Sequence[T], *, workers: int, desc:
             return
         # Small chunks keep the bar moving and the cores balanced; large ones cut IPC.
         chunksize = max(1, min(16, len(items) // (workers * 4)))
-        with multiprocessing.get_context().Pool(workers, initializer=_default_sigterm) as pool:
+        with multiprocessing.get_context().Pool(workers, initializer=_worker_signals) as pool:
             for result in pool.imap(fn, items, chunksize=chunksize):
                 yield result
                 bar.update()

@@ -16,10 +16,12 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     # Imported after the config is known good: a config typo should not wait for torch to import.
+    from .engine.loop import StopReason
     from .engine.run import run_training
 
-    run_training(cfg)
-    return 0
+    summary = run_training(cfg)
+    # Like a shell's own Ctrl-C: a script running this stops too, although the progress is saved.
+    return 130 if summary.status is StopReason.INTERRUPTED else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

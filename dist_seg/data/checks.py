@@ -197,14 +197,31 @@ def default_classes_warning(ds: DatasetConfig) -> Problem | None:
                    "default only if the ids really are DAVID's", "warning")
 
 
+def unannotated_warning(checks: Sequence[FrameCheck], spec: LabelSpec) -> Problem | None:
+    """A warning when most index masks are mostly 255: a binary 0/255 mask means a class there, not "ignore".
+
+    Index masks use 255 for "not annotated", so such a dataset would train on almost nothing
+    without any error.
+    """
+    shares = [c.unannotated for c in checks if c.unannotated is not None]
+    mostly = [c.frame.mask for c in checks if c.unannotated is not None and c.unannotated > 0.5]
+    if spec.mask_format != "index" or not shares or len(mostly) * 2 <= len(shares):
+        return None
+    return Problem("mostly-unannotated", mostly[0],
+                   f"{len(mostly)} of {len(shares)} masks have more than half their pixels {IGNORE_INDEX}, which "
+                   f"index masks use for 'not annotated' ({_examples(mostly)}): those pixels are not trained on",
+                   f"if {IGNORE_INDEX} marks a class (white in a black-and-white mask), save the masks with that "
+                   "class's id, or keep them as they are and set dataset.mask_format: rgb with the colours "
+                   "[0, 0, 0] and [255, 255, 255] in dataset.classes", "warning")
+
+
 def report_for(listings: list[DatasetListing], ds: DatasetConfig, checks: Sequence[FrameCheck]) -> DatasetReport:
     """Combine file-name problems, per-frame findings and class-list warnings into one report."""
     spec = LabelSpec.from_config(ds)
     problems = [p for listing in listings for p in listing_problems(listing, ds)]
     problems += [p for check in checks for p in check.problems]
     problems += unknown_value_problems(checks, spec)
-    warning = default_classes_warning(ds)
-    problems += [warning] if warning else []
+    problems += [w for w in (unannotated_warning(checks, spec), default_classes_warning(ds)) if w is not None]
     sizes: dict[tuple[int, int], int] = defaultdict(int)
     for check in checks:
         if check.size is not None:

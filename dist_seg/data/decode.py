@@ -4,7 +4,8 @@ The dataset checks, the cache builder, the decode-on-the-fly dataset and predict
 frames through the functions here, so a frame is judged (and converted to class ids) the
 same way everywhere. Pixel modes are handled explicitly: 16-bit greyscale frames are
 scaled to 8 bits (not clipped), alpha channels of masks must be fully opaque (a
-transparent pixel has no class), and any mode without a faithful 8-bit RGB reading is
+transparent pixel has no class), black-and-white masks read as their colours, frames with an
+EXIF orientation are turned upright, and any mode without a faithful 8-bit RGB reading is
 rejected with the reason.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from ..config import DatasetConfig
 from ..errors import DataError
@@ -33,6 +34,8 @@ _WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L")
 # Modes Pillow converts to 8-bit RGB faithfully (alpha dropped, palette looked up).
 _RGB_CONVERTIBLE = ("1", "L", "P", "RGBA", "LA", "PA", "RGBX", "CMYK", "YCbCr")
 _ALPHA_MODES = ("RGBA", "LA", "PA")
+# 8-bit greyscale masks that an RGB palette can read exactly (grey v = colour (v, v, v)).
+_BLACK_AND_WHITE_MODES = ("1", "L")
 _FIX_IMAGE_MODE = "save frames as 8-bit RGB or greyscale PNG/JPEG"
 
 
@@ -67,6 +70,8 @@ class FrameCheck:
     problems: list[Problem] = field(default_factory=list)
     unknown: dict[tuple[int, int, int] | int, int] = field(default_factory=dict)
     size: tuple[int, int] | None = None  # (H, W) of the image when readable
+    # Index masks: the share of pixels marked IGNORE_INDEX ("not annotated"); None for rgb masks.
+    unannotated: float | None = None
 
 
 @dataclass
@@ -98,6 +103,18 @@ def image_to_rgb(image: Image.Image) -> tuple[np.ndarray | None, str | None]:
     return None, f"has pixel mode {mode}, which has no faithful 8-bit RGB reading; {_FIX_IMAGE_MODE}"
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The frame as every viewer shows it (and as its mask was drawn).
+
+    Cameras store a frame taken sideways or upside down as the sensor read it, with an EXIF
+    orientation tag saying how to turn it; ignoring the tag would pair the stored pixels
+    with a mask drawn on the turned picture.
+    """
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in (0, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def _transparent_pixels(mask: Image.Image) -> int:
     if mask.mode not in _ALPHA_MODES:
         return 0
@@ -111,7 +128,7 @@ def _open_verified(path: Path) -> tuple[Image.Image | None, str | None]:
             probe.verify()
         with Image.open(path) as image:
             image.load()
-        return image, None
+        return upright(image), None
     except _READ_ERRORS as exc:
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -144,6 +161,8 @@ def mask_to_ids(mask: Image.Image, spec: LabelSpec
         return None, {}, (f"has {transparent} transparent pixels (mode {mask.mode}): a transparent pixel has no "
                           "class; save masks without an alpha channel (or fully opaque)")
     if spec.mask_format == "rgb":
+        if mask.mode in _BLACK_AND_WHITE_MODES:
+            return _grey_mask_as_colours(mask, spec)
         if mask.mode in _GREY_MODES or mask.mode == "LA":
             return None, {}, (f"is a single-channel ({mask.mode}) mask but dataset.mask_format is rgb; "
                               "if it holds class ids set dataset.mask_format: index")
@@ -165,6 +184,22 @@ def mask_to_ids(mask: Image.Image, spec: LabelSpec
     stray, counts = np.unique(values[bad], return_counts=True)
     ids = np.where(bad, IGNORE_INDEX, values).astype(np.uint8)
     return ids, {int(v): int(n) for v, n in zip(stray, counts)}, None
+
+
+def _grey_mask_as_colours(mask: Image.Image, spec: LabelSpec
+                          ) -> tuple[np.ndarray | None, dict[tuple[int, int, int] | int, int], str | None]:
+    """An 8-bit greyscale mask under ``mask_format: rgb``: grey value v is the colour (v, v, v).
+
+    That reading is exact, and it is what a black-and-white (binary) mask means. A grey mask
+    whose values are not all class colours more likely holds class ids: that stays an error
+    pointing to ``mask_format: index`` rather than a flood of unknown colours.
+    """
+    rgb = np.asarray(mask.convert("RGB"))
+    ids = spec.palette.rgb_to_ids(rgb)
+    if (ids == IGNORE_INDEX).any():
+        return None, {}, (f"is a single-channel ({mask.mode}) mask whose grey values are not all class colours "
+                          "but dataset.mask_format is rgb; if it holds class ids set dataset.mask_format: index")
+    return ids, {}, None
 
 
 def decode_frame(frame: Frame, spec: LabelSpec, size: tuple[int, int] | None, with_image: bool) -> DecodedFrame:
@@ -194,6 +229,8 @@ def decode_frame(frame: Frame, spec: LabelSpec, size: tuple[int, int] | None, wi
             "masks must have exactly the size of their frame: regenerate or resize the mask (nearest neighbour)"))
         return DecodedFrame(check, None, None)
     ids, check.unknown, format_error = mask_to_ids(mask, spec)
+    if ids is not None and spec.mask_format == "index":
+        check.unannotated = float(np.count_nonzero(ids == IGNORE_INDEX)) / ids.size
     if format_error:
         check.problems.append(Problem("mask-format", frame.mask, f"mask {format_error}",
                                       "make all masks use one format matching dataset.mask_format"))
@@ -216,7 +253,7 @@ def load_image(path: Path | str, size: tuple[int, int] | None) -> np.ndarray:
     """Decode one image to ``[3, H, W]`` uint8 at ``size``; DataError if it cannot be read."""
     try:
         with Image.open(path) as image:
-            rgb, error = image_to_rgb(image)
+            rgb, error = image_to_rgb(upright(image))
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: cannot read image ({exc}); run python -m dist_seg.validate CONFIG "
                         "to list every unreadable file") from exc
@@ -230,6 +267,7 @@ def load_mask(path: Path | str, spec: LabelSpec, size: tuple[int, int] | None) -
     try:
         with Image.open(path) as mask:
             mask.load()
+            mask = upright(mask)
     except _READ_ERRORS as exc:
         raise DataError(f"{path}: cannot read mask ({exc}); run python -m dist_seg.validate CONFIG "
                         "to list every unreadable file") from exc

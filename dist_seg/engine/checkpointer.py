@@ -162,7 +162,11 @@ class Checkpointer:
 
         Returns True when the optimizer changed (forced), so its state must not be loaded.
         """
-        held_out = [] if self.splits is None else [seq.name for seq in (*self.splits.val, *self.splits.test)]
+        held_out = []
+        if self.splits is not None:
+            # Test sequences from dataset.test_root are another dataset: a shared name is no leak.
+            test = self.splits.test if self.cfg.dataset.test_root is None else ()
+            held_out = [seq.name for seq in (*self.splits.val, *test)]
         changes = compare_resume(state["config"], self.cfg, saved_classes=state.get("class_names"),
                                  class_names=self.palette.names, trained_sequences=state.get("train_sequences"),
                                  held_out_sequences=held_out)

@@ -47,6 +47,7 @@ class StopReason(enum.StrEnum):
     COMPLETED = "completed"
     MAX_STEPS = "max_steps"
     PREEMPTED = "preempted"
+    INTERRUPTED = "interrupted"  # Ctrl-C: saved like a preemption, but the command did not finish
 
 
 class _ValidationStopped(Exception):
@@ -102,11 +103,16 @@ class Trainer:
             stop = self.train_epoch(preemption, progress)
             if stop is StopReason.PREEMPTED:
                 if self.pos.batch_in_epoch:
+                    if preemption.interrupted:
+                        self.out.log("Ctrl-C: saving a checkpoint before stopping (Ctrl-C again stops at once, "
+                                     "unsaved)")
                     self.checkpointer.save(self.pos, mid_epoch=True)
                 # Only rank 0 logs, and it may be stopping because another rank (node) was signalled.
                 cause = preemption.received or "a preemption signal to another rank"
                 self.out.log(f"stopped on {cause} at epoch {self.pos.epoch + 1}, batch "
                              f"{self.pos.batch_in_epoch}: resume with training.resume_from_checkpoint: auto")
+                if preemption.interrupted:
+                    stop = StopReason.INTERRUPTED
             if stop is not None:
                 return self._summary(stop)
         return self._summary(StopReason.COMPLETED)

@@ -1,7 +1,9 @@
-"""Preemption notices (SIGTERM from Kubernetes / torchrun, SIGUSR1 from SLURM's ``--signal``).
+"""Preemption notices (SIGTERM from Kubernetes / torchrun, SIGUSR1 from SLURM's ``--signal``) and Ctrl-C.
 
 The handler only records the request; the training loop acts on it at the next step
 boundary it agrees on with the other ranks, so every rank saves the same position.
+A Ctrl-C (SIGINT) during training is such a request too, so an interrupted run keeps its
+progress; a second Ctrl-C raises KeyboardInterrupt at once for a user who will not wait.
 """
 
 from __future__ import annotations
@@ -9,26 +11,42 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Iterator
 
 PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+# Under torchrun a Ctrl-C reaches a rank twice within moments (from the terminal and forwarded by
+# the agent); only a second press after this long is the user asking to stop at once.
+_SECOND_CTRL_C_AFTER_S = 1.0
 
 
 class PreemptionWatch:
-    """Context manager that turns preemption signals into a flag while it is active."""
+    """Context manager that turns preemption signals and a first Ctrl-C into a flag while it is active."""
 
-    def __init__(self, signals: tuple[int, ...] = PREEMPTION_SIGNALS) -> None:
+    def __init__(self, signals: tuple[int, ...] = (*PREEMPTION_SIGNALS, signal.SIGINT)) -> None:
         self.signals = signals
         self.received: str | None = None
+        self._interrupted_at: float | None = None
         self._previous: dict[int, object] = {}
 
     @property
     def requested(self) -> bool:
         return self.received is not None
 
+    @property
+    def interrupted(self) -> bool:
+        """True when the stop was asked for with Ctrl-C (the process should then exit 130, not 0)."""
+        return self._interrupted_at is not None
+
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self._interrupted_at is not None and now - self._interrupted_at > _SECOND_CTRL_C_AFTER_S:
+                raise KeyboardInterrupt
+            if self._interrupted_at is None:
+                self._interrupted_at = now
+        self.received = self.received or signal.Signals(signum).name
 
     def __enter__(self) -> "PreemptionWatch":
         # Signal handlers can only be installed from the main thread (tests may train from others).

@@ -66,11 +66,13 @@ class LinearPixelNet(nn.Module):
 
 
 class SignalAt(TinyNet):
-    """TinyNet that sends SIGTERM to its own process at the ``call``-th training forward (preemption tests)."""
+    """TinyNet that sends a signal (SIGTERM unless ``signal_name`` says) to its own process at the
+    ``call``-th training forward (preemption and Ctrl-C tests)."""
 
-    def __init__(self, num_classes: int, call: int = 6) -> None:
+    def __init__(self, num_classes: int, call: int = 6, signal_name: str = "SIGTERM") -> None:
         super().__init__(num_classes)
         self.call = call
+        self.signal_name = signal_name
         self.calls = 0
 
     def forward(self, x: torch.Tensor):
@@ -80,7 +82,7 @@ class SignalAt(TinyNet):
                 import os
                 import signal
 
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), getattr(signal, self.signal_name))
         return super().forward(x)
 
 
