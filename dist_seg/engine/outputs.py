@@ -6,10 +6,11 @@ Other ranks hold the same object with ``active=False``; every method decorated w
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import yaml
@@ -67,10 +68,29 @@ class RunOutputs:
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
+    @contextlib.contextmanager
+    def _tensorboard(self) -> Iterator[RunWriter | None]:
+        """The TensorBoard writer for one write (None when off or given up).
+
+        TensorBoard is a view of the run, not the run: a write that fails (a full disk: the
+        event writer's thread raises at the next write) ends TensorBoard output with one warning
+        instead of ending the training; the checkpoints check their own free space.
+        """
+        try:
+            yield self.writer
+        except OSError as exc:
+            writer, self.writer = self.writer, None
+            self.warn(f"cannot write TensorBoard events to {self.dir / 'tensorboard'} ({exc}): TensorBoard output "
+                      "stops here, training and checkpoints go on; free space there to get it back on the next run")
+            if writer is not None:
+                with contextlib.suppress(OSError):
+                    writer.close()
+
     @_main_rank_only
     def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            self.writer.scalars(values, step)
+        with self._tensorboard() as writer:
+            if writer is not None:
+                writer.scalars(values, step)
 
     @_main_rank_only
     def record_epoch(self, record: EpochRecord) -> None:
@@ -107,10 +127,11 @@ class RunOutputs:
         for name, panel in panels:
             with atomic.atomic_open(folder / f"{name}.png", "wb") as fh:
                 Image.fromarray(panel).save(fh, format="PNG")
-        if self.writer is not None and panels:
-            width = max(p.shape[1] for _, p in panels)
-            padded = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for _, p in panels]
-            self.writer.image("val/overlay", np.concatenate(padded, axis=0), step)
+        with self._tensorboard() as writer:
+            if writer is not None and panels:
+                width = max(p.shape[1] for _, p in panels)
+                padded = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for _, p in panels]
+                writer.image("val/overlay", np.concatenate(padded, axis=0), step)
 
     @_main_rank_only
     def save_evaluation(self, result: NativeEvalResult, split: str, step: int) -> Path:
@@ -124,10 +145,11 @@ class RunOutputs:
 
     @_main_rank_only
     def finish(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-        if self.writer is not None:
-            self.writer.hparams(hparams, metrics)
-            self.writer.close()
-            self.writer = None
+        with self._tensorboard() as writer:
+            if writer is not None:
+                writer.hparams(hparams, metrics)
+                writer.close()
+        self.writer = None
 
     def latest_checkpoint(self) -> Path | None:
         """The newest checkpoint in this run's directory (any rank may ask)."""

@@ -204,3 +204,30 @@ def test_resume_with_a_test_root_whose_sequences_share_training_names(synth_root
     summary = run_training(tiny_config(synth_root, out, training__epochs=2, training__resume_from_checkpoint="auto",
                                        **settings))
     assert summary.status == "completed" and summary.epochs_completed == 2
+
+
+# ----------------------------------------------------------------------------- output disk fills during training
+
+
+# The event writer's own thread dies with the error (Python prints it); the run's warning follows it.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_tensorboard_on_a_full_disk_warns_once_and_training_output_goes_on(synth_root, tmp_path, capsys):
+    """The event writer's thread fails on a full disk and raises at the next write: TensorBoard stops, not the run."""
+    from support.tmpfs import small_tmpfs
+    from dist_seg.engine.outputs import RunOutputs
+
+    with small_tmpfs(tmp_path / "small", size="300k") as small:
+        out = RunOutputs(tiny_config(synth_root, small / "run"), active=True)
+        out.start(["a", "b"], world_size=1)
+        with pytest.raises(OSError):  # the disk is full now
+            (small / "filler").write_bytes(b"\0" * 400_000)
+        for step in range(20_000):  # until the writer's thread has hit the full disk and the main thread hears of it
+            out.scalars({"train/loss": 1.0, "train/lr": 0.1}, step)
+            if out.writer is None:
+                break
+        assert out.writer is None, "the full disk never reached the writer"
+        out.scalars({"train/loss": 1.0}, step + 1)  # later writes are no-ops, not errors
+        out.finish({"lr": 0.1}, {"hparam/best_mIoU": 0.5})
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "cannot write TensorBoard events to" in warnings[0] and "training and checkpoints go on" in warnings[0]
