@@ -92,7 +92,10 @@ def run_training(cfg: Config) -> RunSummary:
         with PreemptionWatch() as preemption, sampler:
             summary = trainer.fit(preemption, progress)
         progress.close()
-        memory_log.write_summary(sampler.peaks())
+        try:
+            memory_log.write_summary(sampler.peaks())
+        except OSError as exc:  # a full disk at the end must not fail a finished, saved training
+            out.warn(f"cannot write the memory summary to {memory_log.path} ({exc})")
         test = (evaluate_test_split(cfg, ctx, trainer.runtime, out, trainer.pos.global_step)
                 if summary.status is StopReason.COMPLETED else None)
         final, tr = summary.final, cfg.training
