@@ -85,9 +85,10 @@ def _report_folder(args: argparse.Namespace, config) -> Path:
     from .engine.preflight import check_writable_folder
 
     if args.out:
-        out, key = Path(args.out), "--out"
+        out, key = Path(args.out), f"--out {args.out}"
     else:
-        out, key = _default_out(args, config), "the report folder (default of --out)"
+        out = _default_out(args, config)
+        key = f"the report folder {out} (default of --out)"
     # Probe the folder or the nearest one above it that exists: a failed evaluation leaves no empty report folder.
     check_writable_folder(next(p for p in (out, *out.parents) if p.exists()), key)
     return out
