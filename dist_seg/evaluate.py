@@ -63,6 +63,8 @@ def _main(argv: Sequence[str] | None) -> int:
     backend = BackendConfig(target=args.device, compile=False)
     ctx = setup_distributed(backend)
     try:
+        # Rank 0 writes the report: a folder it cannot write is found before the evaluation, not after.
+        out = ctx.fail_together(lambda: _report_folder(args, config) if ctx.is_main else None)
         runtime = resolve_runtime(backend, ctx.device, log=lambda _m: None)
         log = print if ctx.is_main else (lambda _m: None)
         result = evaluate_checkpoint(args.checkpoint, ctx, runtime, config=config, split=args.split, root=args.root,
@@ -70,13 +72,26 @@ def _main(argv: Sequence[str] | None) -> int:
                                      mask_format=args.mask_format, cache_dir=args.cache_dir, log=log,
                                      progress=ctx.is_main and sys.stderr.isatty())
         if ctx.is_main:
-            out = Path(args.out) if args.out else _default_out(args, config)
             write_report(result, out)
             print(format_table(result))
             print(f"report: {out}/report.md (metrics.json, confusion.csv, confusion.png)")
     finally:
         teardown_distributed(ctx)
     return 0
+
+
+def _report_folder(args: argparse.Namespace, config) -> Path:
+    """``--out`` or the default report folder, once it is proven that it can be written (ConfigError otherwise)."""
+    from .engine.preflight import check_writable_folder
+
+    if args.out:
+        out, key = Path(args.out), f"--out {args.out}"
+    else:
+        out = _default_out(args, config)
+        key = f"the report folder {out} (default of --out)"
+    # Probe the folder or the nearest one above it that exists: a failed evaluation leaves no empty report folder.
+    check_writable_folder(next(p for p in (out, *out.parents) if p.exists()), key)
+    return out
 
 
 def _default_out(args: argparse.Namespace, config) -> Path:

@@ -250,15 +250,15 @@ class _SequenceWriter:
     def nbytes(self) -> int:
         """Disk space the arrays take once written (headers included)."""
         n, h, w = self.shape
-        return (n * h * w + _HEADER_BYTES) * (4 if self.images_name else 1)
+        return (n * h * w + NPY_HEADER_BYTES) * (4 if self.images_name else 1)
 
     def allocate(self) -> None:
         """Create the temporary arrays with every block allocated, so a full disk fails here, not as SIGBUS."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.masks = _allocated_memmap(self.tmp_masks, self.shape)
+        self.masks = allocated_memmap(self.tmp_masks, self.shape)
         if self.tmp_images is not None:
             n, h, w = self.shape
-            self.images = _allocated_memmap(self.tmp_images, (n, 3, h, w))
+            self.images = allocated_memmap(self.tmp_images, (n, 3, h, w))
 
     def add(self, index: int, frame: _CachedFrame) -> None:
         self.remaining -= 1
@@ -308,10 +308,10 @@ class _SequenceWriter:
 
 
 # Upper bound of an .npy header (numpy pads it to a multiple of 64 bytes).
-_HEADER_BYTES = 4096
+NPY_HEADER_BYTES = 4096
 
 
-def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+def allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
     """A writable uint8 ``.npy`` memmap at ``path`` whose blocks are all allocated on disk.
 
     ``open_memmap`` alone makes a sparse file; a block the full disk cannot supply would then

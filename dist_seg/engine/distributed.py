@@ -9,13 +9,15 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from ..config import BackendConfig
 from ..errors import ConfigError, DistSegError, FailedOnAnotherRank
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,6 +57,20 @@ class DistContext:
         if self.is_main:
             raise failed[0]
         raise FailedOnAnotherRank(str(failed[0]))
+
+    def fail_together(self, work: Callable[[], T]) -> T:
+        """``work()`` on every rank, then :meth:`raise_if_any_failed` with the user error it raised here, if any.
+
+        Every rank calls it at the same point, so work that fails on one rank only (a bad frame
+        in its shard) stops all of them there, before a collective the failed rank never reaches.
+        """
+        result, failure = None, None
+        try:
+            result = work()
+        except DistSegError as exc:
+            failure = exc
+        self.raise_if_any_failed(failure)
+        return result  # type: ignore[return-value]  # set: a failure has raised above
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over ranks in place and return it (no-op without a process group)."""

@@ -5,14 +5,18 @@ test split evaluates its best checkpoint (the last one when it had no validation
 :func:`~dist_seg.engine.native_eval.evaluate_checkpoint`, the same code as
 ``dist_seg.evaluate``; the report goes to ``<output_dir>/eval/test/`` and the scalars to
 TensorBoard as ``eval/test/...``. Every rank takes part (the frames are sharded by sequence).
+A user error in the evaluation (a test frame deleted meanwhile, a full disk) becomes a
+warning naming the command to run later: the completed training is not reported as failed.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..cli_common import user_message
 from ..config import Config
 from ..data.splits import read_splits
+from ..errors import DistSegError
 from .distributed import DistContext
 from .native_eval import NativeEvalResult, evaluate_checkpoint
 from .outputs import RunOutputs
@@ -48,6 +52,11 @@ def evaluate_test_split(cfg: Config, ctx: DistContext, runtime: Runtime, out: Ru
     except Preempted as stop:
         out.log(f"final evaluation stopped on {stop.signal_name}; run it later with "
                 f"python -m dist_seg.evaluate --checkpoint {checkpoint}")
+        return None
+    except DistSegError as exc:  # every rank gets it (rank 0 the cause), so all go on to finish alike
+        # The run's product is saved: a test split that cannot be scored now must not fail it.
+        out.warn(f"final evaluation failed: {user_message(exc)}; the training itself completed and is saved. "
+                 f"Fix that, then run python -m dist_seg.evaluate --checkpoint {checkpoint} {out.dir / 'config.yaml'}")
         return None
     out.save_evaluation(result, SPLIT, step)
     return result

@@ -94,10 +94,27 @@ def sequences_from_split(cfg: Config, split: str) -> list[FrameSequence]:
     except DataError as exc:
         raise DataError(f"{exc}; or evaluate any dataset folder with --root DIR") from None
     chosen = splits.get(split)
+    path = Path(cfg.training.output_dir) / SPLITS_FILE
     if not chosen:
-        raise DataError(f"split {split!r} of {Path(cfg.training.output_dir) / SPLITS_FILE} has no sequences; "
+        raise DataError(f"split {split!r} of {path} has no sequences; "
                         "choose another --split or evaluate a folder with --root DIR")
-    return [FrameSequence(seq.name, seq.root, tuple(seq.frame_records())) for seq in chosen]
+    sequences = [FrameSequence(seq.name, seq.root, tuple(seq.frame_records())) for seq in chosen]
+    gone = _gone(sequences)
+    if gone:
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        raise DataError(f"{path} lists {gone[0]}, which no longer exists{more}: the data changed or moved since "
+                        "the split was made; re-run python -m dist_seg.prepare CONFIG with dataset.root where the "
+                        "data is now, or evaluate the folder as it is with --root DIR")
+    return sequences
+
+
+def _gone(sequences: Sequence[FrameSequence]) -> list[Path]:
+    """The dataset roots of ``sequences`` that no longer exist, else their missing image and mask files."""
+    roots = sorted({seq.root for seq in sequences if not seq.root.is_dir()})
+    if roots:
+        return roots
+    return [path for seq in sequences for frame in seq.frames for path in (frame.image, frame.mask)
+            if not path.is_file()]
 
 
 def sequences_from_root(root: Path, cfg: Config) -> list[FrameSequence]:
@@ -191,7 +208,8 @@ def evaluate_sequences(predictor: Predictor, sequences: Sequence[FrameSequence],
     void_index = data_cfg.dataset.void_index
     device = next(predictor.model.parameters()).device
     mine = shard_by_sequence(sequences, ctx.rank, ctx.world_size)
-    masks = ensure_native_masks(mine, data_cfg, log=log, progress=progress).masks
+    # A bad frame in one rank's shard stops every rank here, not at the all-reduce below.
+    masks = ctx.fail_together(lambda: ensure_native_masks(mine, data_cfg, log=log, progress=progress).masks)
 
     names = [seq.name for seq in sequences]
     seq_index = {name: i for i, name in enumerate(names)}
@@ -204,13 +222,17 @@ def evaluate_sequences(predictor: Predictor, sequences: Sequence[FrameSequence],
                         collate_fn=_collate, pin_memory=device.type == "cuda")
     bar = tqdm(total=len(items), desc="evaluate", unit="frame", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
-    for batch, indices in loader:
-        pred = predictor.scores(batch, settings).argmax(1)
-        target = _targets([items[i] for i in indices], masks, void_index).to(device, non_blocking=True)
-        for b, i in enumerate(indices):
-            update_confusion(confusion[seq_index[items[i][0]]], pred[b], target[b], classes)
-        video.update(pred, target, [items[i][0] for i in indices])
-        bar.update(len(indices))
+
+    def score() -> None:
+        for batch, indices in loader:
+            pred = predictor.scores(batch, settings).argmax(1)
+            target = _targets([items[i] for i in indices], masks, void_index).to(device, non_blocking=True)
+            for b, i in enumerate(indices):
+                update_confusion(confusion[seq_index[items[i][0]]], pred[b], target[b], classes)
+            video.update(pred, target, [items[i][0] for i in indices])
+            bar.update(len(indices))
+
+    ctx.fail_together(score)  # an image that became unreadable since its mask was cached
     bar.close()
     totals = video.totals()
     elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device)
@@ -259,9 +281,26 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
     The checkpoint alone is enough: its embedded config gives the classes, the model and
     (for ``split``) the output folder holding splits.json. ``config`` (e.g. the training
     run's) replaces the embedded one for the data and must have the same classes.
-    Every rank calls this; the result is the same on every rank.
+    Every rank calls this; the result is the same on every rank, and a user error stops
+    every rank, reported once by rank 0.
     """
-    predictor = Predictor.from_checkpoint(checkpoint, ctx.device, runtime)
+    def setup() -> tuple[Predictor, Config, list[FrameSequence], str]:
+        predictor = Predictor.from_checkpoint(checkpoint, ctx.device, runtime)
+        return (predictor, *_data_to_evaluate(predictor, config, split, root, mask_format, cache_dir))
+
+    predictor, data_cfg, sequences, source = ctx.fail_together(setup)
+    log(f"evaluate: {source}: {len(sequences)} sequences, {sum(len(s.frames) for s in sequences)} frames, "
+        f"{settings.describe()}, {ctx.world_size} process(es)")
+    result = evaluate_sequences(predictor, sequences, data_cfg, ctx, settings=settings, batch_size=batch_size,
+                                num_workers=num_workers, source=source, log=log, progress=progress)
+    result.mask_format = data_cfg.dataset.mask_format
+    return result
+
+
+def _data_to_evaluate(predictor: Predictor, config: Config | None, split: str, root: str | Path | None,
+                      mask_format: str | None, cache_dir: str | Path | None
+                      ) -> tuple[Config, list[FrameSequence], str]:
+    """The data config, the sequences and their description (``source``) that :func:`evaluate_checkpoint` scores."""
     data_cfg = predictor.config if config is None else config
     if config is not None:
         check_same_classes(predictor, config, "the config")
@@ -278,15 +317,8 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
                             f"{root}/{dataset.images}/<sequence>/*.png and {root}/{dataset.labels}/<sequence>/*.png")
         detected = mask_format or detect_mask_format(sequences, dataset.mask_format)
         data_cfg = replace(data_cfg, dataset=replace(dataset, mask_format=detected))
-        source = f"root {Path(root).resolve()}"
-    else:
-        if mask_format is not None:
-            data_cfg = replace(data_cfg, dataset=replace(dataset, mask_format=mask_format))
-        sequences = sequences_from_split(data_cfg, split)
-        source = f"split {split} of {Path(data_cfg.training.output_dir) / SPLITS_FILE}"
-    log(f"evaluate: {source}: {len(sequences)} sequences, {sum(len(s.frames) for s in sequences)} frames, "
-        f"{settings.describe()}, {ctx.world_size} process(es)")
-    result = evaluate_sequences(predictor, sequences, data_cfg, ctx, settings=settings, batch_size=batch_size,
-                                num_workers=num_workers, source=source, log=log, progress=progress)
-    result.mask_format = data_cfg.dataset.mask_format
-    return result
+        return data_cfg, sequences, f"root {Path(root).resolve()}"
+    if mask_format is not None:
+        data_cfg = replace(data_cfg, dataset=replace(dataset, mask_format=mask_format))
+    sequences = sequences_from_split(data_cfg, split)
+    return data_cfg, sequences, f"split {split} of {Path(data_cfg.training.output_dir) / SPLITS_FILE}"

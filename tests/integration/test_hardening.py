@@ -24,7 +24,7 @@ import yaml
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config, tiny_raw_config
 from support.tmpfs import small_tmpfs
 from dist_seg.config import load_config
-from dist_seg.data.cache import _allocated_memmap
+from dist_seg.data.cache import allocated_memmap
 from dist_seg.data.classes import DAVID_CLASSES
 from dist_seg.data.pipeline import prepare
 from dist_seg.engine.checkpoint import list_checkpoints
@@ -93,7 +93,7 @@ def test_cache_array_allocation_on_a_full_disk_raises_and_removes_the_file(tmp_p
     folder = tmp_path / "small"
     with small_tmpfs(folder, "1M"):
         with pytest.raises(DiskSpaceError, match=str(folder)):
-            _allocated_memmap(folder / ".masks-x.npy.1.tmp", (8, 480, 640))
+            allocated_memmap(folder / ".masks-x.npy.1.tmp", (8, 480, 640))
         assert list(folder.iterdir()) == []
 
 
