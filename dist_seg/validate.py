@@ -51,7 +51,7 @@ def _check_model(cfg: Config) -> None:
     """What training refuses before its first step: the model section, a custom model's output, ``model.init_from``."""
     import torch
 
-    from .engine.preflight import batch_norm_samples, check_model_output
+    from .engine.preflight import batch_norm_samples, check_model_output, check_trainable
     from .models import build_model, check_model_config, describe_model
     from .models.init_from import check_init_from
 
@@ -62,6 +62,7 @@ def _check_model(cfg: Config) -> None:
         model = build_model(model_cfg, num_classes)
         check_model_output(model, num_classes, image_size, torch.device("cpu"), batch_size=batch_norm_samples(cfg),
                            model_name=describe_model(model_cfg))
+        check_trainable(model, describe_model(model_cfg))
     elif init_from is not None:  # names and shapes are all init_from compares
         with torch.device("meta"):
             model = build_model(dataclasses.replace(model_cfg, backbone_weights=None), num_classes)

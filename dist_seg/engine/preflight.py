@@ -140,3 +140,10 @@ def batch_norm_samples(cfg: Config, synced_ranks: int | None = None) -> int:
     if synced_ranks is None:
         return max(batch, 2) if cfg.backend.sync_bn else batch
     return batch * synced_ranks
+
+
+def check_trainable(model: torch.nn.Module, model_name: str) -> None:
+    """The model has a parameter to train (the optimizer refuses an empty list, after the data is prepared)."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model.type: {model_name} has no trainable parameters (none, or every one has "
+                          "requires_grad=False); leave at least the head unfrozen in the model's constructor")

@@ -42,7 +42,8 @@ from .losses_extra import build_criterion
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
-from .preflight import batch_norm_samples, check_fresh_output, check_model_output, check_run_paths
+from .preflight import (batch_norm_samples, check_fresh_output, check_model_output, check_run_paths,
+                        check_trainable)
 from .runtime import Runtime, resolve_runtime
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
@@ -127,6 +128,7 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     check_model_output(model.to(ctx.device), len(palette.names), tuple(tr.image_size), ctx.device,
                        batch_size=batch_norm_samples(cfg, ctx.world_size if _syncs_batch_norm(cfg, ctx) else 1),
                        model_name=describe_model(cfg.model), runtime=runtime)
+    check_trainable(model, describe_model(cfg.model))
     if cfg.model.init_from is not None and fresh:
         init_from(model, cfg.model.init_from, log=out.log)
 

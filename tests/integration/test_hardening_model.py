@@ -118,6 +118,13 @@ def test_a_custom_forward_that_raises_is_named_before_the_cache_build(synth_root
     assert nothing_prepared(cfg)
 
 
+def test_a_custom_model_with_nothing_to_train_is_named_before_the_cache_build(synth_root, tmp_path):
+    cfg = tiny_run(synth_root, tmp_path / "run", model={"type": f"{FIXTURES}:Frozen"})
+    with pytest.raises(ConfigError, match=f"model.type: {FIXTURES}:Frozen has no trainable parameters"):
+        run_training(cfg)
+    assert nothing_prepared(cfg)
+
+
 # ----------------------------------------------------------------------------- late split and batch checks
 
 
@@ -187,6 +194,7 @@ def _validate_cases(tmp_path: Path, synth_root: Path) -> list[tuple[dict, str]]:
         ({"model": {"type": "hardening_models:RaisesInInit"}}, "raised KeyError: 'pretrained_path'"),
         ({"model": {"type": "hardening_models:WrongClassCount"}}, r"logits of shape \[1, 14, 48, 64\]"),
         ({"model": {"type": f"{FIXTURES}:ForwardRaises"}}, "fails on a .*ValueError"),
+        ({"model": {"type": f"{FIXTURES}:Frozen"}}, "has no trainable parameters"),
         ({"training": {"batch_size": 25}}, "the training split has 24 frames, fewer than one optimizer step"),
         ({"training": {"batch_size": 1}}, "training.batch_size: 1 cannot train deeplabv3plus with backbone resnet18"),
     ]

@@ -65,3 +65,11 @@ class OutOfMemoryInValidation(TinyNet):
         if not self.training and _computes(x) and x.shape[0] > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return super().forward(x)
+
+
+class Frozen(TinyNet):
+    """Every parameter frozen (a backbone-freezing constructor that forgot to unfreeze the head)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.requires_grad_(False)
