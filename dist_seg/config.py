@@ -29,6 +29,11 @@ from .telemetry.gpu import VRAM_SAMPLER_CHOICES
 
 REQUIRED: Any = dataclasses.MISSING
 
+# Upper bounds that only refuse absurd values (a typo's extra zeros): worker processes or
+# threads beyond any machine's cores, and prefetching that would hold an epoch in memory.
+MAX_WORKERS = 1024
+MAX_PREFETCH = 64
+
 # A section's validate() reports a problem with fail(key, message); key is relative to the
 # section ("" = the section itself) and the builder prefixes it with the section's path.
 Fail = Callable[[str, str], NoReturn]
@@ -138,8 +143,8 @@ class DatasetConfig:
                                f"{', '.join(names)} (or its id), or null")
         if self.cache_size is not None and min(self.cache_size) <= 0:
             fail("cache_size", f"must be positive [H, W], got {list(self.cache_size)}")
-        if self.cache_workers is not None and self.cache_workers < 1:
-            fail("cache_workers", f"must be >= 1 or null (all cores), got {self.cache_workers}")
+        if self.cache_workers is not None and not 1 <= self.cache_workers <= MAX_WORKERS:
+            fail("cache_workers", f"must be in 1..{MAX_WORKERS} or null (all cores), got {self.cache_workers}")
         if self.cache_keep_settings < 1:
             fail("cache_keep_settings", f"must be >= 1, got {self.cache_keep_settings}")
 
@@ -352,6 +357,12 @@ class TrainingConfig:
         for key in ("num_workers", "warmup_iters", "num_visualizations", "precise_bn_batches"):
             if getattr(self, key) < 0:
                 fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.num_workers > MAX_WORKERS:
+            fail("num_workers", f"must be at most {MAX_WORKERS} (loader threads or processes per rank), got "
+                                f"{self.num_workers}; a few per core is plenty")
+        if self.prefetch_factor > MAX_PREFETCH:
+            fail("prefetch_factor", f"must be at most {MAX_PREFETCH} (batches each loader worker gathers ahead), "
+                                    f"got {self.prefetch_factor}; more only holds the epoch in memory")
         if self.max_steps is not None and self.max_steps < 1:
             fail("max_steps", f"must be >= 1 or null, got {self.max_steps}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):

@@ -8,6 +8,9 @@ traceback.
 
 from __future__ import annotations
 
+import os
+import traceback
+
 
 class DistSegError(Exception):
     """An error caused by user input, with a message that names the fix."""
@@ -34,3 +37,13 @@ class FailedOnAnotherRank(DistSegError):
 
 class ExportError(DistSegError):
     """A model cannot be exported, its artifact fails the parity check, or a deployment file is unusable."""
+
+
+def describe_raised(exc: BaseException) -> str:
+    """``Type: message at file:line`` for an exception from user code: the innermost frame names the culprit."""
+    text = f"{type(exc).__name__}: {exc}"
+    # The innermost frame outside torch: the user's line that called the layer that failed.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f"{os.sep}torch{os.sep}" not in f.filename]
+    if frames and not isinstance(exc, SyntaxError):  # a SyntaxError's message already names file and line
+        text += f" at {frames[-1].filename}:{frames[-1].lineno}"
+    return text

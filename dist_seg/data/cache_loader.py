@@ -43,8 +43,11 @@ class CacheLoader:
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.threads, self.pin_device = threads, pin_device
         self.lookahead = threads * prefetch
+        # No batch holds more frames than the sampler gives (a val_batch_size above the shard's
+        # length must not allocate room for frames that do not exist).
+        capacity = max(1, min(batch_sampler.batch_size, len(batch_sampler.sampler)))
         # The batches in flight, plus the one the consumer is using and the one before it.
-        self.pool = BatchBufferPool(batch_sampler.batch_size, dataset.size, keep=self.lookahead + 2,
+        self.pool = BatchBufferPool(capacity, dataset.size, keep=self.lookahead + 2,
                                     pin=pin_device is not None,
                                     fence=cuda_copy_fence(pin_device) if pin_device is not None else None)
         self._executor: ThreadPoolExecutor | None = None

@@ -31,16 +31,21 @@ from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 import numpy as np
+import psutil
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..config import TrainingConfig
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .cache_loader import CacheLoader
 from .dataset import CachedDataset, collate_samples
 
 # What the trainer, evaluation and benchmarks iterate: both yield Batch records and have .sampler.
 Loader = DataLoader | CacheLoader
+
+# The share of the available host memory that batches in flight may take: the model, the optimizer
+# and the cache's page cache need the rest.
+LOADER_MEMORY_SHARE = 0.5
 
 
 class ShardSampler(Sampler[int]):
@@ -114,6 +119,43 @@ def _pin_device(device: torch.device) -> torch.device | None:
     return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
 
 
+def check_training_frames(frames: int, tr: TrainingConfig, world_size: int) -> None:
+    """DataError unless ``frames`` training frames give each of ``world_size`` processes one optimizer step.
+
+    Training batches are full (the last partial one is dropped), so a step needs
+    ``batch_size x world_size x grad_accum_steps`` frames.
+    """
+    needed = tr.batch_size * world_size * tr.grad_accum_steps
+    if frames < needed:
+        raise DataError(f"the training split has {frames} frames, fewer than one optimizer step needs "
+                        f"(training.batch_size {tr.batch_size} x {world_size} process(es) x "
+                        f"training.grad_accum_steps {tr.grad_accum_steps} = {needed}): lower training.batch_size "
+                        "or training.grad_accum_steps, or add training sequences")
+
+
+def check_loader_memory(size: tuple[int, int], batch_size: int, batches: int, tr: TrainingConfig, *,
+                        train: bool) -> None:
+    """ConfigError when the batches a loader keeps in flight would take too much of the available host memory.
+
+    ``batch_size`` frames of ``size`` (uint8 image and mask) per batch, ``batches`` per
+    epoch; ``training.num_workers x prefetch_factor`` are gathered ahead, plus the one in
+    use and the one before it. A huge ``prefetch_factor`` (or ``val_batch_size``) would
+    otherwise hold the whole epoch in memory, or fail at the first validation and lose
+    the epoch's checkpoint.
+    """
+    in_flight = min(tr.num_workers * tr.prefetch_factor + 2, batches + 1)
+    needed = 4 * size[0] * size[1] * batch_size * in_flight
+    available = psutil.virtual_memory().available
+    if needed <= LOADER_MEMORY_SHARE * available:
+        return
+    key = "training.batch_size" if train else "training.val_batch_size"
+    raise ConfigError(f"{key} {batch_size}: the loader would hold {in_flight} batches of {batch_size} frames of "
+                      f"{size[0]}x{size[1]} in memory (training.num_workers {tr.num_workers} x "
+                      f"training.prefetch_factor {tr.prefetch_factor} ahead), {needed / 2**30:.1f} GiB, but only "
+                      f"{available / 2**30:.1f} GiB are available; lower {key}, training.prefetch_factor or "
+                      "training.num_workers")
+
+
 def build_loader(dataset: Dataset, tr: TrainingConfig, placement: Placement, *, train: bool) -> Loader:
     """A loader yielding :class:`~dist_seg.data.dataset.Batch` (uint8 images, uint8 masks, paths).
 
@@ -126,14 +168,14 @@ def build_loader(dataset: Dataset, tr: TrainingConfig, placement: Placement, *, 
     rank, world = placement.rank, placement.world_size
     batch_size = tr.batch_size if train else tr.val_batch_size
     if train:
-        if len(dataset) < batch_size * world:
-            raise DataError(f"the training split has {len(dataset)} frames, fewer than one batch per process "
-                            f"(training.batch_size {batch_size} x {world} processes): lower training.batch_size "
-                            "or add training sequences")
+        check_training_frames(len(dataset), tr, world)
         sampler: Sampler[int] = TrainingSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                 seed=tr.seed, drop_last=True)
     else:
         sampler = ShardSampler(len(dataset), rank, world)
+    # No batch holds more frames than this rank's share (a val_batch_size beyond it costs nothing).
+    check_loader_memory(dataset.size, min(batch_size, len(sampler)), -(-len(sampler) // batch_size), tr,
+                        train=train)
     pin_memory = placement.device.type != "cpu"
     if isinstance(dataset, CachedDataset) and dataset.holds_images:
         return CacheLoader(dataset, BatchSampler(sampler, batch_size, drop_last=train), threads=tr.num_workers,

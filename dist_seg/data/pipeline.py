@@ -24,6 +24,7 @@ from .dataset import CachedDataset, DecodeDataset
 from .checks import check_frames, listing_problems, report_for
 from .decode import LabelSpec, load_mask
 from .discovery import Frame, discover_all
+from .loader import check_training_frames
 from .problems import Problem
 from .splits import SPLIT_NAMES, Splits, check_split_names, read_splits, resolve_splits, splits_path
 
@@ -85,19 +86,26 @@ def _sum_counts(caches: Sequence[SequenceCache], num_classes: int) -> np.ndarray
         np.zeros(num_classes, dtype=np.int64))
 
 
-def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool = True) -> PrepareSummary:
+def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool = True,
+            world_size: int = 1) -> PrepareSummary:
     """Discover, validate, split and cache the dataset; raise DataError listing every problem.
 
     With ``dataset.use_cache`` the frame checks happen while building stale caches
     (one decode per frame); fresh caches are reused without opening any image. Without
-    the cache every frame is checked on each call.
+    the cache every frame is checked on each call. ``world_size``: the processes that will
+    train, each on its own full batches (the training split must give every one a step).
     """
     start = time.perf_counter()
     ds = cfg.dataset
     listings = discover_all(ds)
     names_ok = not any(listing_problems(listing, ds) for listing in listings)
-    # A misspelt split name must not wait for a cache build to be reported.
-    check_split_names([seq.name for seq in listings[0].sequences], ds.split)
+    # Split settings and a batch larger than the training split must not wait for a cache
+    # build (or a decode of every frame) to be reported: both need only the file names.
+    check_split_names(listings[0].sequence_names, ds.split, test_from_root=len(listings) > 1)
+    splits = None
+    if names_ok:
+        splits = resolve_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg, log=log)
+        check_training_frames(splits.counts()["train"][1], cfg.training, world_size)
     cache_outcome = None
     if ds.use_cache and names_ok:
         cache_outcome = ensure_caches(listings, cfg, log=log, progress=progress)
@@ -109,8 +117,7 @@ def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool =
     report.raise_for_errors()
     for warning in report.warnings:
         log(f"WARNING: {warning}")
-
-    splits = resolve_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg, log=log)
+    assert splits is not None  # a problem in the file names is an error: the report has raised
     summary = PrepareSummary(splits_path(cfg), splits.counts(), [], [], [], ds.class_names, None, 0,
                              report.warnings)
     if cache_outcome is not None:

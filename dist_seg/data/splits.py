@@ -107,11 +107,22 @@ def _check_named(key: str, wanted: Sequence[str] | None, names: Sequence[str]) -
                               f"choose from {', '.join(names)} (after dataset.include / exclude)")
 
 
-def check_split_names(names: Sequence[str], split: SplitConfig) -> None:
-    """ConfigError naming the key if ``dataset.split.val`` / ``test`` names a sequence not in ``names``."""
+def check_split_names(names: Sequence[str], split: SplitConfig, *, test_from_root: bool) -> None:
+    """ConfigError naming the key for split settings no assignment of ``names`` can satisfy.
+
+    A val / test name that is not in ``names``, named lists that leave no sequence for
+    training, or a test split chosen twice (``dataset.split.test`` and ``dataset.test_root``).
+    Needs only the sequence names, so it runs before any frame is read.
+    """
+    if test_from_root and split.test is not None:
+        raise ConfigError("dataset.split.test and dataset.test_root both choose the test split; remove one of them")
     names = sorted(names)
     _check_named("dataset.split.val", split.val, names)
     _check_named("dataset.split.test", split.test, names)
+    # Fractions never take the last sequence (see _count): only named lists can leave none.
+    if names and set(names) <= set(split.val or ()) | set(split.test or ()):
+        raise ConfigError(f"dataset.split: the named val/test lists leave no sequence for training (the dataset has "
+                          f"{', '.join(names)}); shorten dataset.split.val / dataset.split.test")
 
 
 def assign_sequences(names: Sequence[str], split: SplitConfig, seed: int, *,
@@ -123,9 +134,7 @@ def assign_sequences(names: Sequence[str], split: SplitConfig, seed: int, *,
     ``test_from_root`` the test split comes from ``dataset.test_root`` instead.
     """
     names = sorted(names)
-    if test_from_root and split.test is not None:
-        raise ConfigError("dataset.split.test and dataset.test_root both choose the test split; remove one of them")
-    check_split_names(names, split)
+    check_split_names(names, split, test_from_root=test_from_root)
     named = set(split.val or ()) | set(split.test or ())
     shuffled = [n for n in names if n not in named]
     random.Random(seed).shuffle(shuffled)
@@ -250,16 +259,20 @@ def _split_sequence(listing: DatasetListing, name: str) -> SplitSequence:
                          () if usual else masks)
 
 
-def resolve_splits(main: DatasetListing, test: DatasetListing | None, cfg: Config, *,
-                   log: Callable[[str], None] = print) -> Splits:
-    """Reuse ``<output_dir>/splits.json`` when still valid, else compute and write it (atomically).
+def _split_inputs(main: DatasetListing, test: DatasetListing | None, cfg: Config) -> tuple[dict, dict]:
+    """The settings and sequence lists that decide the split (and are stored with it)."""
+    return (SplitSettings.from_config(cfg).as_json(),
+            {"root": main.sequence_names, "test_root": test.sequence_names if test else []})
 
-    Frame lists always come from ``main`` / ``test``; the file is rewritten only when its
-    content changes, so concurrent callers with the same inputs write identical bytes.
+
+def planned_splits(main: DatasetListing, test: DatasetListing | None, cfg: Config, *,
+                   log: Callable[[str], None] = lambda _m: None) -> Splits:
+    """The splits :func:`resolve_splits` gives: ``splits.json``'s while still valid, else new; writes nothing.
+
+    ``validate`` uses it to judge the training split before anything is prepared.
     """
     path = splits_path(cfg)
-    settings = SplitSettings.from_config(cfg).as_json()
-    sequences = {"root": main.sequence_names, "test_root": test.sequence_names if test else []}
+    settings, sequences = _split_inputs(main, test, cfg)
     reason, previous = _resplit_reason(path, cfg.training.force_resplit, settings, sequences)
     if previous is not None:
         assignment = {s: [e["name"] for e in previous["splits"][s]] for s in SPLIT_NAMES}
@@ -276,15 +289,27 @@ def resolve_splits(main: DatasetListing, test: DatasetListing | None, cfg: Confi
             return tuple(_split_sequence(test, n) for n in test.sequence_names)
         return tuple(_split_sequence(main, n) for n in assignment[split])
 
-    splits = Splits(build("train"), build("val"), build("test"))
+    return Splits(build("train"), build("val"), build("test"))
+
+
+def resolve_splits(main: DatasetListing, test: DatasetListing | None, cfg: Config, *,
+                   log: Callable[[str], None] = print) -> Splits:
+    """Reuse ``<output_dir>/splits.json`` when still valid, else compute and write it (atomically).
+
+    Frame lists always come from ``main`` / ``test``; the file is rewritten only when its
+    content changes, so concurrent callers with the same inputs write identical bytes.
+    """
+    splits = planned_splits(main, test, cfg, log=log)
     for warning in fraction_warnings(splits, cfg.dataset.split, test_from_root=test is not None):
         log(f"WARNING: {warning}")
     if not splits.val:
         log("splits: no validation sequences (a single sequence, or val_fraction 0): "
             "validation and visualization will be skipped")
+    settings, sequences = _split_inputs(main, test, cfg)
     text = json.dumps({"format_version": SPLITS_FORMAT_VERSION, "settings": settings, "sequences": sequences,
                        "splits": {s: [_sequence_json(q) for q in splits.get(s)] for s in SPLIT_NAMES}},
                       indent=2) + "\n"
+    path = splits_path(cfg)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         atomic.write_text(path, text)
     return splits

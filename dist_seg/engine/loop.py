@@ -32,6 +32,7 @@ from .ema import ModelEma, ema_weights
 from .evaluation import EvalResult, evaluate
 from .inference import forward_logits, upsample_argmax
 from .losses import SegmentationLoss
+from .memory import memory_needed_by
 from .metrics import EpochTotals, TrainMetrics
 from .outputs import RunOutputs
 from .preemption import PreemptionWatch
@@ -133,24 +134,29 @@ class Trainer:
         vote = StopVote(self.ctx)
         stop = None
         self.metrics.start_epoch()
-        for images, masks, _paths in self.metrics.timed(itertools.islice(iter(self.train_loader), remaining)):
-            x, y = self.prep.train_batch(images, masks, tr.augment, self.aug_generator)
-            last_micro = (pos.batch_in_epoch + 1) % tr.grad_accum_steps == 0
-            loss = self.step(x, y, step=pos.global_step + 1, accum=tr.grad_accum_steps, last_micro=last_micro,
-                             lr_factor=lr_factor(pos.global_step, plan.total_steps, tr))
-            self.metrics.add(loss)
-            pos.batch_in_epoch += 1
-            if not last_micro:
-                continue
-            pos.global_step += 1
-            if vote.poll(preemption.requested):
-                stop = StopReason.PREEMPTED
-            elif tr.max_steps is not None and pos.global_step >= tr.max_steps:
-                stop = StopReason.MAX_STEPS
-            if stop is not None or pos.global_step % tr.log_interval == 0:
-                self._log_window(progress)
-            if stop is not None:
-                break
+        batches = self.metrics.timed(itertools.islice(iter(self.train_loader), remaining))
+        with memory_needed_by(f"training.batch_size {tr.batch_size}: a training step of {tr.batch_size} samples "
+                              f"of {tr.image_size[0]}x{tr.image_size[1]}", self.ctx.device,
+                              "lower training.batch_size (raise training.grad_accum_steps to keep the global "
+                              "batch) or training.image_size"):
+            for images, masks, _paths in batches:
+                x, y = self.prep.train_batch(images, masks, tr.augment, self.aug_generator)
+                last_micro = (pos.batch_in_epoch + 1) % tr.grad_accum_steps == 0
+                loss = self.step(x, y, step=pos.global_step + 1, accum=tr.grad_accum_steps, last_micro=last_micro,
+                                 lr_factor=lr_factor(pos.global_step, plan.total_steps, tr))
+                self.metrics.add(loss)
+                pos.batch_in_epoch += 1
+                if not last_micro:
+                    continue
+                pos.global_step += 1
+                if vote.poll(preemption.requested):
+                    stop = StopReason.PREEMPTED
+                elif tr.max_steps is not None and pos.global_step >= tr.max_steps:
+                    stop = StopReason.MAX_STEPS
+                if stop is not None or pos.global_step % tr.log_interval == 0:
+                    self._log_window(progress)
+                if stop is not None:
+                    break
         vote.drain()
 
         if stop is StopReason.PREEMPTED and pos.batch_in_epoch < plan.batches_per_epoch:
@@ -246,9 +252,11 @@ class Trainer:
                 self._prepare_batch_norm(model)
                 if progress is not None:
                     progress.start_validation(len(self.val_loader))
-                result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime,
-                                  self.val_criterion or self.step.criterion, self.ctx, self.palette.names,
-                                  self.cfg.dataset.void_index, on_batch=between_batches)
+                with memory_needed_by(f"training.val_batch_size {tr.val_batch_size}: a validation batch",
+                                      self.ctx.device, "lower training.val_batch_size"):
+                    result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime,
+                                      self.val_criterion or self.step.criterion, self.ctx, self.palette.names,
+                                      self.cfg.dataset.void_index, on_batch=between_batches)
         except _ValidationStopped:
             return None
         finally:

@@ -16,17 +16,12 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..config import IGNORE_INDEX
+from ..models.batchnorm import batch_norms, batch_statistics
 
 # Below this eval/train argmax agreement the trainer should warn.
 BN_GAP_WARN_AGREEMENT = 0.8
-
-
-def batch_norms(model: nn.Module) -> list[_BatchNorm]:
-    """The BatchNorm layers of ``model`` that keep running statistics."""
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
 @torch.no_grad()
@@ -105,20 +100,13 @@ def bn_eval_train_gap(model: nn.Module, batch: torch.Tensor, target: torch.Tenso
     restored afterwards: the check changes nothing. ``target`` (``[B, H, W]``, ``IGNORE_INDEX``
     ignored) adds both pixel accuracies.
     """
-    layers = batch_norms(model)
     was_training = model.training
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in layers]
     model.eval()
     try:
         eval_pred = _logits(model, batch).argmax(1)
-        for m in layers:
-            m.train()
-        train_pred = _logits(model, batch).argmax(1)
+        with batch_statistics(model):
+            train_pred = _logits(model, batch).argmax(1)
     finally:
-        for m, (mean, var, count) in zip(layers, saved):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
         model.train(was_training)
     agreement = (eval_pred == train_pred).float().mean().item()
     if target is None:

@@ -1,75 +1,149 @@
 """Checks that run before any data is prepared, so a mistake costs seconds, not a cache build or an epoch.
 
 Each names the key or file at fault and the fix: an output folder that is a file or cannot be
-written (or a read-only ``checkpoints/`` inside it), a resume checkpoint that does not exist,
-and a model whose logits do not have the shape training needs (one forward pass of one sample).
+written (or a read-only ``checkpoints/`` inside it), a resume checkpoint that does not exist or
+is not a torch archive, an earlier run's checkpoints that a fresh run would overwrite, and a
+model that fails on one sample or whose logits do not have the shape training needs (one
+forward pass, with BatchNorm as training will run it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 
 from ..config import Config
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DistSegError, describe_raised
+from ..models.batchnorm import batch_size_error, is_single_value_error, one_sample_mode
+from .checkpoint import list_checkpoints
+from .memory import memory_needed_by
+from .runtime import Runtime
 
 
-def check_writable_folder(folder: Path, key: str) -> None:
-    """Create ``folder`` if needed and prove a file can be written there (``os.access`` lies to root)."""
+def check_writable_folder(folder: Path, key: str, *, create: bool = True) -> None:
+    """Create ``folder`` if needed and prove a file can be written there (``os.access`` lies to root).
+
+    ``create=False`` (``validate``) creates nothing: the probe goes to the nearest folder
+    that exists, where the missing ones would be created.
+    """
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{key}: {folder} is a file, not a folder; choose a folder path (or move the file)")
+    probe_dir = folder if create else next(p for p in (folder, *folder.parents) if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".write-probe."):
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not probe_dir.is_dir():  # a file where a parent folder would be created
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe_dir))
+        with tempfile.TemporaryFile(dir=probe_dir, prefix=".write-probe."):
             pass
     except OSError as exc:
         raise ConfigError(f"{key}: cannot write to {folder} ({exc.strerror or exc}); make it writable or "
                           "choose another folder") from exc
 
 
-def check_run_paths(cfg: Config) -> None:
-    """The output folder (and its ``checkpoints/``) is writable; a named resume checkpoint exists."""
+def check_run_paths(cfg: Config, *, create: bool = True) -> None:
+    """The output folder (and its ``checkpoints/``) is writable; a named resume checkpoint exists.
+
+    ``create``: make the output folder (a run does; ``validate`` only looks).
+    """
     out = Path(cfg.training.output_dir)
-    check_writable_folder(out, "training.output_dir")
+    check_writable_folder(out, "training.output_dir", create=create)
     if (out / "checkpoints").exists():
-        check_writable_folder(out / "checkpoints", "training.output_dir (its checkpoints/ folder)")
+        check_writable_folder(out / "checkpoints", "training.output_dir (its checkpoints/ folder)", create=create)
     resume = cfg.training.resume_from_checkpoint
-    if resume not in (None, "auto") and not Path(resume).is_file():
+    if resume in (None, "auto"):
+        return
+    if not Path(resume).is_file():
         raise CheckpointError(f"training.resume_from_checkpoint: {resume} does not exist; give the path of a "
                               "checkpoint file, or 'auto' to continue from the latest in training.output_dir")
+    # torch.save writes a zip archive whose directory is at its end: a cheap look finds a
+    # truncated or foreign file now instead of after the cache build.
+    if not zipfile.is_zipfile(resume):
+        raise CheckpointError(f"training.resume_from_checkpoint: {resume} is not a checkpoint (not a torch.save "
+                              "archive: truncated, or another kind of file); use an earlier checkpoint from the "
+                              "same checkpoints/ folder, or 'auto'")
+
+
+def check_fresh_output(cfg: Config) -> None:
+    """A run that resumes nothing must not overwrite an earlier run's checkpoints in ``training.output_dir``."""
+    if cfg.training.resume_from_checkpoint is not None:
+        return
+    out = Path(cfg.training.output_dir)
+    found = list_checkpoints(out / "checkpoints")
+    if found:
+        raise DistSegError(f"{out} already holds checkpoints of an earlier run ({found[-1].path.name}); set "
+                           "training.resume_from_checkpoint: auto to continue it, or choose another "
+                           "training.output_dir")
 
 
 def check_model_output(model: torch.nn.Module, num_classes: int, image_size: tuple[int, int],
-                       device: torch.device) -> None:
+                       device: torch.device, *, batch_size: int = 2, model_name: str | None = None,
+                       runtime: Runtime | None = None) -> None:
     """One forward pass of one blank sample: the logits must be ``[1, num_classes, H, W]`` at the input's size.
 
     A wrong class count or output size would otherwise surface inside the loss, after the
-    data is prepared, as a shape error that names neither the model nor the fix.
+    data is prepared, as a shape error that names neither the model nor the fix; so would a
+    forward that raises. ``batch_size`` is what one BatchNorm layer normalises over in a
+    training step (the per-rank batch, or the global one under SyncBatchNorm): when it is 1
+    the pass runs BatchNorm on batch statistics, as training will (nothing is changed).
+    ``runtime``: the pass runs under its autocast and memory format, as training's do.
+    ``model_name`` names the model in messages (default: its class name).
     """
+    name = model_name or type(model).__name__
     height, width = image_size
-    was_training = model.training
-    model.eval()  # one sample: BatchNorm must use its running statistics
+    shape = f"[1, 3, {height}, {width}]"
+    autocast = runtime.autocast() if runtime is not None else contextlib.nullcontext()
+    memory_format = runtime.memory_format if runtime is not None else torch.contiguous_format
     try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, 3, height, width, device=device))
-    except (torch.OutOfMemoryError, MemoryError) as exc:
-        raise ConfigError(f"training.image_size {list(image_size)}: one sample does not fit in memory on {device} "
-                          f"({exc}); lower training.image_size") from exc
-    except RuntimeError as exc:
-        if "allocate" in str(exc):
-            raise ConfigError(f"training.image_size {list(image_size)}: one sample does not fit in memory on "
-                              f"{device}; lower training.image_size") from exc
-        raise ConfigError(f"model.type: the model fails on a [1, 3, {height}, {width}] input ({exc}); check the "
-                          "model section and training.image_size") from exc
-    finally:
-        model.train(was_training)
+        with memory_needed_by(f"training.image_size {list(image_size)}: one sample", device,
+                              "lower training.image_size"), torch.no_grad(), one_sample_mode(model, batch_size):
+            x = torch.zeros(1, 3, height, width, device=device).contiguous(memory_format=memory_format)
+            with autocast:
+                out = model(x)
+    except DistSegError:
+        raise
+    except ValueError as exc:
+        if is_single_value_error(exc) and batch_size == 1:
+            raise batch_size_error(batch_size, name) from exc
+        raise _forward_error(name, shape, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - a custom forward may raise anything; the message names it
+        raise _forward_error(name, shape, exc) from exc
     logits = out["out"] if isinstance(out, dict) else out
     expected = (1, num_classes, height, width)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
-        shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ConfigError(f"model.type: {type(model).__name__} returns logits of shape {shape} for a "
-                          f"[1, 3, {height}, {width}] input; training needs {list(expected)} (one channel per "
+        got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"model.type: {name} returns logits of shape {got} for a {shape} input; training needs "
+                          f"{list(expected)} (one channel per "
                           f"class of dataset.classes, at the input's size): fix the model's num_classes or "
                           "upsample its output")
+
+
+def _forward_error(name: str, shape: str, exc: Exception) -> ConfigError:
+    return ConfigError(f"model.type: {name} fails on a {shape} input: {describe_raised(exc)}; fix the model's "
+                       "forward, or the model section or training.image_size (--debug shows the traceback)")
+
+
+def batch_norm_samples(cfg: Config, synced_ranks: int | None = None) -> int:
+    """How many samples one BatchNorm layer normalises over in a training step (what :func:`check_model_output` needs).
+
+    The per-rank ``training.batch_size``, times the ranks SyncBatchNorm syncs over.
+    ``synced_ranks=None``: not known yet (no process group): with ``backend.sync_bn`` the
+    ranks may make up a batch of one, so this answers at least 2 and the check waits.
+    """
+    batch = cfg.training.batch_size
+    if synced_ranks is None:
+        return max(batch, 2) if cfg.backend.sync_bn else batch
+    return batch * synced_ranks
+
+
+def check_trainable(model: torch.nn.Module, model_name: str) -> None:
+    """The model has a parameter to train (the optimizer refuses an empty list, after the data is prepared)."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"model.type: {model_name} has no trainable parameters (none, or every one has "
+                          "requires_grad=False); leave at least the head unfrozen in the model's constructor")

@@ -24,7 +24,7 @@ from ..data.loader import Loader, build_loader, describe_loader, loader_processe
 from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
 from ..errors import DistSegError
-from ..models import build_model, check_model_config
+from ..models import build_model, check_model_config, describe_model
 from ..models.init_from import init_from
 from ..telemetry.memlog import MemoryLog
 from ..telemetry.progress import Progress
@@ -42,7 +42,8 @@ from .losses_extra import build_criterion
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
-from .preflight import check_model_output, check_run_paths
+from .preflight import (batch_norm_samples, check_fresh_output, check_model_output, check_run_paths,
+                        check_trainable)
 from .runtime import Runtime, resolve_runtime
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
@@ -61,7 +62,8 @@ def run_training(cfg: Config) -> RunSummary:
     # Model config errors stop the run here, before any data is prepared; the written
     # config names the backbone actually built.
     cfg = dataclasses.replace(cfg, model=check_model_config(cfg.model, cfg.dataset.num_classes,
-                                                            tuple(cfg.training.image_size)))
+                                                            tuple(cfg.training.image_size),
+                                                            batch_norm_samples(cfg)))
     check_run_paths(cfg)
     ctx = setup_distributed(cfg.backend)
     out = RunOutputs(cfg, active=ctx.is_main)
@@ -126,7 +128,10 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     palette = Palette.from_config(cfg.dataset)
     model = build_model(cfg.model, len(palette.names))
     flops = forward_flops(model, tuple(tr.image_size)) if ctx.is_main else None
-    check_model_output(model.to(ctx.device), len(palette.names), tuple(tr.image_size), ctx.device)
+    check_model_output(model.to(ctx.device), len(palette.names), tuple(tr.image_size), ctx.device,
+                       batch_size=batch_norm_samples(cfg, ctx.world_size if _syncs_batch_norm(cfg, ctx) else 1),
+                       model_name=describe_model(cfg.model), runtime=runtime)
+    check_trainable(model, describe_model(cfg.model))
     if cfg.model.init_from is not None and fresh:
         init_from(model, cfg.model.init_from, log=out.log)
 
@@ -141,12 +146,8 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     # After the loaders: what torch may use depends on whether they decode in worker processes.
     threads = apply_cpu_threads(cfg.backend.cpu_threads, loader_processes(train_loader), ctx.device,
                                 local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    # At least 1: build_loader has checked that the training split gives every rank an optimizer step.
     steps_per_epoch = len(train_loader) // tr.grad_accum_steps
-    if steps_per_epoch == 0:
-        raise DistSegError(
-            f"training split has {len(data.train)} frames: too few for one optimizer step of "
-            f"{ctx.world_size} rank(s) x training.batch_size {tr.batch_size} x grad_accum_steps "
-            f"{tr.grad_accum_steps}; lower the batch size or add data")
     plan = EpochPlan(steps_per_epoch, tr.grad_accum_steps, tr.epochs)
 
     train_model, eval_model = _place_model(model, cfg, ctx, runtime, out)
@@ -183,7 +184,8 @@ def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:
     failure = None
     if ctx.is_local_main:
         try:
-            prepare(cfg, log=out.log if ctx.is_main else (lambda _m: None), progress=ctx.is_main)
+            prepare(cfg, log=out.log if ctx.is_main else (lambda _m: None), progress=ctx.is_main,
+                    world_size=ctx.world_size)
         except DistSegError as exc:
             failure = exc
     # Also the barrier the other ranks wait at: a data error stops every rank here, reported once.
@@ -196,6 +198,11 @@ def _close_loader(loader: Loader) -> None:
         loader.close()
 
 
+def _syncs_batch_norm(cfg: Config, ctx: DistContext) -> bool:
+    """Whether BatchNorm becomes SyncBatchNorm: asked for, and NCCL across several ranks to sync over."""
+    return cfg.backend.sync_bn and ctx.is_distributed and ctx.backend == "nccl"
+
+
 def _place_model(model: torch.nn.Module, cfg: Config, ctx: DistContext, runtime: Runtime,
                  out: RunOutputs) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The model on the device for training and for evaluation: SyncBN, layout, compile, then DDP (in that order).
@@ -204,7 +211,7 @@ def _place_model(model: torch.nn.Module, cfg: Config, ctx: DistContext, runtime:
     checkpoint, so DDP's initial broadcast of rank 0's random weights does no harm.
     """
     if cfg.backend.sync_bn:
-        if ctx.is_distributed and ctx.backend == "nccl":
+        if _syncs_batch_norm(cfg, ctx):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             out.log("SyncBatchNorm: BatchNorm statistics are synchronised across ranks")
         else:
@@ -251,11 +258,7 @@ def _resume_path(cfg: Config, out: RunOutputs) -> Path | None:
     """The checkpoint to resume from, if any; refuses to overwrite an earlier run's checkpoints."""
     setting = cfg.training.resume_from_checkpoint
     if setting is None:
-        existing = out.latest_checkpoint()
-        if existing is not None:
-            raise DistSegError(
-                f"{out.dir} already holds checkpoints of an earlier run ({existing.name}); set "
-                "training.resume_from_checkpoint: auto to continue it, or choose another training.output_dir")
+        check_fresh_output(cfg)
         return None
     if setting == "auto":
         return out.latest_checkpoint()

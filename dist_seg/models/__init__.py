@@ -16,14 +16,17 @@ from ..errors import ConfigError
 # Imported for their @register side effect: each module adds its model types.
 from . import deeplabv3plus, torchvision_models  # noqa: F401
 from .activations import ACTIVATIONS, check_activation
+from .batchnorm import batch_size_error, is_single_value_error, one_sample_mode
 from .custom import build_custom_model, check_custom_model
 from .registry import MODEL_TYPES, register, resolve, with_default_backbone
 from .weights import fitting_backbone_weights, load_backbone_weights, read_state_dict
 
-__all__ = ["ACTIVATIONS", "MODEL_TYPES", "build_model", "check_model_config", "register", "with_default_backbone"]
+__all__ = ["ACTIVATIONS", "MODEL_TYPES", "build_model", "check_model_config", "describe_model", "register",
+           "with_default_backbone"]
 
 
-def _describe(cfg: ModelConfig) -> str:
+def describe_model(cfg: ModelConfig) -> str:
+    """The model as messages name it: the type, and the backbone for built-in types."""
     return cfg.type if cfg.is_custom else f"{cfg.type} with backbone {cfg.backbone}"
 
 
@@ -48,20 +51,22 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     else:
         model = _build_builtin(cfg, num_classes)
     if cfg.backbone_weights is not None:
-        load_backbone_weights(model, cfg.backbone_weights, _describe(cfg))
+        load_backbone_weights(model, cfg.backbone_weights, describe_model(cfg))
     return model
 
 
-def check_model_config(cfg: ModelConfig, num_classes: int,
-                       image_size: tuple[int, int] | None = None) -> ModelConfig:
+def check_model_config(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] | None = None,
+                       batch_size: int = 2) -> ModelConfig:
     """Raise :class:`ConfigError` for anything :func:`build_model` would reject; return ``cfg``
     with its backbone resolved.
 
     Built-in types are constructed on the meta device (shapes only, no memory, no init
     cost); a ``backbone_weights`` file is read and matched against the backbone's names and
     shapes; with ``image_size`` a meta forward pass checks the logits are
-    ``[1, num_classes, H, W]``. Custom models are imported and their constructor's signature
-    checked, but not constructed: user code may not run on the meta device.
+    ``[1, num_classes, H, W]``; for a per-rank ``batch_size`` of 1 that pass keeps BatchNorm
+    on batch statistics, as training does, so a model that cannot train on one sample is
+    refused. Custom models are imported and their constructor's signature checked, but not
+    constructed: user code may not run on the meta device.
     """
     cfg = with_default_backbone(cfg)
     if cfg.is_custom:
@@ -72,13 +77,17 @@ def check_model_config(cfg: ModelConfig, num_classes: int,
     with torch.device("meta"):
         model = _build_builtin(cfg, num_classes)
     if cfg.backbone_weights is not None:
-        fitting_backbone_weights(model, cfg.backbone_weights, _describe(cfg))
+        fitting_backbone_weights(model, cfg.backbone_weights, describe_model(cfg))
     if image_size is not None:
-        model.eval()
-        with torch.no_grad():
-            out = model(torch.empty(1, 3, *image_size, device="meta"))["out"]
+        try:
+            with torch.no_grad(), one_sample_mode(model, batch_size):
+                out = model(torch.empty(1, 3, *image_size, device="meta"))["out"]
+        except ValueError as exc:
+            if is_single_value_error(exc) and batch_size == 1:
+                raise batch_size_error(batch_size, describe_model(cfg)) from exc
+            raise
         if tuple(out.shape) != (1, num_classes, *image_size):
-            raise ConfigError(f"model.type: {_describe(cfg)} returns logits of shape {list(out.shape)} for an "
+            raise ConfigError(f"model.type: {describe_model(cfg)} returns logits of shape {list(out.shape)} for an "
                               f"input of {image_size[0]}x{image_size[1]} (HxW); expected "
                               f"[1, {num_classes}, {image_size[0]}, {image_size[1]}]")
     return cfg

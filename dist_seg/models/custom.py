@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, describe_raised
 
 
 def import_factory(import_path: str) -> Any:
@@ -24,12 +24,19 @@ def import_factory(import_path: str) -> Any:
     module_name, _, attr_path = import_path.partition(":")
     if not module_name or not attr_path:
         raise ConfigError(f"model.type: {import_path!r} is not an import path; write it as 'package.module:ClassName'")
+    if module_name.startswith("."):
+        raise ConfigError(f"model.type: {import_path!r} names a relative module; write the absolute module path "
+                          "('package.module:ClassName') and run from the directory that contains the package "
+                          "(or add it to PYTHONPATH)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"model.type: cannot import module {module_name!r} for {import_path!r} ({exc}); "
                           "install the package or run from the directory that contains it (or add it to "
                           "PYTHONPATH)") from exc
+    except Exception as exc:  # noqa: BLE001 - the module's own code ran and may raise anything
+        raise ConfigError(f"model.type: importing module {module_name!r} for {import_path!r} raised "
+                          f"{describe_raised(exc)}; fix the module (--debug shows the traceback)") from exc
     obj: Any = module
     for part in attr_path.split("."):
         if not hasattr(obj, part):
@@ -80,7 +87,7 @@ def build_custom_model(import_path: str, num_classes: int, extra: dict[str, Any]
     except Exception as exc:  # noqa: BLE001 - user code may raise anything; the message names it
         raise ConfigError(f"model.type: {import_path}(num_classes={num_classes}"
                           f"{''.join(f', {k}={v!r}' for k, v in extra.items())}) raised "
-                          f"{type(exc).__name__}: {exc}; fix the model's constructor or the extra keys of the "
+                          f"{describe_raised(exc)}; fix the model's constructor or the extra keys of the "
                           "model section") from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.type: {import_path} returned {type(model).__name__}, not a torch.nn.Module")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import CheckpointError
@@ -39,8 +40,13 @@ class InitReport:
                 f"not in the file (fresh init): {modules(self.missing)}")
 
 
-def init_from(model: nn.Module, path: str | Path, log: Callable[[str], None] = print) -> InitReport:
-    """Load every matching weight of ``path`` into ``model`` (unwrapped), log and return what happened."""
+def check_init_from(model: nn.Module, path: str | Path) -> tuple[InitReport, dict[str, torch.Tensor]]:
+    """What :func:`init_from` would load from ``path`` into ``model``, and those tensors; loads nothing.
+
+    Works on a model built on the meta device (only names and shapes are compared), so
+    ``validate`` can judge the file in a second. A missing or unreadable file, or one with
+    no matching weight, raises :class:`CheckpointError` naming ``model.init_from``.
+    """
     path = Path(path)
     source = {unwrap_key(k): v for k, v in read_state_dict(path, "model.init_from", CheckpointError).items()}
     target = model.state_dict()
@@ -54,9 +60,15 @@ def init_from(model: nn.Module, path: str | Path, log: Callable[[str], None] = p
     if not loaded:
         raise CheckpointError(f"model.init_from: no weight of {path} matches this model by name and shape; "
                               "was it saved from another architecture (model.type / model.backbone)?")
-    model.load_state_dict({k: source[k] for k in loaded}, strict=False)
     report = InitReport(tuple(loaded), tuple(reinitialised),
                         tuple(k for k in source if k not in target),
                         tuple(k for k in target if k not in source))
-    log(report.describe(path))
+    return report, {k: source[k] for k in loaded}
+
+
+def init_from(model: nn.Module, path: str | Path, log: Callable[[str], None] = print) -> InitReport:
+    """Load every matching weight of ``path`` into ``model`` (unwrapped), log and return what happened."""
+    report, weights = check_init_from(model, path)
+    model.load_state_dict(weights, strict=False)
+    log(report.describe(Path(path)))
     return report
