@@ -29,7 +29,8 @@ import numpy as np
 from .. import atomic
 from ..config import Config
 from ..errors import DataError
-from .cache import MANIFEST, dataset_cache_dir, file_entries, fingerprint_digest, locked_directories, remove_unreferenced
+from .cache import (CACHE_DIR_KEY, MANIFEST, _allocated_memmap, dataset_cache_dir, file_entries, fingerprint_digest,
+                    locked_directories, remove_unreferenced)
 from .discovery import Frame
 from ..parallel import map_in_pool, usable_cores
 from .checks import unknown_value_problems
@@ -112,17 +113,18 @@ def _decode_native(frame: Frame, spec: LabelSpec):
 
 
 def ensure_native_masks(sequences: Sequence[FrameSequence], cfg: Config, *, log: Callable[[str], None] = print,
-                        progress: bool = True) -> NativeMaskOutcome:
+                        progress: bool = True, cache_key: str = CACHE_DIR_KEY) -> NativeMaskOutcome:
     """Reuse every fresh native mask cache of ``sequences`` and decode the stale ones in one parallel pass.
 
     ``cfg`` supplies the label settings (classes, mask format, unknown colours) and the
-    cache location. Raises DataError listing every unusable frame (file and fix).
+    cache location (``cache_key`` names the setting that chose it). Raises DataError listing
+    every unusable frame (file and fix).
     """
     spec = LabelSpec.from_config(cfg.dataset)
     settings = _settings(spec)
     outcome = NativeMaskOutcome()
     directories = {seq.name: native_cache_dir(seq.root, cfg) / seq.name for seq in sequences}
-    with locked_directories(list(directories.values()), log):
+    with locked_directories(list(directories.values()), log, cache_key):
         stale: list[tuple[FrameSequence, list[list]]] = []
         for seq in sequences:
             files = file_entries(seq.root, seq.frames)
@@ -149,19 +151,20 @@ def ensure_native_masks(sequences: Sequence[FrameSequence], cfg: Config, *, log:
         for seq, files in stale:
             masks = [mask for _, mask in results[start:start + len(seq.frames)]]
             start += len(seq.frames)
-            outcome.masks[seq.name] = _write(directories[seq.name], seq, files, settings, masks)
+            outcome.masks[seq.name] = _write(directories[seq.name], seq, files, settings, masks, cache_key)
             outcome.built.append(seq.name)
     return outcome
 
 
 def _write(directory: Path, seq: FrameSequence, files: list[list], settings: dict,
-           masks: list[np.ndarray]) -> NativeMasks:
+           masks: list[np.ndarray], cache_key: str) -> NativeMasks:
     """Publish one sequence: the array under its fingerprinted name, then the manifest, atomically, last."""
     fingerprint = fingerprint_digest(settings, files)
     name = f"masks-{fingerprint}.npy"
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{name}.{os.getpid()}.tmp"
-    flat = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(sum(m.size for m in masks),))
+    # Allocated, not sparse: on a full disk this is an error naming the folder, not a SIGBUS mid-copy.
+    flat = _allocated_memmap(tmp, (sum(m.size for m in masks),), cache_key)
     offset = 0
     for mask in masks:
         flat[offset:offset + mask.size] = mask.ravel()
