@@ -206,8 +206,13 @@ def _sequence_from_json(data: dict) -> SplitSequence:
 def _load(path: Path) -> dict:
     """The parsed splits.json; ValueError / KeyError / TypeError when it is not one of ours."""
     data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds {type(data).__name__}, not a JSON object")
     if data.get("format_version") != SPLITS_FORMAT_VERSION:
         raise ValueError(f"format_version {data.get('format_version')!r}")
+    missing = [key for key in ("settings", "sequences", "splits") if not isinstance(data.get(key), dict)]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} object")
     for split in SPLIT_NAMES:
         for entry in data["splits"][split]:
             _sequence_from_json(entry)
@@ -223,7 +228,11 @@ def _resplit_reason(path: Path, force: bool, settings: dict, sequences: dict) ->
     try:
         previous = _load(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"{path} is unreadable ({exc})", None
+        # It is the record of which sequences were trained on: a new split drawn silently could
+        # put trained sequences into validation. The user decides.
+        raise DataError(f"{path} is unreadable or damaged ({exc}), so the split it records cannot be reused; "
+                        "restore it, or delete it (or set training.force_resplit: true) to draw a new split, "
+                        "knowing that sequences trained on before may then become validation or test data") from exc
     if previous["settings"] != settings:
         changed = [k for k in settings if previous["settings"].get(k) != settings[k]]
         return "split settings changed: " + ", ".join(
