@@ -17,12 +17,21 @@ from ..errors import CheckpointError, ConfigError
 
 
 def check_writable_folder(folder: Path, key: str) -> None:
-    """Create ``folder`` if needed and prove a file can be written there (``os.access`` lies to root)."""
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{key}: {folder} is a file, not a folder; choose a folder path (or move the file)")
+    """Prove ``folder`` is, or can be created as, a folder a file can be written to (``os.access`` lies to root).
+
+    Nothing is created: a folder that does not exist yet is probed through its nearest existing
+    parent, so a command refused later for another reason leaves no empty folder behind.
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == folder:
+            raise ConfigError(f"{key}: {folder} is a file, not a folder; choose a folder path (or move the file)")
+        raise ConfigError(f"{key}: cannot write to {folder} ({existing} is a file, not a folder); choose another "
+                          "folder (or move the file)")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".write-probe."):
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-probe."):
             pass
     except OSError as exc:
         raise ConfigError(f"{key}: cannot write to {folder} ({exc.strerror or exc}); make it writable or "
