@@ -128,8 +128,9 @@ def export_artifact(request: ExportRequest, log: Callable[[str], None] = print) 
                         "global_step": source.global_step, "best_mIoU": source.best_miou},
             exporter=exporter, parity=report.to_dict() if report else None,
         )
+        # The card first: if it cannot be written (a full disk) the artifact is not published without it.
+        card_file = card_path(final)
+        atomic.write_json(card_file, card)
         os.replace(staged, final)
-    card_file = card_path(final)
-    atomic.write_json(card_file, card)
     log(f"wrote {final} and {card_file}")
     return ExportResult(final, card_file, report)

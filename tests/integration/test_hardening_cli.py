@@ -22,6 +22,7 @@ from support.tmpfs import small_tmpfs
 from dist_seg import atomic
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.engine.checkpoint import save_checkpoint
+from dist_seg.errors import DiskSpaceError
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.export import main as export_main
 from dist_seg.models import build_model
@@ -167,6 +168,18 @@ def test_full_disk_during_torch_export_save_is_one_line_and_leaves_nothing(check
         err = error_line(capsys)
         assert f"error: no space left on the device holding {out} while writing model.pt2" in err
         assert sorted(p.name for p in out.iterdir()) == []  # no staging folder, no artifact
+
+
+def test_export_whose_model_card_cannot_be_written_publishes_nothing(checkpoint, synth_root, tmp_path, capsys,
+                                                                    monkeypatch):
+    def disk_full(path, _obj):
+        raise DiskSpaceError(f"no space left on the device holding {Path(path).parent} while writing model.json")
+
+    monkeypatch.setattr(atomic, "write_json", disk_full)
+    out = tmp_path / "export"
+    assert export(checkpoint, synth_root, out) == 1
+    assert "while writing model.json" in error_line(capsys)
+    assert list(out.iterdir()) == []  # no model.pt2 without its card
 
 
 def test_export_removes_the_staging_folder_of_a_killed_export(checkpoint, synth_root, tmp_path):
