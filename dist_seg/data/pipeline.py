@@ -25,7 +25,8 @@ from .checks import check_frames, listing_problems, report_for
 from .decode import LabelSpec, load_mask
 from .discovery import Frame, discover_all
 from .problems import Problem
-from .splits import SPLIT_NAMES, Splits, check_split_names, read_splits, resolve_splits, splits_path
+from .splits import (SPLIT_NAMES, Splits, check_split_names, previous_splits, read_splits, resolve_splits,
+                     splits_path)
 
 # Masks decoded to estimate class frequencies when there is no cache: evenly spaced over
 # the training frames, enough for stable class weights, cheap enough for every rank.
@@ -96,8 +97,9 @@ def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool =
     ds = cfg.dataset
     listings = discover_all(ds)
     names_ok = not any(listing_problems(listing, ds) for listing in listings)
-    # A misspelt split name must not wait for a cache build to be reported.
+    # A misspelt split name or a damaged splits.json must not wait for a cache build to be reported.
     check_split_names([seq.name for seq in listings[0].sequences], ds.split)
+    previous_splits(cfg)
     cache_outcome = None
     if ds.use_cache and names_ok:
         cache_outcome = ensure_caches(listings, cfg, log=log, progress=progress)

@@ -219,20 +219,31 @@ def _load(path: Path) -> dict:
     return data
 
 
-def _resplit_reason(path: Path, force: bool, settings: dict, sequences: dict) -> tuple[str | None, dict | None]:
-    """Why the split must be recomputed (None = reuse), and the previous file's data."""
-    if force:
-        return "training.force_resplit is set", None
-    if not path.exists():
-        return f"no {SPLITS_FILE} yet", None
+def previous_splits(cfg: Config) -> dict | None:
+    """The stored ``splits.json`` to reuse; None when there is none or ``training.force_resplit`` is set.
+
+    A damaged file is a DataError naming it and the fix (prepare calls this before the cache build).
+    """
+    path = splits_path(cfg)
+    if cfg.training.force_resplit or not path.exists():
+        return None
     try:
-        previous = _load(path)
+        return _load(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         # It is the record of which sequences were trained on: a new split drawn silently could
         # put trained sequences into validation. The user decides.
         raise DataError(f"{path} is unreadable or damaged ({exc}), so the split it records cannot be reused; "
                         "restore it, or delete it (or set training.force_resplit: true) to draw a new split, "
                         "knowing that sequences trained on before may then become validation or test data") from exc
+
+
+def _resplit_reason(path: Path, previous: dict | None, force: bool, settings: dict,
+                    sequences: dict) -> tuple[str | None, dict | None]:
+    """Why the split must be recomputed (None = reuse), and the previous file's data."""
+    if force:
+        return "training.force_resplit is set", None
+    if previous is None:
+        return f"no {SPLITS_FILE} yet", None
     if previous["settings"] != settings:
         changed = [k for k in settings if previous["settings"].get(k) != settings[k]]
         return "split settings changed: " + ", ".join(
@@ -269,7 +280,7 @@ def resolve_splits(main: DatasetListing, test: DatasetListing | None, cfg: Confi
     path = splits_path(cfg)
     settings = SplitSettings.from_config(cfg).as_json()
     sequences = {"root": main.sequence_names, "test_root": test.sequence_names if test else []}
-    reason, previous = _resplit_reason(path, cfg.training.force_resplit, settings, sequences)
+    reason, previous = _resplit_reason(path, previous_splits(cfg), cfg.training.force_resplit, settings, sequences)
     if previous is not None:
         assignment = {s: [e["name"] for e in previous["splits"][s]] for s in SPLIT_NAMES}
         log(f"splits: reusing {path}")

@@ -54,6 +54,18 @@ def test_damaged_splits_file_is_refused_naming_it_and_kept(synth_root, tmp_path,
     assert resolve_splits(discover(synth_root, cfg.dataset), None, forced, log=lambda _m: None).train
 
 
+def test_prepare_refuses_a_damaged_splits_file_before_the_cache_build(synth_root, tmp_path):
+    from dist_seg.data.pipeline import prepare
+
+    cfg = _config(tmp_path, synth_root)
+    path = tmp_path / "run" / "splits.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("[]")
+    with pytest.raises(DataError, match="splits.json is unreadable or damaged"):
+        prepare(cfg, log=lambda _m: None, progress=False)
+    assert not (tmp_path / "run_cache").exists()
+
+
 # ----------------------------------------------------------------------------- dataset paths
 
 
