@@ -53,6 +53,21 @@ def temporary_name(path: str | os.PathLike, tag: str) -> Path:
 
 
 @contextmanager
+def staging_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A new empty folder next to ``path``, removed with its contents on exit, for a writer that stages several files.
+
+    It is named like a temporary file, so :func:`remove_stale_temporaries` removes it if its
+    writer is killed before the exit.
+    """
+    path = Path(path)
+    folder = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temporary file next to ``path``; on clean exit it replaces ``path``.
 
@@ -75,15 +90,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(exc, Exception) and _is_disk_full(exc, path.parent):
-            raise DiskSpaceError(
-                f"no space left on the device holding {path.parent} while writing {path.name} "
-                f"({written / 2**20:.1f} MiB written, {free_bytes(path.parent) / 2**20:.1f} MiB free); "
-                "free space there or point the output elsewhere") from exc
+        raise_if_disk_full(exc, path, written)
         raise
 
 
-def _size(path: str) -> int:
+def raise_if_disk_full(exc: BaseException, path: Path, written: int) -> None:
+    """Raise :class:`DiskSpaceError` (naming ``path``'s folder) when ``exc`` ended a write of ``path`` on a full disk.
+
+    For writers that cannot go through :func:`atomic_open` (a library that saves to a path);
+    ``written`` is how many bytes had been written when it failed.
+    """
+    if isinstance(exc, Exception) and _is_disk_full(exc, path.parent):
+        raise DiskSpaceError(
+            f"no space left on the device holding {path.parent} while writing {path.name} "
+            f"({written / 2**20:.1f} MiB written, {free_bytes(path.parent) / 2**20:.1f} MiB free); "
+            "free space there or point the output elsewhere") from exc
+
+
+def _size(path: str | os.PathLike) -> int:
     try:
         return os.path.getsize(path)
     except OSError:
@@ -120,9 +144,10 @@ def ensure_free_space(directory: str | os.PathLike, needed: int, what: str) -> N
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     """Delete temporaries in ``directory`` left by writers of this host that no longer run.
 
-    Only files of our own naming are considered, and only those whose writing process is gone:
-    a concurrent writer's file (another rank, another run on this host) is never touched, and
-    files from other hosts (a shared filesystem) are left to those hosts.
+    Only files (and :func:`staging_folder` folders) of our own naming are considered, and only
+    those whose writing process is gone: a concurrent writer's file (another rank, another run
+    on this host) is never touched, and files from other hosts (a shared filesystem) are left
+    to those hosts.
     """
     removed = []
     directory = Path(directory)
@@ -133,7 +158,10 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
         if not match or match["host"] != _HOST or _pid_alive(int(match["pid"])):
             continue
         try:
-            entry.unlink()
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
             removed.append(entry)
         except FileNotFoundError:
             pass

@@ -39,6 +39,13 @@ MAX_PREFETCH = 64
 Fail = Callable[[str, str], NoReturn]
 
 
+# Largest seed: numpy's seeds are 32-bit, and torch seeds a generator with seed * 1000 + rank.
+MAX_SEED = 2**32 - 1
+# Longest wait a timeout may set (30 days): far beyond any real wait, far below what
+# datetime.timedelta and the process group's millisecond clock can hold.
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+
+
 def _check_fraction(fail: Fail, key: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         fail(key, f"must be in [0, 1), got {value}")
@@ -119,6 +126,16 @@ class DatasetConfig:
         return tuple(self.classes) == DAVID_CLASSES
 
     def validate(self, fail: Fail) -> None:
+        for key in ("images", "labels"):
+            folder = Path(getattr(self, key))
+            if folder.is_absolute() or ".." in folder.parts:
+                fail(key, f"must be a folder inside dataset.root (a relative path without '..'), got "
+                          f"{getattr(self, key)!r}; set dataset.root to the folder that holds both the images "
+                          "and the labels folders")
+        if self.test_root is not None and Path(self.test_root).resolve() == Path(self.root).resolve():
+            fail("test_root", f"is the same folder as dataset.root ({self.root}): the test split would be the "
+                              "training data; point it at a separate test set, or remove it to draw the test "
+                              "split from dataset.root (dataset.split.test_fraction)")
         names = self.class_names
         if len(names) < 2:
             fail("classes", "need at least 2 classes")
@@ -207,8 +224,8 @@ class BackendConfig:
 
     def validate(self, fail: Fail) -> None:
         for key in ("dist_timeout_s", "prepare_timeout_s"):
-            if getattr(self, key) <= 0:
-                fail(key, f"must be positive, got {getattr(self, key)}")
+            if not 0 < getattr(self, key) <= MAX_TIMEOUT_S:
+                fail(key, f"must be positive and at most {MAX_TIMEOUT_S:.0f} (30 days), got {getattr(self, key)}")
         if self.cpu_threads != "auto" and self.cpu_threads < 1:
             fail("cpu_threads", f"must be auto or >= 1, got {self.cpu_threads}")
 
@@ -376,6 +393,8 @@ class TrainingConfig:
             fail("grad_clip_norm", f"must be positive or null, got {self.grad_clip_norm}")
         if min(self.image_size) <= 0:
             fail("image_size", f"must be positive [H, W], got {list(self.image_size)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            fail("seed", f"must be in 0..{MAX_SEED}, got {self.seed}")
 
 
 @dataclass
@@ -388,8 +407,9 @@ class TelemetryConfig:
     progress: Literal["auto", "bar", "log", "none"] = "auto"
 
     def validate(self, fail: Fail) -> None:
-        if self.vram_interval_s <= 0:
-            fail("vram_interval_s", f"must be positive, got {self.vram_interval_s}")
+        # An hour between samples already records nothing useful; far larger waits overflow the thread's timer.
+        if not 0 < self.vram_interval_s <= 3600:
+            fail("vram_interval_s", f"must be positive and at most 3600, got {self.vram_interval_s}")
 
 
 @dataclass

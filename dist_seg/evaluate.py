@@ -51,17 +51,26 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--workers must be >= 0")
     settings = inference_settings(parser, args)
 
+    from . import atomic
     from .config import BackendConfig, load_config
+    from .data.cache import CACHE_DIR_KEY
     from .engine.distributed import setup_distributed, teardown_distributed
     from .engine.eval_report import format_table, write_report
     from .engine.native_eval import evaluate_checkpoint
+    from .engine.preflight import check_writable_folder
     from .engine.runtime import resolve_runtime
 
     config = load_config(args.config) if args.config else None
     if not Path(args.checkpoint).is_file():
-        raise CheckpointError(f"checkpoint {args.checkpoint} does not exist; pass a .pth written by dist_seg.train")
+        raise CheckpointError(f"--checkpoint {args.checkpoint} does not exist; pass a .pth written by dist_seg.train")
+    # Before the evaluation, not after it: a report folder that cannot be written would lose its work.
+    out = Path(args.out) if args.out else _default_out(args, config)
+    check_writable_folder(out, "--out" if args.out else f"--out (default {out})")
+    atomic.remove_stale_temporaries(out)  # what a killed earlier evaluation left
+    if args.cache_dir:
+        check_writable_folder(Path(args.cache_dir), "--cache-dir")
     backend = BackendConfig(target=args.device, compile=False)
-    ctx = setup_distributed(backend)
+    ctx = setup_distributed(backend, device_key="--device")
     try:
         # Rank 0 writes the report: a folder it cannot write is found before the evaluation, not after.
         out = ctx.fail_together(lambda: _report_folder(args, config) if ctx.is_main else None)
@@ -69,7 +78,8 @@ def _main(argv: Sequence[str] | None) -> int:
         log = print if ctx.is_main else (lambda _m: None)
         result = evaluate_checkpoint(args.checkpoint, ctx, runtime, config=config, split=args.split, root=args.root,
                                      settings=settings, batch_size=args.batch_size, num_workers=args.workers,
-                                     mask_format=args.mask_format, cache_dir=args.cache_dir, log=log,
+                                     mask_format=args.mask_format, cache_dir=args.cache_dir,
+                                     cache_key="--cache-dir" if args.cache_dir else CACHE_DIR_KEY, log=log,
                                      progress=ctx.is_main and sys.stderr.isatty())
         if ctx.is_main:
             write_report(result, out)
@@ -98,7 +108,7 @@ def _default_out(args: argparse.Namespace, config) -> Path:
     if config is None:
         from .engine.checkpoint import load_checkpoint
 
-        output_dir = Path(load_checkpoint(args.checkpoint)["config"]["training"]["output_dir"])
+        output_dir = Path(load_checkpoint(args.checkpoint, "--checkpoint")["config"]["training"]["output_dir"])
     else:
         output_dir = Path(config.training.output_dir)
     return output_dir / "eval" / (Path(args.root).resolve().name if args.root else args.split)

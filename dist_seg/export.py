@@ -19,10 +19,23 @@ from typing import Sequence
 from .cli_common import run_cli
 
 
+# Largest export height or width: 8K frames. The example batch and the trace grow with the
+# area, so a mistyped size would fail in an allocation (or be killed for memory) instead.
+MAX_SIDE = 8192
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _side(text: str) -> int:
+    value = _positive(text)
+    if value > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_SIDE}, got {value}; export at the size the "
+                                         "deployment feeds (with --dynamic it accepts any size)")
     return value
 
 
@@ -32,8 +45,8 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--checkpoint", required=True, help="a dist_seg checkpoint (e.g. outputs/x/best_model.pth)")
     parser.add_argument("--format", required=True, choices=["onnx", "torch-export"], dest="fmt")
     parser.add_argument("--out", default="export", help="output directory (default: ./export)")
-    parser.add_argument("--height", type=_positive, help="input height (default: the checkpoint's training.image_size)")
-    parser.add_argument("--width", type=_positive, help="input width (default: the checkpoint's training.image_size)")
+    parser.add_argument("--height", type=_side, help="input height (default: the checkpoint's training.image_size)")
+    parser.add_argument("--width", type=_side, help="input width (default: the checkpoint's training.image_size)")
     parser.add_argument("--dynamic", action="store_true", help="accept any height and width, not only the export size")
     parser.add_argument("--opset", type=_positive, help="ONNX opset (default: the exporter's own)")
     parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
@@ -44,6 +57,9 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--opset applies to --format onnx only")
 
     from .deploy.artifact import ExportRequest, export_artifact
+    from .engine.preflight import check_writable_folder
+
+    check_writable_folder(Path(args.out), "--out")
 
     export_artifact(ExportRequest(
         checkpoint=Path(args.checkpoint), format=args.fmt, out_dir=Path(args.out), height=args.height,

@@ -6,8 +6,9 @@ folder. For every frame it writes ``<stem>_ids.png`` (class ids), ``<stem>_color
 legend of the classes found below it), mirroring the input's folder structure.
 
 A frame that cannot be read is skipped and reported; the other frames are written and the
-exit status is 1. Inputs whose outputs would collide, an --out that is a file, and an --out
-that would put predictions among the input images are refused before any work starts.
+exit status is 1. Inputs whose outputs would collide, an --out that is a file or cannot be
+written, and an --out that would put predictions among the input images are refused before
+any work starts.
 Progress is a bar on a terminal and a plain line every --log-every frames otherwise.
 """
 
@@ -74,6 +75,18 @@ def check_outputs(jobs: Sequence[PredictJob], out_dir: Path) -> None:
     """Refuse, before any work, an --out that cannot hold these jobs' outputs safely."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file; pass a directory (it is created if missing)")
+    _check_clashes(jobs, out_dir)
+    from .engine.preflight import check_writable_folder
+
+    check_writable_folder(out_dir, "--out")
+    # Sub-folders that exist already (a second run into the same --out) must be writable too.
+    for folder in sorted({out_dir / job.relative_dir for job in jobs} - {out_dir}):
+        if folder.exists():
+            check_writable_folder(folder, f"--out (its sub-folder {folder.relative_to(out_dir)})")
+
+
+def _check_clashes(jobs: Sequence[PredictJob], out_dir: Path) -> None:
+    """Outputs of two inputs on one name, or outputs among the input images."""
     by_output: dict[Path, list[Path]] = defaultdict(list)
     for job in jobs:
         by_output[job.output_stem(out_dir)].append(job.source)
@@ -163,6 +176,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.log_every < 1:
         parser.error("--log-every must be >= 1")
     args.settings = inference_settings(parser, args)
+    if args.model and not (args.settings.is_plain and args.settings.mode == "whole"):
+        # Found now, not at the first batch after the model is loaded.
+        parser.error("--tta and --mode slide need the PyTorch model: predict with --checkpoint, or drop them to "
+                     "run the exported --model")
     return args
 
 
@@ -181,12 +198,14 @@ def _main(argv: Sequence[str] | None) -> int:
     from .engine.runtime import resolve_runtime
     from .engine.visualize import overlay, with_legend
 
+    for folder in sorted({job.output_stem(args.out).parent for job in jobs}):
+        atomic.remove_stale_temporaries(folder)  # what a killed earlier run into this --out left
     if args.model:
         from .deploy.onnx_predictor import OnnxPredictor
 
         predictor = OnnxPredictor.from_file(args.model, args.device)
     else:
-        device = select_device(BackendConfig(target=args.device), local_rank=0)
+        device = select_device(BackendConfig(target=args.device), local_rank=0, key="--device")
         runtime = resolve_runtime(BackendConfig(target=args.device, compile=False), device, log=lambda _m: None)
         predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime)
     palette = predictor.palette

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .cli_common import add_config_arguments, run_cli
@@ -18,7 +19,10 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = load_config(args.config, args.overrides)
     # Imported after the config is known good: a config typo should not wait for torch to import.
     from .data.pipeline import prepare
+    from .engine.preflight import check_writable_folder
 
+    # splits.json goes there: found unwritable now, not after the cache build.
+    check_writable_folder(Path(cfg.training.output_dir), "training.output_dir")
     summary = prepare(cfg, log=lambda line: print(line, flush=True), progress=True)
     print(summary.format())
     return 0

@@ -83,7 +83,7 @@ def _check_output(cfg: Config) -> None:
     """The output folder can be written, a named resume checkpoint is one, no earlier run would be overwritten."""
     from .engine.preflight import check_fresh_output, check_run_paths
 
-    check_run_paths(cfg, create=False)
+    check_run_paths(cfg)
     check_fresh_output(cfg)
 
 

@@ -43,6 +43,8 @@ from .discovery import DatasetListing, Frame, SequenceListing
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PREPARE_FIX = "run python -m dist_seg.prepare CONFIG (training runs it for you) with this config"
+# The settings that choose the cache root, as messages name them (a command may pass its own option).
+CACHE_DIR_KEY = "dataset.cache_dir (or $DIST_SEG_CACHE)"
 
 
 def output_size(cfg: Config) -> tuple[int, int]:
@@ -311,12 +313,13 @@ class _SequenceWriter:
 NPY_HEADER_BYTES = 4096
 
 
-def allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+def allocated_memmap(path: Path, shape: tuple[int, ...], cache_key: str = CACHE_DIR_KEY) -> np.memmap:
     """A writable uint8 ``.npy`` memmap at ``path`` whose blocks are all allocated on disk.
 
     ``open_memmap`` alone makes a sparse file; a block the full disk cannot supply would then
     fault (SIGBUS) at the first write into it. ``posix_fallocate`` turns that into ENOSPC now.
     The file gets the umask's mode (numpy opens it with ``open``), like every other output.
+    ``cache_key`` names the setting that chose the cache folder, for the message on a full disk.
     """
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
     fd = os.open(path, os.O_RDWR)
@@ -330,7 +333,7 @@ def allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
             raise DiskSpaceError(
                 f"no space left in {path.parent} for the cache array {path.name.lstrip('.')} "
                 f"({int(np.prod(shape)) / 2**20:.1f} MiB, {atomic.free_bytes(path.parent) / 2**20:.1f} MiB free); "
-                "free space there or set dataset.cache_dir (or $DIST_SEG_CACHE) to a larger disk") from exc
+                f"free space there or set {cache_key} to a larger disk") from exc
         raise
     finally:
         os.close(fd)
@@ -348,16 +351,20 @@ def remove_unreferenced(directory: Path, keep: set[str | None]) -> None:
 
 
 @contextlib.contextmanager
-def locked_directories(directories: Sequence[Path], log: Callable[[str], None]) -> Iterator[None]:
-    """Hold an exclusive lock on each cache folder so concurrent prepares build once."""
+def locked_directories(directories: Sequence[Path], log: Callable[[str], None],
+                       cache_key: str = CACHE_DIR_KEY) -> Iterator[None]:
+    """Hold an exclusive lock on each cache folder so concurrent prepares build once.
+
+    ``cache_key`` names the setting that chose the cache root, for the message when it cannot be written.
+    """
     with contextlib.ExitStack() as stack:
         for directory in sorted(set(directories)):
             try:
                 directory.mkdir(parents=True, exist_ok=True)
                 handle = stack.enter_context(open(directory / ".lock", "a+b"))
             except OSError as exc:
-                raise DataError(f"cannot write the cache folder {directory} ({exc}): set dataset.cache_dir "
-                                "or $DIST_SEG_CACHE to a writable folder") from exc
+                raise DataError(f"cannot write the cache folder {directory} ({exc}): set {cache_key} "
+                                "to a writable folder") from exc
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             except OSError as exc:
@@ -456,7 +463,7 @@ def _allocate(writers: list[_SequenceWriter]) -> None:
     for writer in writers:
         needed[writer.directory.parent] = needed.get(writer.directory.parent, 0) + writer.nbytes
     for directory, size in needed.items():
-        atomic.ensure_free_space(directory, size, "the cache build (dataset.cache_dir or $DIST_SEG_CACHE)")
+        atomic.ensure_free_space(directory, size, f"the cache build ({CACHE_DIR_KEY})")
     for writer in writers:
         writer.allocate()
 

@@ -86,12 +86,12 @@ def listing_problems(listing: DatasetListing, ds: DatasetConfig) -> list[Problem
     problems: list[Problem] = []
     if not listing.image_dir_exists:
         problems.append(Problem("missing-folder", listing.image_dir, "image folder does not exist",
-                                f"frames must be at <root>/{ds.images}/<sequence>/*.png: check dataset.root "
+                                f"frames must be at <root>/{ds.images}/<sequence>/*.png: check {listing.root_key} "
                                 f"({listing.root}) and dataset.images ({ds.images!r})"))
     if not listing.label_dir_exists:
         problems.append(Problem("missing-folder", listing.label_dir, "label folder does not exist",
-                                f"masks must be at <root>/{ds.labels}/<sequence>/<frame>.png: check dataset.root "
-                                f"({listing.root}) and dataset.labels ({ds.labels!r})"))
+                                f"masks must be at <root>/{ds.labels}/<sequence>/<frame>.png: check "
+                                f"{listing.root_key} ({listing.root}) and dataset.labels ({ds.labels!r})"))
     for name, close in listing.unknown_includes:
         hint = f"did you mean {close!r}? " if close else ""
         problems.append(Problem("unknown-sequence", listing.image_dir,

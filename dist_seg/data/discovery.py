@@ -63,6 +63,8 @@ class DatasetListing:
     label_only_sequences: tuple[Path, ...]
     # Names in dataset.include that are not sequence folders, each with its closest match or None.
     unknown_includes: tuple[tuple[str, str | None], ...]
+    # The setting that named ``root`` (dataset.root, dataset.test_root, an option), for messages.
+    root_key: str = "dataset.root"
 
     @property
     def frames(self) -> list[Frame]:
@@ -111,11 +113,13 @@ def list_sequence(name: str, image_dir: Path, label_dir: Path) -> SequenceListin
                            tuple(without_mask), tuple(without_image), tuple(ambiguous))
 
 
-def discover(root: Path, ds: DatasetConfig, *, apply_filters: bool = True) -> DatasetListing:
+def discover(root: Path, ds: DatasetConfig, *, apply_filters: bool = True,
+             root_key: str = "dataset.root") -> DatasetListing:
     """List and pair every frame under ``root`` in sorted (deterministic) order.
 
     With ``apply_filters`` the sequences are restricted by ``dataset.include`` and
-    ``dataset.exclude``; a separate ``test_root`` is discovered without them.
+    ``dataset.exclude``; a separate ``test_root`` is discovered without them. ``root_key``
+    names the setting that gave ``root``, for the problems found.
     """
     root = Path(root)
     image_dir, label_dir = root / ds.images, root / ds.labels
@@ -138,12 +142,12 @@ def discover(root: Path, ds: DatasetConfig, *, apply_filters: bool = True) -> Da
 
     sequences = tuple(list_sequence(n, image_dir / n, label_dir / n) for n in selected)
     return DatasetListing(root, image_dir, label_dir, image_dir.is_dir(), label_dir.is_dir(),
-                          sequences, tuple(label_dir / n for n in label_only), tuple(unknown))
+                          sequences, tuple(label_dir / n for n in label_only), tuple(unknown), root_key)
 
 
 def discover_all(ds: DatasetConfig) -> list[DatasetListing]:
     """The main root (filtered by include/exclude) and, if set, the test root (unfiltered)."""
     listings = [discover(ds.root, ds)]
     if ds.test_root is not None:
-        listings.append(discover(ds.test_root, ds, apply_filters=False))
+        listings.append(discover(ds.test_root, ds, apply_filters=False, root_key="dataset.test_root"))
     return listings

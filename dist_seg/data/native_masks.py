@@ -33,7 +33,8 @@ import numpy as np
 from .. import atomic
 from ..config import Config
 from ..errors import DataError
-from .cache import (MANIFEST, NPY_HEADER_BYTES, allocated_memmap, dataset_cache_dir, file_entries, fingerprint_digest,
+from .cache import (CACHE_DIR_KEY, MANIFEST, NPY_HEADER_BYTES, allocated_memmap, dataset_cache_dir, file_entries,
+                    fingerprint_digest,
                     locked_directories, remove_unreferenced)
 from .discovery import Frame
 from ..parallel import map_in_pool, usable_cores
@@ -125,14 +126,15 @@ def _decode_native(frame: Frame, spec: LabelSpec):
 
 
 def ensure_native_masks(sequences: Sequence[FrameSequence], cfg: Config, *, log: Callable[[str], None] = print,
-                        progress: bool = True) -> NativeMaskOutcome:
+                        progress: bool = True, cache_key: str = CACHE_DIR_KEY) -> NativeMaskOutcome:
     """Reuse every fresh native mask cache of ``sequences`` and decode the stale ones in one parallel pass.
 
     ``cfg`` supplies the label settings (classes, mask format, unknown colours) and the
-    cache location. On storage that cannot be written (a read-only cache) fresh masks are
-    read without a lock, like the training caches, and stale ones are decoded into memory
-    for this evaluation only. Raises DataError listing every unusable frame (file and fix),
-    DiskSpaceError (folder, bytes needed and free) when the cache folder cannot hold them.
+    cache location (``cache_key`` names the setting that chose it). On storage that cannot be
+    written (a read-only cache) fresh masks are read without a lock, like the training caches,
+    and stale ones are decoded into memory for this evaluation only. Raises DataError listing
+    every unusable frame (file and fix), DiskSpaceError (folder, bytes needed and free) when
+    the cache folder cannot hold them.
     """
     spec = LabelSpec.from_config(cfg.dataset)
     settings = _settings(spec)
@@ -140,7 +142,7 @@ def ensure_native_masks(sequences: Sequence[FrameSequence], cfg: Config, *, log:
     directories = {seq.name: native_cache_dir(seq.root, cfg) / seq.name for seq in sequences}
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(locked_directories(list(directories.values()), log))
+            stack.enter_context(locked_directories(list(directories.values()), log, cache_key))
             unwritable = None
         except DataError as exc:
             unwritable = exc  # reading needs no write: fresh masks are still used as they are
@@ -157,9 +159,9 @@ def ensure_native_masks(sequences: Sequence[FrameSequence], cfg: Config, *, log:
                 f"{len(frames)} masks are decoded into memory for each evaluation")
             outcome.masks.update({seq.name: NativeMasks.in_memory(seq.name, masks) for seq, _, masks in built})
             return outcome
-        _check_space(built, directories)
+        _check_space(built, directories, cache_key)
         for seq, files, masks in built:
-            outcome.masks[seq.name] = _write(directories[seq.name], seq, files, settings, masks)
+            outcome.masks[seq.name] = _write(directories[seq.name], seq, files, settings, masks, cache_key)
             outcome.built.append(seq.name)
     return outcome
 
@@ -193,19 +195,18 @@ def _decode_all(frames: list[Frame], spec: LabelSpec, workers: int | None, progr
 
 
 def _check_space(by_sequence: list[tuple[FrameSequence, list[list], list[np.ndarray]]],
-                 directories: dict[str, Path]) -> None:
+                 directories: dict[str, Path], cache_key: str) -> None:
     """DiskSpaceError before the first array is written if a native cache folder cannot hold its new arrays."""
     needed: dict[Path, int] = {}
     for seq, _, masks in by_sequence:
         folder = directories[seq.name].parent
         needed[folder] = needed.get(folder, 0) + sum(m.size for m in masks) + NPY_HEADER_BYTES
     for folder, size in needed.items():
-        atomic.ensure_free_space(folder, size, "the native mask cache (--cache-dir of dist_seg.evaluate, "
-                                               "dataset.cache_dir or $DIST_SEG_CACHE)")
+        atomic.ensure_free_space(folder, size, f"the native mask cache ({cache_key})")
 
 
 def _write(directory: Path, seq: FrameSequence, files: list[list], settings: dict,
-           masks: list[np.ndarray]) -> NativeMasks:
+           masks: list[np.ndarray], cache_key: str) -> NativeMasks:
     """Publish one sequence: the array under its fingerprinted name, then the manifest, atomically, last."""
     fingerprint = fingerprint_digest(settings, files)
     name = f"masks-{fingerprint}.npy"
@@ -213,7 +214,7 @@ def _write(directory: Path, seq: FrameSequence, files: list[list], settings: dic
     tmp = directory / f".{name}.{os.getpid()}.tmp"
     try:
         # Allocated, not sparse: a disk that fills meanwhile fails here, not as SIGBUS mid-copy.
-        flat = allocated_memmap(tmp, (sum(m.size for m in masks),))
+        flat = allocated_memmap(tmp, (sum(m.size for m in masks),), cache_key)
         offset = 0
         for mask in masks:
             flat[offset:offset + mask.size] = mask.ravel()

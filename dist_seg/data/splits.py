@@ -215,24 +215,44 @@ def _sequence_from_json(data: dict) -> SplitSequence:
 def _load(path: Path) -> dict:
     """The parsed splits.json; ValueError / KeyError / TypeError when it is not one of ours."""
     data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds {type(data).__name__}, not a JSON object")
     if data.get("format_version") != SPLITS_FORMAT_VERSION:
         raise ValueError(f"format_version {data.get('format_version')!r}")
+    missing = [key for key in ("settings", "sequences", "splits") if not isinstance(data.get(key), dict)]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} object")
     for split in SPLIT_NAMES:
         for entry in data["splits"][split]:
             _sequence_from_json(entry)
     return data
 
 
-def _resplit_reason(path: Path, force: bool, settings: dict, sequences: dict) -> tuple[str | None, dict | None]:
+def previous_splits(cfg: Config) -> dict | None:
+    """The stored ``splits.json`` to reuse; None when there is none or ``training.force_resplit`` is set.
+
+    A damaged file is a DataError naming it and the fix (prepare calls this before the cache build).
+    """
+    path = splits_path(cfg)
+    if cfg.training.force_resplit or not path.exists():
+        return None
+    try:
+        return _load(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # It is the record of which sequences were trained on: a new split drawn silently could
+        # put trained sequences into validation. The user decides.
+        raise DataError(f"{path} is unreadable or damaged ({exc}), so the split it records cannot be reused; "
+                        "restore it, or delete it (or set training.force_resplit: true) to draw a new split, "
+                        "knowing that sequences trained on before may then become validation or test data") from exc
+
+
+def _resplit_reason(path: Path, previous: dict | None, force: bool, settings: dict,
+                    sequences: dict) -> tuple[str | None, dict | None]:
     """Why the split must be recomputed (None = reuse), and the previous file's data."""
     if force:
         return "training.force_resplit is set", None
-    if not path.exists():
+    if previous is None:
         return f"no {SPLITS_FILE} yet", None
-    try:
-        previous = _load(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"{path} is unreadable ({exc})", None
     if previous["settings"] != settings:
         changed = [k for k in settings if previous["settings"].get(k) != settings[k]]
         return "split settings changed: " + ", ".join(
@@ -273,7 +293,7 @@ def planned_splits(main: DatasetListing, test: DatasetListing | None, cfg: Confi
     """
     path = splits_path(cfg)
     settings, sequences = _split_inputs(main, test, cfg)
-    reason, previous = _resplit_reason(path, cfg.training.force_resplit, settings, sequences)
+    reason, previous = _resplit_reason(path, previous_splits(cfg), cfg.training.force_resplit, settings, sequences)
     if previous is not None:
         assignment = {s: [e["name"] for e in previous["splits"][s]] for s in SPLIT_NAMES}
         log(f"splits: reusing {path}")

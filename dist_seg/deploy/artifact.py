@@ -1,13 +1,13 @@
 """One export: checkpoint -> staged artifact -> parity check -> final artifact + model card.
 
-The artifact is written under a temporary name in the output directory and renamed only
-after the parity check passes, so a failed export never leaves a file that looks final.
+The artifact is written into a staging folder in the output directory and renamed only
+after the parity check passes, so a failed export never leaves a file that looks final;
+staging folders of killed exports are removed by the next export into the same directory.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -85,19 +85,26 @@ def export_artifact(request: ExportRequest, log: Callable[[str], None] = print) 
     log(f"export: {source.model_name} ({source.weights} weights, epoch {source.epoch}) from {request.checkpoint} "
         f"-> {final} at {height}x{width}" + (" (dynamic height/width)" if request.dynamic_size else ""))
     request.out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=request.out_dir) as staging:
-        staged = Path(staging) / final.name
+    atomic.remove_stale_temporaries(request.out_dir)
+    with atomic.staging_folder(final) as staging:
+        staged = staging / final.name
         exporter = {"torch": torch.__version__}
-        if request.format == "onnx":
-            info = export_onnx(wrapper, example, staged, request.dynamic_size, request.opset, source.model_name, log)
-            exporter.update(method=f"torch.onnx.export ({info.exporter})", opset=info.opset)
-            for module in ("onnx", "onnxscript", "onnxruntime"):
-                exporter[module] = package_version(module)
-            runner = _onnx_runner
-        else:
-            save_program(export_program(wrapper, example, request.dynamic_size, source.model_name), staged)
-            exporter.update(method="torch.export.export + torch.export.save")
-            runner = program_runner
+        try:
+            if request.format == "onnx":
+                info = export_onnx(wrapper, example, staged, request.dynamic_size, request.opset, source.model_name,
+                                   log)
+                exporter.update(method=f"torch.onnx.export ({info.exporter})", opset=info.opset)
+                for module in ("onnx", "onnxscript", "onnxruntime"):
+                    exporter[module] = package_version(module)
+                runner = _onnx_runner
+            else:
+                save_program(export_program(wrapper, example, request.dynamic_size, source.model_name), staged)
+                exporter.update(method="torch.export.export + torch.export.save")
+                runner = program_runner
+        except Exception as exc:
+            # The exporters write the file themselves, not through atomic_open.
+            atomic.raise_if_disk_full(exc, final, staged.stat().st_size if staged.is_file() else 0)
+            raise
         report = None
         if request.check:
             frames, where = parity_frames(cfg, PARITY_FRAMES, (height, width))
@@ -121,8 +128,9 @@ def export_artifact(request: ExportRequest, log: Callable[[str], None] = print) 
                         "global_step": source.global_step, "best_mIoU": source.best_miou},
             exporter=exporter, parity=report.to_dict() if report else None,
         )
+        # The card first: if it cannot be written (a full disk) the artifact is not published without it.
+        card_file = card_path(final)
+        atomic.write_json(card_file, card)
         os.replace(staged, final)
-    card_file = card_path(final)
-    atomic.write_json(card_file, card)
     log(f"wrote {final} and {card_file}")
     return ExportResult(final, card_file, report)

@@ -90,8 +90,8 @@ def load_export_source(path: str | Path, ema: bool = False) -> ExportSource:
     # fp32, contiguous, eager: the reference the artifact is compared with.
     runtime = resolve_runtime(BackendConfig(target="cpu", amp=False, channels_last=False, compile=False), cpu,
                               log=lambda _m: None)
-    predictor = Predictor.from_checkpoint(path, cpu, runtime)
-    state = load_checkpoint(path)
+    predictor = Predictor.from_checkpoint(path, cpu, runtime, "--checkpoint")
+    state = load_checkpoint(path, "--checkpoint")
     if ema:
         if not isinstance(state.get("ema"), dict):
             raise CheckpointError(f"checkpoint {path} holds no EMA weights (no 'ema' state dict); export its "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Callable
 
@@ -28,8 +29,14 @@ def export_program(wrapper: DeployableModel, example: torch.Tensor, dynamic_size
 
 
 def save_program(program: torch.export.ExportedProgram, path: Path) -> None:
-    """Write the program as a ``.pt2`` archive."""
-    torch.export.save(program, str(path))
+    """Write the program as a ``.pt2`` archive.
+
+    The archive is built in memory and written in one piece: torch's archive writer aborts the
+    whole process when a write to a file fails (a full disk), where a plain write raises OSError.
+    """
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    path.write_bytes(buffer.getbuffer())
 
 
 def load_program(path: Path) -> torch.nn.Module:

@@ -166,12 +166,15 @@ def mirror_best(source: Path, best_path: Path) -> None:
     os.replace(temporary, best_path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and check a dist_seg checkpoint; every failure is a CheckpointError saying what to do."""
+def load_checkpoint(path: str | Path, key: str = "training.resume_from_checkpoint") -> dict[str, Any]:
+    """Load and check a dist_seg checkpoint; every failure is a CheckpointError saying what to do.
+
+    ``key`` is the config key or command-line option that named ``path``, for the message when it does not exist.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check training.resume_from_checkpoint "
-                              "(or use 'auto' to pick the latest in the output directory)")
+        raise CheckpointError(f"{key}: checkpoint {path} does not exist; give the path of a checkpoint file "
+                              "written by dist_seg.train")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files

@@ -127,8 +127,11 @@ class StopVote:
             self._pending = None
 
 
-def select_device(cfg: BackendConfig, local_rank: int) -> torch.device:
-    """The device this process trains on, per ``backend.target``; errors if it is not there."""
+def select_device(cfg: BackendConfig, local_rank: int, key: str = "backend.target") -> torch.device:
+    """The device this process trains on, per ``backend.target``; errors if it is not there.
+
+    ``key`` is the config key or command-line option (``--device``) that chose the target, for the messages.
+    """
     has_gpu = torch.cuda.is_available()
     is_rocm = torch.version.hip is not None
     target = cfg.target
@@ -137,12 +140,12 @@ def select_device(cfg: BackendConfig, local_rank: int) -> torch.device:
     if target == "cpu":
         return torch.device("cpu")
     if not has_gpu:
-        raise ConfigError(f"backend.target: {cfg.target!r} asked for a GPU but torch sees none "
-                          f"(torch {torch.__version__}); set backend.target: cpu or install a GPU build of torch")
+        raise ConfigError(f"{key} {cfg.target!r} asked for a GPU but torch sees none "
+                          f"(torch {torch.__version__}); set {key} to cpu or install a GPU build of torch")
     if target == "rocm" and not is_rocm:
-        raise ConfigError("backend.target: 'rocm' but this torch is a CUDA build; set backend.target: cuda or auto")
+        raise ConfigError(f"{key} 'rocm' but this torch is a CUDA build; set {key} to cuda or auto")
     if target == "cuda" and is_rocm:
-        raise ConfigError("backend.target: 'cuda' but this torch is a ROCm build; set backend.target: rocm or auto")
+        raise ConfigError(f"{key} 'cuda' but this torch is a ROCm build; set {key} to rocm or auto")
     count = torch.cuda.device_count()
     if local_rank >= count:
         raise ConfigError(f"LOCAL_RANK {local_rank} has no GPU: only {count} visible; "
@@ -150,13 +153,16 @@ def select_device(cfg: BackendConfig, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def setup_distributed(cfg: BackendConfig) -> DistContext:
-    """Read the torchrun environment, pick the device, start the process group if launched by torchrun."""
+def setup_distributed(cfg: BackendConfig, device_key: str = "backend.target") -> DistContext:
+    """Read the torchrun environment, pick the device, start the process group if launched by torchrun.
+
+    ``device_key`` names the setting that chose ``cfg.target`` (see :func:`select_device`).
+    """
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    device = select_device(cfg, local_rank)
+    device = select_device(cfg, local_rank, device_key)
     if device.type == "cuda":
         # Before the process group: NCCL and every later allocation bind to this device.
         torch.cuda.set_device(device)

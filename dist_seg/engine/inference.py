@@ -15,8 +15,6 @@ these functions, so a frame is labelled the same way everywhere:
 from __future__ import annotations
 
 import dataclasses
-
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -35,6 +33,9 @@ from .runtime import Runtime
 
 # Default slide stride as a share of the crop: a third of each window overlaps the next.
 DEFAULT_STRIDE_FRACTION = 2 / 3
+# Largest TTA scale: scales are factors of the network input (0.5-2 is usual); one like 75
+# (a percentage) would ask for an input thousands of times larger and fail in an allocation.
+MAX_TTA_SCALE = 4.0
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,24 @@ class InferenceSettings:
     stride: tuple[int, int] | None = None  # slide step (H, W); None = 2/3 of the crop
 
     def __post_init__(self) -> None:
-        if not self.scales or any(not (s > 0 and math.isfinite(s)) for s in self.scales):
-            raise ConfigError(f"TTA scales must be positive numbers, got {list(self.scales)}")
+        if not self.scales or any(not (0 < s <= MAX_TTA_SCALE) for s in self.scales):
+            raise ConfigError(f"--tta scales must be positive factors of the network input size, at most "
+                              f"{MAX_TTA_SCALE:g} (e.g. scales=0.75,1.0,1.25), got {list(self.scales)}")
         for name, size in (("crop", self.crop), ("stride", self.stride)):
             if size is not None and (len(size) != 2 or min(size) < 1):
                 raise ConfigError(f"--{name} must be HxW with positive sizes, got {size}")
         if self.mode not in ("whole", "slide"):
             raise ConfigError(f"--mode must be whole or slide, got {self.mode!r}")
+        if self.crop and self.stride:
+            _check_window(self.crop, self.stride)
+
+    def window(self, network_size: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The slide ``(crop, stride)``: as given, else the network input size and 2/3 of the crop."""
+        crop = tuple(self.crop or network_size)
+        stride = tuple(self.stride or (max(1, round(crop[0] * DEFAULT_STRIDE_FRACTION)),
+                                       max(1, round(crop[1] * DEFAULT_STRIDE_FRACTION))))
+        _check_window(crop, stride)
+        return crop, stride
 
     @property
     def is_plain(self) -> bool:
@@ -72,7 +84,15 @@ class InferenceSettings:
         return ", ".join(parts)
 
 
-def _hw(size: tuple[int, int] | None) -> str:
+def _check_window(crop: Sequence[int], stride: Sequence[int]) -> None:
+    """A stride longer than the window would leave pixels between windows without a prediction."""
+    if stride[0] > crop[0] or stride[1] > crop[1]:
+        raise ConfigError(f"--stride {_hw(stride)} is longer than the slide window {_hw(crop)} (--crop, default the "
+                          "network input size): pixels between windows would get no prediction; use a stride no "
+                          "longer than the crop")
+
+
+def _hw(size: Sequence[int] | None) -> str:
     return "auto" if size is None else f"{size[0]}x{size[1]}"
 
 
@@ -198,9 +218,7 @@ def class_scores(model: torch.nn.Module, images: torch.Tensor, settings: Inferen
     x = normalise(images, device, memory_format)
     height, width = x.shape[-2:]
     base = tuple(network_size) if settings.mode == "whole" else (height, width)
-    crop = tuple(settings.crop or network_size)
-    stride = tuple(settings.stride or (max(1, round(crop[0] * DEFAULT_STRIDE_FRACTION)),
-                                       max(1, round(crop[1] * DEFAULT_STRIDE_FRACTION))))
+    crop, stride = settings.window(network_size)
     total: torch.Tensor | None = None
     passes = 0
     for scale in settings.scales:
@@ -237,9 +255,13 @@ class Predictor:
     checkpoint: Path
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device, runtime: Runtime) -> "Predictor":
-        """Rebuild the model described by the checkpoint's config and load its weights."""
-        state = load_checkpoint(path)
+    def from_checkpoint(cls, path: str | Path, device: torch.device, runtime: Runtime,
+                        key: str = "--checkpoint") -> "Predictor":
+        """Rebuild the model described by the checkpoint's config and load its weights.
+
+        ``key`` is the option or config key that named ``path``, for the message when it does not exist.
+        """
+        state = load_checkpoint(path, key)
         try:
             cfg = config_from_dict(state["config"], base_dir=None, source=f"{path} (embedded config)")
         except ConfigError as exc:

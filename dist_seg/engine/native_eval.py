@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..config import IGNORE_INDEX, Config
+from ..data.cache import CACHE_DIR_KEY
 from ..data.discovery import discover
 from ..data.native_masks import FrameSequence, NativeMasks, ensure_native_masks
 from ..data.splits import SPLITS_FILE, read_splits
@@ -119,7 +120,7 @@ def _gone(sequences: Sequence[FrameSequence]) -> list[Path]:
 
 def sequences_from_root(root: Path, cfg: Config) -> list[FrameSequence]:
     """Every sequence of a DAVID-layout root (no include/exclude), frames in sorted order."""
-    listing = discover(Path(root), cfg.dataset, apply_filters=False)
+    listing = discover(Path(root), cfg.dataset, apply_filters=False, root_key="--root")
     problems = listing_problems(listing, cfg.dataset)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
@@ -202,14 +203,19 @@ def _equal_size_batches(shapes: Sequence[tuple[int, int]], batch_size: int) -> l
 def evaluate_sequences(predictor: Predictor, sequences: Sequence[FrameSequence], data_cfg: Config,
                        ctx: DistContext, *, settings: InferenceSettings = InferenceSettings(),
                        batch_size: int = 4, num_workers: int = 2, source: str = "",
-                       log: Callable[[str], None] = print, progress: bool = False) -> NativeEvalResult:
-    """Score ``predictor`` on ``sequences`` (all ranks call this with the same list; each takes its shard)."""
+                       log: Callable[[str], None] = print, progress: bool = False,
+                       cache_key: str = CACHE_DIR_KEY) -> NativeEvalResult:
+    """Score ``predictor`` on ``sequences`` (all ranks call this with the same list; each takes its shard).
+
+    ``cache_key`` names the setting that chose ``data_cfg``'s cache folder, for its error messages.
+    """
     classes = predictor.palette.num_classes
     void_index = data_cfg.dataset.void_index
     device = next(predictor.model.parameters()).device
     mine = shard_by_sequence(sequences, ctx.rank, ctx.world_size)
     # A bad frame in one rank's shard stops every rank here, not at the all-reduce below.
-    masks = ctx.fail_together(lambda: ensure_native_masks(mine, data_cfg, log=log, progress=progress).masks)
+    masks = ctx.fail_together(lambda: ensure_native_masks(mine, data_cfg, log=log, progress=progress,
+                                                          cache_key=cache_key).masks)
 
     names = [seq.name for seq in sequences]
     seq_index = {name: i for i, name in enumerate(names)}
@@ -275,14 +281,16 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
                         config: Config | None = None, split: str = "test", root: str | Path | None = None,
                         settings: InferenceSettings = InferenceSettings(), batch_size: int = 4,
                         num_workers: int = 2, mask_format: str | None = None, cache_dir: str | Path | None = None,
-                        log: Callable[[str], None] = print, progress: bool = False) -> NativeEvalResult:
+                        cache_key: str = CACHE_DIR_KEY, log: Callable[[str], None] = print,
+                        progress: bool = False) -> NativeEvalResult:
     """Evaluate ``checkpoint`` on ``split`` (from splits.json) or on every sequence under ``root``.
 
     The checkpoint alone is enough: its embedded config gives the classes, the model and
     (for ``split``) the output folder holding splits.json. ``config`` (e.g. the training
     run's) replaces the embedded one for the data and must have the same classes.
-    Every rank calls this; the result is the same on every rank, and a user error stops
-    every rank, reported once by rank 0.
+    ``cache_key`` names the setting that chose the cache folder (the option that gave
+    ``cache_dir``), for its error messages. Every rank calls this; the result is the same on
+    every rank, and a user error stops every rank, reported once by rank 0.
     """
     def setup() -> tuple[Predictor, Config, list[FrameSequence], str]:
         predictor = Predictor.from_checkpoint(checkpoint, ctx.device, runtime)
@@ -292,7 +300,8 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
     log(f"evaluate: {source}: {len(sequences)} sequences, {sum(len(s.frames) for s in sequences)} frames, "
         f"{settings.describe()}, {ctx.world_size} process(es)")
     result = evaluate_sequences(predictor, sequences, data_cfg, ctx, settings=settings, batch_size=batch_size,
-                                num_workers=num_workers, source=source, log=log, progress=progress)
+                                num_workers=num_workers, source=source, log=log, progress=progress,
+                                cache_key=cache_key)
     result.mask_format = data_cfg.dataset.mask_format
     return result
 

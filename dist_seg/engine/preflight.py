@@ -10,8 +10,6 @@ forward pass, with BatchNorm as training will run it).
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,36 +24,34 @@ from .memory import memory_needed_by
 from .runtime import Runtime
 
 
-def check_writable_folder(folder: Path, key: str, *, create: bool = True) -> None:
-    """Create ``folder`` if needed and prove a file can be written there (``os.access`` lies to root).
+def check_writable_folder(folder: Path, key: str) -> None:
+    """Prove ``folder`` is, or can be created as, a folder a file can be written to (``os.access`` lies to root).
 
-    ``create=False`` (``validate``) creates nothing: the probe goes to the nearest folder
-    that exists, where the missing ones would be created.
+    Nothing is created: a folder that does not exist yet is probed through its nearest existing
+    parent, so a command refused later for another reason leaves no empty folder behind.
     """
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{key}: {folder} is a file, not a folder; choose a folder path (or move the file)")
-    probe_dir = folder if create else next(p for p in (folder, *folder.parents) if p.exists())
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == folder:
+            raise ConfigError(f"{key}: {folder} is a file, not a folder; choose a folder path (or move the file)")
+        raise ConfigError(f"{key}: cannot write to {folder} ({existing} is a file, not a folder); choose another "
+                          "folder (or move the file)")
     try:
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
-        elif not probe_dir.is_dir():  # a file where a parent folder would be created
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe_dir))
-        with tempfile.TemporaryFile(dir=probe_dir, prefix=".write-probe."):
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-probe."):
             pass
     except OSError as exc:
         raise ConfigError(f"{key}: cannot write to {folder} ({exc.strerror or exc}); make it writable or "
                           "choose another folder") from exc
 
 
-def check_run_paths(cfg: Config, *, create: bool = True) -> None:
-    """The output folder (and its ``checkpoints/``) is writable; a named resume checkpoint exists.
-
-    ``create``: make the output folder (a run does; ``validate`` only looks).
-    """
+def check_run_paths(cfg: Config) -> None:
+    """The output folder (and its ``checkpoints/``) is writable; a named resume checkpoint exists. Creates nothing."""
     out = Path(cfg.training.output_dir)
-    check_writable_folder(out, "training.output_dir", create=create)
+    check_writable_folder(out, "training.output_dir")
     if (out / "checkpoints").exists():
-        check_writable_folder(out / "checkpoints", "training.output_dir (its checkpoints/ folder)", create=create)
+        check_writable_folder(out / "checkpoints", "training.output_dir (its checkpoints/ folder)")
     resume = cfg.training.resume_from_checkpoint
     if resume in (None, "auto"):
         return

@@ -128,9 +128,9 @@ def test_split_settings_that_leave_no_training_are_found_from_the_names_alone():
     check_split_names(names, SplitConfig(val=["A"], test=["C"]), test_from_root=False)
 
 
-def test_a_folder_check_without_create_creates_nothing(tmp_path):
-    check_writable_folder(tmp_path / "a" / "b", "training.output_dir", create=False)
+def test_a_folder_check_creates_nothing(tmp_path):
+    check_writable_folder(tmp_path / "a" / "b", "training.output_dir")
     assert not (tmp_path / "a").exists()
     (tmp_path / "f").write_text("x")
-    with pytest.raises(ConfigError, match="training.output_dir: cannot write to .*Not a directory"):
-        check_writable_folder(tmp_path / "f" / "b", "training.output_dir", create=False)
+    with pytest.raises(ConfigError, match="training.output_dir: cannot write to .* is a file, not a folder"):
+        check_writable_folder(tmp_path / "f" / "b", "training.output_dir")
