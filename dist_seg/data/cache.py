@@ -40,7 +40,8 @@ from .classes import IGNORE_INDEX
 from .decode import DecodedFrame, FrameCheck, LabelSpec, decode_frame
 from .discovery import DatasetListing, Frame, SequenceListing
 
-CACHE_FORMAT_VERSION = 1
+# 2: frames with an EXIF orientation are decoded upright (caches of such frames built before were wrong).
+CACHE_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 PREPARE_FIX = "run python -m dist_seg.prepare CONFIG (training runs it for you) with this config"
 # The settings that choose the cache root, as messages name them (a command may pass its own option).

@@ -41,7 +41,8 @@ from ..parallel import map_in_pool, usable_cores
 from .checks import unknown_value_problems
 from .decode import LabelSpec, decode_frame
 
-NATIVE_FORMAT_VERSION = 1
+# 2: frames with an EXIF orientation are decoded upright (caches of such frames built before were wrong).
+NATIVE_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
