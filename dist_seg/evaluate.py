@@ -17,7 +17,7 @@ from typing import Sequence
 
 from .cli_common import add_inference_arguments, inference_settings, run_cli
 from .data.splits import SPLIT_NAMES
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,13 +67,13 @@ def _main(argv: Sequence[str] | None) -> int:
     out = Path(args.out) if args.out else _default_out(args, config)
     check_writable_folder(out, "--out" if args.out else f"--out (default {out})")
     atomic.remove_stale_temporaries(out)  # what a killed earlier evaluation left
-    if args.cache_dir:
-        check_writable_folder(Path(args.cache_dir), "--cache-dir")
+    # Only a file is refused here: a read-only cache folder still serves fresh native masks.
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise ConfigError(f"--cache-dir: {args.cache_dir} is a file, not a folder; choose a folder path (or move "
+                          "the file)")
     backend = BackendConfig(target=args.device, compile=False)
     ctx = setup_distributed(backend, device_key="--device")
     try:
-        # Rank 0 writes the report: a folder it cannot write is found before the evaluation, not after.
-        out = ctx.fail_together(lambda: _report_folder(args, config) if ctx.is_main else None)
         runtime = resolve_runtime(backend, ctx.device, log=lambda _m: None)
         log = print if ctx.is_main else (lambda _m: None)
         result = evaluate_checkpoint(args.checkpoint, ctx, runtime, config=config, split=args.split, root=args.root,
@@ -88,20 +88,6 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         teardown_distributed(ctx)
     return 0
-
-
-def _report_folder(args: argparse.Namespace, config) -> Path:
-    """``--out`` or the default report folder, once it is proven that it can be written (ConfigError otherwise)."""
-    from .engine.preflight import check_writable_folder
-
-    if args.out:
-        out, key = Path(args.out), f"--out {args.out}"
-    else:
-        out = _default_out(args, config)
-        key = f"the report folder {out} (default of --out)"
-    # Probe the folder or the nearest one above it that exists: a failed evaluation leaves no empty report folder.
-    check_writable_folder(next(p for p in (out, *out.parents) if p.exists()), key)
-    return out
 
 
 def _default_out(args: argparse.Namespace, config) -> Path:

@@ -8,6 +8,7 @@ settings and batch sizes the data cannot satisfy, out-of-memory batches, and wha
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,7 +141,9 @@ def test_a_custom_model_with_nothing_to_train_is_named_before_the_cache_build(sy
 ])
 def test_split_and_batch_mistakes_are_caught_before_the_cache_build(synth_root, tmp_path, overrides, error,
                                                                      message):
-    overrides = {k: (str(synth_root) if v == "TEST_ROOT" else v) for k, v in overrides.items()}
+    if "TEST_ROOT" in overrides.values():  # a separate test set (the training root itself is refused as one)
+        test_root = shutil.copytree(synth_root, tmp_path / "test_root")
+        overrides = {k: (str(test_root) if v == "TEST_ROOT" else v) for k, v in overrides.items()}
     cfg = tiny_run(synth_root, tmp_path / "run", **overrides)
     with pytest.raises(error, match=message):
         run_training(cfg)
@@ -179,11 +182,12 @@ def _validate_cases(tmp_path: Path, synth_root: Path) -> list[tuple[dict, str]]:
     return [
         ({"dataset": {"split": {"val": ["Video_000", "Video_001"], "test": ["Video_002", "Video_003"]}}},
          "leave no sequence for training"),
-        ({"dataset": {"split": {"val": ["Video_003"], "test": ["Video_002"]}, "test_root": str(synth_root)}},
+        ({"dataset": {"split": {"val": ["Video_003"], "test": ["Video_002"]},
+                      "test_root": str(shutil.copytree(synth_root, tmp_path / "test_root"))}},
          "dataset.split.test and dataset.test_root both choose the test split"),
         ({"training": {"output_dir": str(tmp_path / "a_file")}}, "training.output_dir: .*a_file is a file"),
         ({"training": {"output_dir": str(tmp_path / "a_file" / "run")}},
-         "training.output_dir: cannot write to .*Not a directory"),
+         "training.output_dir: cannot write to .*a_file is a file, not a folder"),
         ({"training": {"resume_from_checkpoint": str(tmp_path / "nope.pth")}},
          "training.resume_from_checkpoint: .*nope.pth does not exist"),
         ({"training": {"resume_from_checkpoint": str(_garbage(tmp_path / "garbage.pth"))}},
