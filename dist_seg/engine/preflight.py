@@ -18,7 +18,7 @@ import torch
 
 from ..config import Config
 from ..errors import CheckpointError, ConfigError, DistSegError, describe_raised
-from ..models.batchnorm import batch_size_error, is_single_value_error, one_sample_mode
+from ..models.batchnorm import one_sample_mode
 from .checkpoint import list_checkpoints
 from .memory import memory_needed_by
 from .runtime import Runtime
@@ -98,16 +98,12 @@ def check_model_output(model: torch.nn.Module, num_classes: int, image_size: tup
     memory_format = runtime.memory_format if runtime is not None else torch.contiguous_format
     try:
         with memory_needed_by(f"training.image_size {list(image_size)}: one sample", device,
-                              "lower training.image_size"), torch.no_grad(), one_sample_mode(model, batch_size):
+                              "lower training.image_size"), torch.no_grad(), one_sample_mode(model, batch_size, name):
             x = torch.zeros(1, 3, height, width, device=device).contiguous(memory_format=memory_format)
             with autocast:
                 out = model(x)
     except DistSegError:
         raise
-    except ValueError as exc:
-        if is_single_value_error(exc) and batch_size == 1:
-            raise batch_size_error(batch_size, name) from exc
-        raise _forward_error(name, shape, exc) from exc
     except Exception as exc:  # noqa: BLE001 - a custom forward may raise anything; the message names it
         raise _forward_error(name, shape, exc) from exc
     logits = out["out"] if isinstance(out, dict) else out

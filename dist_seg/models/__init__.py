@@ -16,7 +16,7 @@ from ..errors import ConfigError
 # Imported for their @register side effect: each module adds its model types.
 from . import deeplabv3plus, torchvision_models  # noqa: F401
 from .activations import ACTIVATIONS, check_activation
-from .batchnorm import batch_size_error, is_single_value_error, one_sample_mode
+from .batchnorm import one_sample_mode
 from .custom import build_custom_model, check_custom_model
 from .registry import MODEL_TYPES, register, resolve, with_default_backbone
 from .weights import fitting_backbone_weights, load_backbone_weights, read_state_dict
@@ -79,13 +79,8 @@ def check_model_config(cfg: ModelConfig, num_classes: int, image_size: tuple[int
     if cfg.backbone_weights is not None:
         fitting_backbone_weights(model, cfg.backbone_weights, describe_model(cfg))
     if image_size is not None:
-        try:
-            with torch.no_grad(), one_sample_mode(model, batch_size):
-                out = model(torch.empty(1, 3, *image_size, device="meta"))["out"]
-        except ValueError as exc:
-            if is_single_value_error(exc) and batch_size == 1:
-                raise batch_size_error(batch_size, describe_model(cfg)) from exc
-            raise
+        with torch.no_grad(), one_sample_mode(model, batch_size, describe_model(cfg)):
+            out = model(torch.empty(1, 3, *image_size, device="meta"))["out"]
         if tuple(out.shape) != (1, num_classes, *image_size):
             raise ConfigError(f"model.type: {describe_model(cfg)} returns logits of shape {list(out.shape)} for an "
                               f"input of {image_size[0]}x{image_size[1]} (HxW); expected "

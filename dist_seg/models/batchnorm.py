@@ -52,12 +52,7 @@ def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def is_single_value_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is BatchNorm refusing a batch that gives it one value per channel."""
-    return isinstance(exc, ValueError) and _ONE_VALUE_MESSAGE in str(exc)
-
-
-def batch_size_error(batch_size: int, model_name: str) -> ConfigError:
+def _batch_size_error(batch_size: int, model_name: str) -> ConfigError:
     """The error for a per-rank batch too small for the model's BatchNorm in training mode."""
     return ConfigError(f"training.batch_size: {batch_size} cannot train {model_name}: its BatchNorm needs at least "
                        "2 samples per rank in training mode (a layer after global pooling sees one value per "
@@ -65,16 +60,23 @@ def batch_size_error(batch_size: int, model_name: str) -> ConfigError:
 
 
 @contextlib.contextmanager
-def one_sample_mode(model: nn.Module, batch_size: int) -> Iterator[nn.Module]:
+def one_sample_mode(model: nn.Module, batch_size: int, model_name: str) -> Iterator[nn.Module]:
     """The mode for a pre-flight pass of one sample that fails wherever training with ``batch_size`` would.
 
     With a per-rank batch of one, BatchNorm uses batch statistics (:func:`batch_statistics`),
-    as in a training step; otherwise eval mode (a larger batch always gives BatchNorm
-    more than one value). The model's mode and statistics are restored on exit.
+    as in a training step, and a layer that then sees one value per channel raises the
+    ConfigError naming ``training.batch_size`` and ``model_name``; otherwise eval mode (a
+    larger batch always gives BatchNorm more than one value). The model's mode and
+    statistics are restored on exit.
     """
     if batch_size == 1:
         with batch_statistics(model):
-            yield model
+            try:
+                yield model
+            except ValueError as exc:
+                if _ONE_VALUE_MESSAGE in str(exc):
+                    raise _batch_size_error(batch_size, model_name) from exc
+                raise
         return
     was_training = model.training
     model.eval()
