@@ -1,6 +1,6 @@
 """A training step of the real model, without data loading: what the step and vram suites time.
 
-The step is the product's own :class:`dist_seg.engine.step.TrainStep` (forward under autocast,
+The step is the product's own :class:`dist_seg.train.step.TrainStep` (forward under autocast,
 float32 class-balanced loss, scaled backward, fused AdamW step), built the way the trainer
 builds it. The batch is a fixed random tensor already on the device, so only the model and
 optimizer are timed.
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from dist_seg.config import DAVID_CLASSES, BackendConfig, ModelConfig, TrainingConfig
-from dist_seg.engine.losses import SegmentationLoss
-from dist_seg.engine.runtime import resolve_runtime
-from dist_seg.engine.step import TrainStep, build_optimizer
+from dist_seg.train.losses import SegmentationLoss
+from dist_seg.runtime.device import resolve_runtime
+from dist_seg.train.step import TrainStep, build_optimizer
 from dist_seg.models import build_model
 
 from .common import synchronize

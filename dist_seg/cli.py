@@ -17,7 +17,7 @@ class Subcommand:
 
 
 SUBCOMMANDS = {
-    "train": Subcommand("dist_seg.train", "train a model from a YAML config (also under torchrun)"),
+    "train": Subcommand("dist_seg.train.cli", "train a model from a YAML config (also under torchrun)"),
     "prepare": Subcommand("dist_seg.prepare", "build or refresh the dataset caches and print a summary"),
     "validate": Subcommand("dist_seg.validate", "check a dataset and list every problem found"),
     "synth": Subcommand("dist_seg.synth.cli", "write a synthetic DAVID-style dataset (demo and test data)"),

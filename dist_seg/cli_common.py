@@ -10,7 +10,7 @@ import time
 import traceback
 from typing import Callable, Sequence
 
-from .errors import DistSegError, FailedOnAnotherRank
+from .errors import DistSegError, FailedOnAnotherRank, user_message
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,10 +31,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def inference_settings(parser: argparse.ArgumentParser, args: argparse.Namespace):
-    """The :class:`~dist_seg.engine.inference.InferenceSettings` asked for by :func:`add_inference_arguments`."""
+    """The :class:`~dist_seg.eval.inference.InferenceSettings` asked for by :func:`add_inference_arguments`."""
     if args.mode == "whole" and (args.crop or args.stride):
         parser.error("--crop and --stride need --mode slide")
-    from .engine.inference import InferenceSettings, parse_size, parse_tta
+    from .eval.inference import InferenceSettings, parse_size, parse_tta
 
     flip, scales = parse_tta(args.tta)
     return InferenceSettings(flip=flip, scales=scales, mode=args.mode,
@@ -65,19 +65,6 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return 130
-
-
-def user_message(exc: DistSegError) -> str:
-    """The error's own message, also when a DataLoader worker re-raised it wrapped in its traceback.
-
-    PyTorch re-raises a worker's exception as the same type with the message
-    "Caught DataError in DataLoader worker process 0. Original Traceback ...".
-    """
-    text = str(exc)
-    marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
-    if "Original Traceback" in text and marker in text:
-        return text.rsplit(marker, 1)[1].strip()
-    return text
 
 
 def _tell_torchrun(message: str) -> None:

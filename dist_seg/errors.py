@@ -47,3 +47,16 @@ def describe_raised(exc: BaseException) -> str:
     if frames and not isinstance(exc, SyntaxError):  # a SyntaxError's message already names file and line
         text += f" at {frames[-1].filename}:{frames[-1].lineno}"
     return text
+
+
+def user_message(exc: DistSegError) -> str:
+    """The error's own message, also when a DataLoader worker re-raised it wrapped in its traceback.
+
+    PyTorch re-raises a worker's exception as the same type with the message
+    "Caught DataError in DataLoader worker process 0. Original Traceback ...".
+    """
+    text = str(exc)
+    marker = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text

@@ -54,11 +54,11 @@ def _main(argv: Sequence[str] | None) -> int:
     from . import atomic
     from .config import BackendConfig, load_config
     from .data.cache import CACHE_DIR_KEY
-    from .engine.distributed import setup_distributed, teardown_distributed
-    from .engine.eval_report import format_table, write_report
-    from .engine.native_eval import evaluate_checkpoint
-    from .engine.preflight import check_writable_folder
-    from .engine.runtime import resolve_runtime
+    from .runtime.distributed import setup_distributed, teardown_distributed
+    from .eval.report import format_table, write_report
+    from .eval.native import evaluate_checkpoint
+    from .paths import check_writable_folder
+    from .runtime.device import resolve_runtime
 
     config = load_config(args.config) if args.config else None
     if not Path(args.checkpoint).is_file():
@@ -92,7 +92,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _default_out(args: argparse.Namespace, config) -> Path:
     if config is None:
-        from .engine.checkpoint import load_checkpoint
+        from .checkpoint_file import load_checkpoint
 
         output_dir = Path(load_checkpoint(args.checkpoint, "--checkpoint")["config"]["training"]["output_dir"])
     else:

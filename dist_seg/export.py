@@ -57,7 +57,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--opset applies to --format onnx only")
 
     from .deploy.artifact import ExportRequest, export_artifact
-    from .engine.preflight import check_writable_folder
+    from .paths import check_writable_folder
 
     check_writable_folder(Path(args.out), "--out")
 

@@ -76,7 +76,7 @@ def check_outputs(jobs: Sequence[PredictJob], out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file; pass a directory (it is created if missing)")
     _check_clashes(jobs, out_dir)
-    from .engine.preflight import check_writable_folder
+    from .paths import check_writable_folder
 
     check_writable_folder(out_dir, "--out")
     # Sub-folders that exist already (a second run into the same --out) must be writable too.
@@ -193,10 +193,10 @@ def _main(argv: Sequence[str] | None) -> int:
     from . import atomic
     from .config import BackendConfig
     from .data.decode import load_image
-    from .engine.distributed import select_device
-    from .engine.inference import Predictor
-    from .engine.runtime import resolve_runtime
-    from .engine.visualize import overlay, with_legend
+    from .runtime.distributed import select_device
+    from .eval.inference import Predictor
+    from .runtime.device import resolve_runtime
+    from .eval.visualize import overlay, with_legend
 
     for folder in sorted({job.output_stem(args.out).parent for job in jobs}):
         atomic.remove_stale_temporaries(folder)  # what a killed earlier run into this --out left

@@ -19,7 +19,7 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = load_config(args.config, args.overrides)
     # Imported after the config is known good: a config typo should not wait for torch to import.
     from .data.pipeline import prepare
-    from .engine.preflight import check_writable_folder
+    from .paths import check_writable_folder
 
     # splits.json goes there: found unwritable now, not after the cache build.
     check_writable_folder(Path(cfg.training.output_dir), "training.output_dir")

@@ -51,7 +51,7 @@ def _check_model(cfg: Config) -> None:
     """What training refuses before its first step: the model section, a custom model's output, ``model.init_from``."""
     import torch
 
-    from .engine.preflight import batch_norm_samples, check_model_output, check_trainable
+    from .train.preflight import batch_norm_samples, check_model_output, check_trainable
     from .models import build_model, check_model_config, describe_model
     from .models.init_from import check_init_from
 
@@ -72,7 +72,7 @@ def _check_model(cfg: Config) -> None:
 
 def _starts_fresh(cfg: Config) -> bool:
     """Whether training would start from fresh weights (so ``model.init_from`` applies), not resume."""
-    from .engine.checkpoint import list_checkpoints
+    from .checkpoint_file import list_checkpoints
 
     setting = cfg.training.resume_from_checkpoint
     return setting is None or (setting == "auto"
@@ -81,7 +81,7 @@ def _starts_fresh(cfg: Config) -> bool:
 
 def _check_output(cfg: Config) -> None:
     """The output folder can be written, a named resume checkpoint is one, no earlier run would be overwritten."""
-    from .engine.preflight import check_fresh_output, check_run_paths
+    from .train.preflight import check_fresh_output, check_run_paths
 
     check_run_paths(cfg)
     check_fresh_output(cfg)

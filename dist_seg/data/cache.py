@@ -36,7 +36,7 @@ from .. import atomic
 from ..config import Config, DatasetConfig
 from ..errors import DataError, DiskSpaceError
 from ..parallel import map_in_pool, usable_cores
-from .classes import IGNORE_INDEX
+from ..config.classes import IGNORE_INDEX
 from .decode import DecodedFrame, FrameCheck, LabelSpec, decode_frame
 from .discovery import DatasetListing, Frame, SequenceListing
 

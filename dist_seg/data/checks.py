@@ -17,7 +17,7 @@ from typing import Iterable, Literal, Sequence
 from ..config import DatasetConfig
 from ..errors import DataError
 from ..parallel import map_in_pool, usable_cores
-from .classes import IGNORE_INDEX
+from ..config.classes import IGNORE_INDEX
 from .decode import FrameCheck, LabelSpec, check_frame
 from .discovery import IMAGE_SUFFIXES, DatasetListing, discover_all
 from .problems import Problem

@@ -21,7 +21,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from ..config import DatasetConfig
 from ..errors import DataError
-from .classes import IGNORE_INDEX, ClassSpec
+from ..config.classes import IGNORE_INDEX, ClassSpec
 from .discovery import Frame
 from .palette import Palette
 from .problems import Problem

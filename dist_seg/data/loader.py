@@ -19,7 +19,7 @@ DataLoader with that many worker PROCESSES, which decoding needs. :func:`describ
 says which one a run got.
 
 The loader is told where its process sits (rank, world size, device) by a
-:class:`Placement`, which the engine's ``DistContext`` satisfies; nothing here reads
+:class:`Placement`, which the runtime's ``DistContext`` satisfies; nothing here reads
 torch.distributed's globals.
 """
 
@@ -92,7 +92,7 @@ def seed_worker(worker_id: int) -> None:
 
 
 class Placement(Protocol):
-    """Where this process sits in the job (the engine's ``DistContext`` is one)."""
+    """Where this process sits in the job (the runtime's ``DistContext`` is one)."""
 
     @property
     def rank(self) -> int: ...

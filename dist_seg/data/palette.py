@@ -12,7 +12,7 @@ from functools import cached_property
 import numpy as np
 
 from ..config import DatasetConfig
-from .classes import IGNORE_INDEX, ClassSpec
+from ..config.classes import IGNORE_INDEX, ClassSpec
 
 # Value the lookup table gives colours that are not in the palette. It equals the
 # ignore label, so "map unknown colours to void" needs no second pass.

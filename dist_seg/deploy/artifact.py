@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import atomic
-from ..engine.augment import MEAN, STD
+from ..eval.inference import MEAN, STD
 from ..errors import ExportError
 from .card import build_card, card_path
 from .graph import INPUT_NAME, deployable, load_export_source

@@ -15,10 +15,10 @@ from torch import nn
 
 from ..config import BackendConfig, Config
 from ..data.palette import Palette
-from ..engine.augment import MEAN, STD
-from ..engine.checkpoint import load_checkpoint, load_model_state
-from ..engine.inference import Predictor
-from ..engine.runtime import resolve_runtime
+from ..eval.inference import MEAN, STD
+from ..checkpoint_file import load_checkpoint, load_model_state
+from ..eval.inference import Predictor
+from ..runtime.device import resolve_runtime
 from ..errors import CheckpointError
 
 INPUT_NAME = "images"
@@ -34,7 +34,7 @@ def ids_dtype(num_classes: int) -> torch.dtype:
 class DeployableModel(nn.Module):
     """Wraps a segmentation model: ``forward(images uint8 [B,3,H,W])`` -> ``ids [B,H,W]`` (, ``logits``).
 
-    The normalisation is the one the trainer applies (:class:`~dist_seg.engine.augment.BatchPreparer`,
+    The normalisation is the one the trainer applies (:class:`~dist_seg.train.augment.BatchPreparer`,
     ImageNet mean/std on 0..255 values), so the artifact sees exactly what the model was trained on.
     """
 

@@ -2,7 +2,7 @@
 
 No torch model code runs here: the graph does the normalisation and the argmax, the card
 gives classes, palette and input size. Predictions at the original image size upsample
-the logits bilinearly (as :class:`~dist_seg.engine.inference.Predictor` does), so the
+the logits bilinearly (as :class:`~dist_seg.eval.inference.Predictor` does), so the
 ids match checkpoint predictions up to float rounding at near-ties.
 """
 

@@ -24,7 +24,7 @@ import torch
 from ..config import Config
 from ..data.decode import load_image, resize_image
 from ..data.discovery import discover
-from ..engine.inference import normalise
+from ..eval.inference import normalise
 from ..errors import DataError
 from ..synth import generate_dataset
 from .graph import ExportSource

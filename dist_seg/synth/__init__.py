@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from ..atomic import write_bytes
-from ..data.classes import DAVID_CLASSES, ClassSpec
+from ..config.classes import DAVID_CLASSES, ClassSpec
 from ..data.discovery import IMAGE_SUFFIXES
 from .png import encode_image, encode_png
 from .render import render_frame

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from ..data.classes import DAVID_CLASSES
+from ..config.classes import DAVID_CLASSES
 
 # Drawing roles are DAVID's class names; a custom class list is mapped onto them by name.
 ROLES: tuple[str, ...] = tuple(c.name for c in DAVID_CLASSES)

@@ -34,9 +34,9 @@ from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, subprocess_env, tiny
 from support.dist_eval_script import evaluate_checkpoint
 from dist_seg.config import apply_overrides, config_from_dict
 from dist_seg.synth import generate_dataset
-from dist_seg.engine.checkpoint import list_checkpoints
-from dist_seg.engine.distributed import DistContext, restart_hazard
-from dist_seg.engine.run import run_training
+from dist_seg.checkpoint_file import list_checkpoints
+from dist_seg.runtime.distributed import DistContext, restart_hazard
+from dist_seg.train.run import run_training
 from dist_seg.telemetry.tensorboard import rank_log_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

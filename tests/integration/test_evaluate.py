@@ -19,10 +19,10 @@ from dist_seg.data.discovery import discover
 from dist_seg.data.native_masks import FrameSequence, ensure_native_masks
 from dist_seg.data.pipeline import prepare
 from dist_seg.synth import generate_dataset
-from dist_seg.engine.checkpoint import save_checkpoint
-from dist_seg.engine.evaluation import frequency_weighted_iou
-from dist_seg.engine.inference import MEAN, STD
-from dist_seg.engine.native_eval import shard_by_sequence
+from dist_seg.checkpoint_file import save_checkpoint
+from dist_seg.eval.metrics import frequency_weighted_iou
+from dist_seg.eval.inference import MEAN, STD
+from dist_seg.eval.native import shard_by_sequence
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.models import build_model
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config

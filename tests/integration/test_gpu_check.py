@@ -1,7 +1,7 @@
 """benchmarks/gpu_check.py: the CPU smoke run of the prepared GPU check writes a complete, well-formed report.
 
 The check's parts run the product's own commands (synth, train, torchrun, predict) and the
-engine's step through the harness; here they run on the CPU at tiny sizes. No timing
+trainer's step through the harness; here they run on the CPU at tiny sizes. No timing
 thresholds: only that every part ends ok / skipped / failed with the fields it promises.
 """
 

@@ -25,10 +25,10 @@ from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config, tiny
 from support.tmpfs import small_tmpfs
 from dist_seg.config import load_config
 from dist_seg.data.cache import allocated_memmap
-from dist_seg.data.classes import DAVID_CLASSES
+from dist_seg.config.classes import DAVID_CLASSES
 from dist_seg.data.pipeline import prepare
-from dist_seg.engine.checkpoint import list_checkpoints
-from dist_seg.engine.run import run_training
+from dist_seg.checkpoint_file import list_checkpoints
+from dist_seg.train.run import run_training
 from dist_seg.errors import CheckpointError, ConfigError, DataError, DiskSpaceError
 
 pytestmark = pytest.mark.slow
@@ -439,7 +439,7 @@ def test_data_error_under_torchrun_is_reported_once_by_rank_0(synth_root, tmp_pa
     assert proc.returncode != 0
     assert corrupt.name in output
     # No rank dies in a transport error with its own traceback, and torchrun names rank 0 and the cause.
-    for noise in ("gloo/transport", "Connection closed", "RuntimeError", "dist_seg/engine"):
+    for noise in ("gloo/transport", "Connection closed", "RuntimeError", "dist_seg/train", "dist_seg/eval"):
         assert noise not in output, output[-4000:]
     root_cause = output.split("Root Cause", 1)[1]
     assert re.search(r"rank\s*:\s*0 ", root_cause) and corrupt.name in root_cause, output[-4000:]

@@ -21,9 +21,9 @@ from support.tmpfs import small_tmpfs
 from test_hardening import read_only_bind, tiny_run, write_config
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.data.pipeline import prepare
-from dist_seg.engine.checkpoint import save_checkpoint
-from dist_seg.engine.loop import StopReason
-from dist_seg.engine.run import run_training
+from dist_seg.checkpoint_file import save_checkpoint
+from dist_seg.train.loop import StopReason
+from dist_seg.train.run import run_training
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.models import build_model
 from dist_seg.synth import generate_dataset
@@ -148,7 +148,7 @@ def test_bad_frame_in_one_ranks_shard_under_torchrun_is_reported_once_by_rank_0(
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert output.count(f"error: 1 problem(s) in the frames to evaluate:\n  {victim}") == 1, output[-4000:]
-    for noise in ("gloo/transport", "Connection closed", "RuntimeError", "dist_seg/engine"):
+    for noise in ("gloo/transport", "Connection closed", "RuntimeError", "dist_seg/train", "dist_seg/eval"):
         assert noise not in output, output[-4000:]
     root_cause = output.split("Root Cause", 1)[1]
     assert re.search(r"rank\s*:\s*0 ", root_cause) and victim.name in root_cause, output[-4000:]

@@ -19,7 +19,7 @@ import yaml
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config, tiny_raw_config
 from dist_seg import validate
 from dist_seg.config import ModelConfig
-from dist_seg.engine.run import run_training
+from dist_seg.train.run import run_training
 from dist_seg.errors import ConfigError, DataError
 from dist_seg.models import build_model, check_model_config
 

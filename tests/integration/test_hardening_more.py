@@ -20,10 +20,10 @@ from PIL import Image
 
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config, tiny_raw_config
 from dist_seg.config import load_config
-from dist_seg.data.classes import ClassSpec
+from dist_seg.config.classes import ClassSpec
 from dist_seg.data.decode import LabelSpec, load_image, load_mask
-from dist_seg.engine.checkpoint import list_checkpoints
-from dist_seg.engine.preemption import PreemptionWatch
+from dist_seg.checkpoint_file import list_checkpoints
+from dist_seg.train.preemption import PreemptionWatch
 from dist_seg.errors import ConfigError
 from dist_seg.parallel import map_in_pool
 
@@ -194,7 +194,7 @@ def _copy_sequence(root: Path, name: str, dest: Path) -> Path:
 
 def test_resume_with_a_test_root_whose_sequences_share_training_names(synth_root, tmp_path):
     """A separate test root may reuse sequence names (Video_000 ...): another dataset, not a leak into test."""
-    from dist_seg.engine.run import run_training
+    from dist_seg.train.run import run_training
 
     out = tmp_path / "run"
     test_root = _copy_sequence(synth_root, "Video_000", tmp_path / "test_root")
@@ -214,7 +214,7 @@ def test_resume_with_a_test_root_whose_sequences_share_training_names(synth_root
 def test_tensorboard_on_a_full_disk_warns_once_and_training_output_goes_on(synth_root, tmp_path, capsys):
     """The event writer's thread fails on a full disk and raises at the next write: TensorBoard stops, not the run."""
     from support.tmpfs import small_tmpfs
-    from dist_seg.engine.outputs import RunOutputs
+    from dist_seg.train.outputs import RunOutputs
 
     with small_tmpfs(tmp_path / "small", size="300k") as small:
         out = RunOutputs(tiny_config(synth_root, small / "run"), active=True)

@@ -12,7 +12,7 @@ from PIL import Image
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config
 from dist_seg.config import DatasetConfig
 from dist_seg.data.palette import Palette
-from dist_seg.engine.run import run_training
+from dist_seg.train.run import run_training
 from dist_seg.predict import collect_inputs
 from dist_seg.predict import main as predict_main
 

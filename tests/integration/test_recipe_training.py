@@ -12,13 +12,13 @@ import torch
 from support.helpers import tiny_config
 from dist_seg.config import AugmentConfig, PhotometricConfig
 from dist_seg.deploy.graph import load_export_source
-from dist_seg.engine import amp_policy
-from dist_seg.engine.augment import BatchPreparer
-from dist_seg.engine.bn_refresh import check_bn_gap
-from dist_seg.engine.checkpoint import list_checkpoints
-from dist_seg.engine.distributed import DistContext
-from dist_seg.engine.run import run_training
-from dist_seg.engine.runtime import resolve_runtime
+from dist_seg.runtime import amp_policy
+from dist_seg.train.augment import BatchPreparer
+from dist_seg.train.precise_bn import check_bn_gap
+from dist_seg.checkpoint_file import list_checkpoints
+from dist_seg.runtime.distributed import DistContext
+from dist_seg.train.run import run_training
+from dist_seg.runtime.device import resolve_runtime
 from dist_seg.models import build_model
 
 pytestmark = pytest.mark.slow

@@ -17,16 +17,16 @@ from PIL import Image
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config
 from dist_seg.data.loader import build_loader
 from dist_seg.data.pipeline import load_datasets, prepare
-from dist_seg.engine.augment import BatchPreparer
-from dist_seg.engine.checkpoint import list_checkpoints
-from dist_seg.engine.distributed import DistContext
-from dist_seg.engine.eval_report import REPORT_FILES
-from dist_seg.engine.evaluation import evaluate
-from dist_seg.engine.losses import SegmentationLoss
-from dist_seg.engine.runtime import resolve_runtime
-from dist_seg.engine.run import run_training
-from dist_seg.engine.step import NonFiniteLossError
-from dist_seg.engine.visualize import spread_indices
+from dist_seg.train.augment import BatchPreparer
+from dist_seg.checkpoint_file import list_checkpoints
+from dist_seg.runtime.distributed import DistContext
+from dist_seg.eval.report import REPORT_FILES
+from dist_seg.train.validation import evaluate
+from dist_seg.train.losses import SegmentationLoss
+from dist_seg.runtime.device import resolve_runtime
+from dist_seg.train.run import run_training
+from dist_seg.train.step import NonFiniteLossError
+from dist_seg.eval.visualize import spread_indices
 from dist_seg.errors import CheckpointError, ConfigError, DistSegError
 from dist_seg.models import build_model
 from dist_seg.parallel import usable_cores

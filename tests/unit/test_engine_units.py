@@ -15,16 +15,16 @@ import torch
 from support.helpers import tiny_config
 from dist_seg.config import IGNORE_INDEX, AugmentConfig, TrainingConfig
 from dist_seg.data.palette import Palette
-from dist_seg.engine import checkpoint as ckpt
-from dist_seg.engine.augment import BatchPreparer, random_scale_crop_flip
-from dist_seg.engine.checkpointer import Checkpointer, EpochPlan, TrainPosition
-from dist_seg.engine.distributed import DistContext
-from dist_seg.engine.evaluation import metrics_from_confusion, update_confusion
-from dist_seg.engine.losses import SegmentationLoss, class_weights
-from dist_seg.engine.metrics import EpochTotals, TrainMetrics
-from dist_seg.engine.outputs import RunOutputs
-from dist_seg.engine.schedule import lr_factor
-from dist_seg.engine.step import NonFiniteLossError, TrainStep, build_optimizer
+from dist_seg import checkpoint_file as ckpt
+from dist_seg.train.augment import BatchPreparer, random_scale_crop_flip
+from dist_seg.train.checkpointer import Checkpointer, EpochPlan, TrainPosition
+from dist_seg.runtime.distributed import DistContext
+from dist_seg.eval.metrics import metrics_from_confusion, update_confusion
+from dist_seg.train.losses import SegmentationLoss, class_weights
+from dist_seg.train.metrics import EpochTotals, TrainMetrics
+from dist_seg.train.outputs import RunOutputs
+from dist_seg.train.schedule import lr_factor
+from dist_seg.train.step import NonFiniteLossError, TrainStep, build_optimizer
 from dist_seg.errors import CheckpointError
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
@@ -293,7 +293,7 @@ def test_train_metrics_windows_epoch_totals_and_checkpoint_keys():
 
 
 def test_an_epochs_first_window_does_not_time_the_previous_epochs_validation(monkeypatch):
-    import dist_seg.engine.metrics as metrics_module
+    import dist_seg.train.metrics as metrics_module
 
     clock = [0.0]
     monkeypatch.setattr(metrics_module.time, "perf_counter", lambda: clock[0])
@@ -353,7 +353,7 @@ def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
 
 
 def test_cpu_threads_auto_leaves_the_loader_processes_and_other_ranks_cores_free():
-    from dist_seg.engine.threads import choose_cpu_threads
+    from dist_seg.runtime.threads import choose_cpu_threads
     from dist_seg.parallel import usable_cores
 
     cores = usable_cores()

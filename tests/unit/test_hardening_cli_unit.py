@@ -20,7 +20,7 @@ from dist_seg.config import MAX_SEED, config_from_dict
 from dist_seg.data.cache import locked_directories
 from dist_seg.data.discovery import discover
 from dist_seg.data.splits import read_splits, resolve_splits
-from dist_seg.engine.inference import InferenceSettings
+from dist_seg.eval.inference import InferenceSettings
 from dist_seg.errors import ConfigError, DataError
 from dist_seg.export import main as export_main
 
@@ -103,7 +103,7 @@ def test_numbers_too_large_for_rngs_and_timers_are_refused(synth_root, tmp_path,
 def test_largest_seed_seeds_every_generator(synth_root, tmp_path):
     import torch
 
-    from dist_seg.engine.run import seed_everything
+    from dist_seg.train.run import seed_everything
 
     cfg = _config(tmp_path, synth_root, training={"seed": MAX_SEED})
     seed_everything(cfg.training.seed)
@@ -153,7 +153,7 @@ def test_cache_lock_failure_names_the_option_that_chose_the_folder(tmp_path):
 
 
 def test_missing_checkpoint_names_the_key_given(tmp_path):
-    from dist_seg.engine.checkpoint import load_checkpoint
+    from dist_seg.checkpoint_file import load_checkpoint
     from dist_seg.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"^--checkpoint: checkpoint .*nope.pth does not exist"):

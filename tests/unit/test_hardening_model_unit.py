@@ -14,8 +14,9 @@ from dist_seg.data.cache_loader import CacheLoader
 from dist_seg.data.loader import SingleProcess, build_loader, check_loader_memory
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.data.splits import check_split_names
-from dist_seg.engine.memory import is_out_of_memory, memory_needed_by
-from dist_seg.engine.preflight import batch_norm_samples, check_model_output, check_writable_folder
+from dist_seg.runtime.memory import is_out_of_memory, memory_needed_by
+from dist_seg.train.preflight import batch_norm_samples, check_model_output
+from dist_seg.paths import check_writable_folder
 from dist_seg.errors import ConfigError
 from dist_seg.models.batchnorm import batch_statistics
 

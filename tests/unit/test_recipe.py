@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from dist_seg.config import IGNORE_INDEX, ModelConfig
-from dist_seg.engine import amp_policy
-from dist_seg.engine.ema import ModelEma, ema_weights
-from dist_seg.engine.losses_extra import OhemCrossEntropy, RecipeLoss, dice_loss, lovasz_softmax
-from dist_seg.engine.photometric import PhotometricRanges, photometric_jitter
-from dist_seg.engine.precise_bn import batch_norms, bn_eval_train_gap, recompute_bn_stats
+from dist_seg.runtime import amp_policy
+from dist_seg.train.ema import ModelEma, ema_weights
+from dist_seg.train.losses import OhemCrossEntropy, RecipeLoss, dice_loss, lovasz_softmax
+from dist_seg.train.photometric import PhotometricRanges, photometric_jitter
+from dist_seg.train.precise_bn import batch_norms, bn_eval_train_gap, recompute_bn_stats
 from dist_seg.errors import CheckpointError
 from dist_seg.models import build_model
 from dist_seg.models.init_from import init_from
@@ -363,7 +363,7 @@ class _IdentityPrep:
 
 @pytest.mark.parametrize("frames, batch_size, world", [(9, 4, 2), (17, 4, 2), (15, 4, 2), (5, 4, 1), (3, 2, 2)])
 def test_precise_bn_batches_are_equal_across_ranks_and_never_a_single_frame(frames, batch_size, world):
-    from dist_seg.engine.bn_refresh import training_batches
+    from dist_seg.train.precise_bn import training_batches
 
     data = [(torch.full((3, 2, 2), float(i)), torch.zeros(2, 2, dtype=torch.long), f"f{i}") for i in range(frames)]
     per_rank = [[x.shape[0] for x, _ in training_batches(data, _IdentityPrep(), batch_size, 8, _Placement(r, world))]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dist_seg.data.classes import DAVID_CLASSES, ClassSpec
+from dist_seg.config.classes import DAVID_CLASSES, ClassSpec
 from dist_seg.data.palette import Palette
 from dist_seg.synth import generate_dataset
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ...config.schema import VRAM_SAMPLER_CHOICES
 from .amdsmi import AmdSmiBackend
 from .base import BackendName, BackendUnavailable, GpuBackend
 from .nvml import NvmlBackend
@@ -22,8 +23,8 @@ _OPENERS: dict[str, Callable[[Callable[[str], None]], GpuBackend]] = {
 #: Every driver library, in the order ``auto`` tries them when the vendor is unknown.
 BACKEND_NAMES: tuple[BackendName, ...] = tuple(_OPENERS)  # type: ignore[assignment]
 
-#: What ``telemetry.vram_sampler`` accepts: a library, ``auto``, or ``none`` (no driver calls).
-VRAM_SAMPLER_CHOICES: tuple[str, ...] = ("auto", *BACKEND_NAMES, "none")
+if VRAM_SAMPLER_CHOICES != ("auto", *BACKEND_NAMES, "none"):  # the config's list names exactly these libraries
+    raise ImportError(f"config.VRAM_SAMPLER_CHOICES {VRAM_SAMPLER_CHOICES} does not match the GPU backends {BACKEND_NAMES}")
 
 
 def open_backend(name: BackendName, log: Callable[[str], None]) -> GpuBackend:

@@ -15,8 +15,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config
-from .runtime import Runtime
-from .threads import ThreadChoice
+from ..runtime.device import Runtime
+from ..runtime.threads import ThreadChoice
 
 
 def parameter_count(model: torch.nn.Module) -> int:

@@ -20,9 +20,9 @@ from .. import atomic
 from ..config import Config, config_to_dict, save_config
 from ..telemetry.history import EpochRecord, History
 from ..telemetry.tensorboard import RunWriter
-from .checkpoint import checkpoint_name, list_checkpoints, mirror_best, save_checkpoint
-from .eval_report import write_report
-from .native_eval import NativeEvalResult
+from ..checkpoint_file import checkpoint_name, list_checkpoints, mirror_best, save_checkpoint
+from ..eval.report import write_report
+from ..eval.native import NativeEvalResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 

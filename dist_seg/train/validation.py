@@ -1,9 +1,9 @@
-"""Confusion matrix by bincount, the metrics derived from it, and the training-time validation.
+"""The training-time validation: every rank scores its shard at the cache resolution, then all-reduce.
 
 Each rank evaluates its own shard (the eval sampler shards without padding, so no frame
 is counted twice); only the confusion matrix, two loss sums and the flicker counts cross
 the network. Validation scores masks at the cache resolution (``val/...``); the
-native-resolution evaluation of a checkpoint is :mod:`dist_seg.engine.native_eval`.
+native-resolution evaluation of a checkpoint is :mod:`dist_seg.eval.native`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from ..config import IGNORE_INDEX
 from .augment import BatchPreparer
-from .distributed import DistContext
-from .inference import forward_logits, upsample_logits
+from ..runtime.distributed import DistContext
+from ..eval.inference import forward_logits, upsample_logits
 from .losses import SegmentationLoss
-from .runtime import Runtime
-from .video_metrics import VideoMetricsAccumulator
+from ..runtime.device import Runtime
+from ..eval.video_metrics import VideoMetricsAccumulator
+from ..eval.metrics import metrics_from_confusion, update_confusion
 
 
 @dataclass
@@ -39,44 +39,6 @@ class EvalResult:
     # sequence (see video_metrics); NaN when the shard held no two consecutive frames.
     flicker: float = math.nan
 
-
-def update_confusion(confusion: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
-                     num_classes: int) -> None:
-    """Add the pixels of one batch to ``confusion`` (labelled pixels only)."""
-    valid = target != IGNORE_INDEX
-    index = target[valid] * num_classes + pred[valid]
-    confusion += torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
-
-
-def metrics_from_confusion(confusion: np.ndarray, class_names: list[str],
-                           void_index: int | None) -> tuple[float, float, dict[str, float]]:
-    """(mean IoU, pixel accuracy, per-class IoU). mIoU averages classes that occur, void excluded."""
-    conf = confusion.astype(np.float64)
-    tp = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-    total = conf.sum()
-    pixel_acc = float(tp.sum() / total) if total else float("nan")
-    scored = [i for i in range(len(class_names)) if i != void_index and not math.isnan(iou[i])]
-    mean_iou = float(np.mean(iou[scored])) if scored else float("nan")
-    return mean_iou, pixel_acc, {name: float(iou[i]) for i, name in enumerate(class_names)}
-
-
-def frequency_weighted_iou(confusion: np.ndarray, void_index: int | None) -> float:
-    """Sum of each class's IoU weighted by its share of labelled pixels (void excluded)."""
-    conf = confusion.astype(np.float64)
-    tp = np.diag(conf)
-    labelled = conf.sum(1)
-    if void_index is not None:
-        labelled[void_index] = 0
-    union = conf.sum(0) + labelled - tp
-    total = labelled.sum()
-    if not total:
-        return float("nan")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, 0.0)
-    return float((labelled / total * iou).sum())
 
 
 @torch.no_grad()

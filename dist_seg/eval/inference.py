@@ -27,11 +27,14 @@ from ..config import Config, config_from_dict
 from ..data.palette import Palette
 from ..errors import CheckpointError, ConfigError
 from ..models import build_model
-from .augment import MEAN, STD
-from .checkpoint import load_checkpoint, load_model_state
-from .runtime import Runtime
+from ..checkpoint_file import load_checkpoint, load_model_state
+from ..runtime.device import Runtime
 
 # Default slide stride as a share of the crop: a third of each window overlaps the next.
+# ImageNet statistics: what torchvision backbones (and their pretrained weights) expect.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
 DEFAULT_STRIDE_FRACTION = 2 / 3
 # Largest TTA scale: scales are factors of the network input (0.5-2 is usual); one like 75
 # (a percentage) would ask for an input thousands of times larger and fail in an allocation.

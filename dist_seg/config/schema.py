@@ -22,12 +22,15 @@ from typing import Any, Callable, Literal, NoReturn
 
 import yaml
 
-from . import atomic
-from .data.classes import DAVID_CLASSES, IGNORE_INDEX, ClassSpec, read_class_file
-from .errors import ConfigError
-from .telemetry.gpu import VRAM_SAMPLER_CHOICES
+from .. import atomic
+from .classes import DAVID_CLASSES, IGNORE_INDEX, ClassSpec, read_class_file
+from ..errors import ConfigError
 
 REQUIRED: Any = dataclasses.MISSING
+
+#: What ``telemetry.vram_sampler`` accepts: a GPU driver library, ``auto``, or ``none`` (no driver calls).
+#: ``dist_seg.telemetry.gpu`` opens the libraries named here.
+VRAM_SAMPLER_CHOICES: tuple[str, ...] = ("auto", "nvml", "amdsmi", "none")
 
 # Upper bounds that only refuse absurd values (a typo's extra zeros): worker processes or
 # threads beyond any machine's cores, and prefetching that would hold an epoch in memory.
@@ -205,7 +208,7 @@ class BackendConfig:
     target: Literal["auto", "cuda", "rocm", "cpu"] = "auto"
     amp: bool = True
     # auto: bfloat16 where the device computes it natively (Ampere+ GPUs, CPUs with avx512_bf16 /
-    # amx_bf16), float16 + GradScaler on older GPUs, float32 on other CPUs (engine/amp_policy.py).
+    # amx_bf16), float16 + GradScaler on older GPUs, float32 on other CPUs (runtime/amp_policy.py).
     amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool | Literal["auto"] = "auto"

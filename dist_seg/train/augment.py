@@ -17,10 +17,8 @@ import torch.nn.functional as F
 
 from ..config import IGNORE_INDEX, AugmentConfig, PhotometricConfig
 from .photometric import PhotometricRanges, photometric_jitter
+from ..eval.inference import MEAN, STD
 
-# ImageNet statistics: what torchvision backbones (and their pretrained weights) expect.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import torch
 
-from .distributed import DistContext
+from ..runtime.distributed import DistContext
 
 T = TypeVar("T")
 

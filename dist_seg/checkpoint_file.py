@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import atomic
-from ..errors import CheckpointError
+from . import atomic
+from .errors import CheckpointError
 
 FORMAT = "dist_seg.checkpoint"
 VERSION = 1

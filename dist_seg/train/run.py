@@ -31,23 +31,22 @@ from ..telemetry.progress import Progress
 from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
 from ..telemetry.vram import VramSampler
 from .augment import BatchPreparer
-from .checkpoint import unwrap_model
+from ..checkpoint_file import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan
-from .distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
+from ..runtime.distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
 from .ema import ModelEma
 from .losses import SegmentationLoss, class_weights
 from .final_eval import evaluate_test_split
 from .loop import RunSummary, StopReason, Trainer
-from .losses_extra import build_criterion
+from .losses import build_criterion
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
-from .preflight import (batch_norm_samples, check_fresh_output, check_model_output, check_run_paths,
-                        check_trainable)
-from .runtime import Runtime, resolve_runtime
+from .preflight import batch_norm_samples, check_fresh_output, check_model_output, check_run_paths, check_trainable
+from ..runtime.device import Runtime, resolve_runtime
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
-from .threads import apply_cpu_threads
+from ..runtime.threads import apply_cpu_threads
 
 
 def seed_everything(seed: int) -> None:

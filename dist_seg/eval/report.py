@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .. import atomic
-from .native_eval import NativeEvalResult
+from .native import NativeEvalResult
 
 REPORT_FILES = ("metrics.json", "report.md", "confusion.csv", "confusion.png")
 

@@ -1,7 +1,7 @@
 """The training loop: epochs of train steps, then validation, visualisations, history and checkpoints.
 
-:func:`~dist_seg.engine.run.run_training` wires a :class:`Trainer` up; the loop itself only
-iterates. Each micro-batch goes through :class:`~dist_seg.engine.step.TrainStep`; the host
+:func:`~dist_seg.train.run.run_training` wires a :class:`Trainer` up; the loop itself only
+iterates. Each micro-batch goes through :class:`~dist_seg.train.step.TrainStep`; the host
 reads the device (loss, non-finite flag) only at log windows.
 """
 
@@ -24,22 +24,22 @@ from ..data.palette import Palette
 from ..telemetry.history import EpochRecord
 from ..telemetry.progress import Progress
 from .augment import BatchPreparer
-from .bn_refresh import check_bn_gap, refresh_bn_stats
-from .checkpoint import unwrap_model
+from .precise_bn import check_bn_gap, refresh_bn_stats
+from ..checkpoint_file import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan, TrainPosition
-from .distributed import DistContext, StopVote
+from ..runtime.distributed import DistContext, StopVote
 from .ema import ModelEma, ema_weights
-from .evaluation import EvalResult, evaluate
-from .inference import forward_logits, upsample_argmax
+from .validation import EvalResult, evaluate
+from ..eval.inference import forward_logits, upsample_argmax
 from .losses import SegmentationLoss
-from .memory import memory_needed_by
+from ..runtime.memory import memory_needed_by
 from .metrics import EpochTotals, TrainMetrics
 from .outputs import RunOutputs
 from .preemption import PreemptionWatch
-from .runtime import Runtime
+from ..runtime.device import Runtime
 from .schedule import lr_factor
 from .step import TrainStep
-from .visualize import comparison_panel, spread_indices
+from ..eval.visualize import comparison_panel, spread_indices
 
 
 class StopReason(enum.StrEnum):

@@ -2,7 +2,7 @@
 
 A run that completes all its epochs (``training.final_eval: true``, the default) and has a
 test split evaluates its best checkpoint (the last one when it had no validation) with
-:func:`~dist_seg.engine.native_eval.evaluate_checkpoint`, the same code as
+:func:`~dist_seg.eval.native.evaluate_checkpoint`, the same code as
 ``dist_seg.evaluate``; the report goes to ``<output_dir>/eval/test/`` and the scalars to
 TensorBoard as ``eval/test/...``. Every rank takes part (the frames are sharded by sequence).
 A user error in the evaluation (a test frame deleted meanwhile, a full disk) becomes a
@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli_common import user_message
+from ..errors import user_message
 from ..config import Config
 from ..data.splits import read_splits
 from ..errors import DistSegError
-from .distributed import DistContext
-from .native_eval import NativeEvalResult, evaluate_checkpoint
+from ..runtime.distributed import DistContext
+from ..eval.native import NativeEvalResult, evaluate_checkpoint
 from .outputs import RunOutputs
 from .preemption import Preempted, preemption_raises
-from .runtime import Runtime
+from ..runtime.device import Runtime
 
 SPLIT = "test"
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..config import IGNORE_INDEX
 from ..data.palette import Palette
-from .evaluation import metrics_from_confusion
+from .metrics import metrics_from_confusion
 
 OVERLAY_ALPHA = 0.5
 # Panels narrower than this are enlarged (nearest neighbour, whole factors) so that their

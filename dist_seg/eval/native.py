@@ -32,10 +32,10 @@ from ..data.splits import SPLITS_FILE, read_splits
 from ..data.checks import listing_problems
 from ..data.decode import load_image
 from ..errors import CheckpointError, DataError
-from .distributed import DistContext
-from .evaluation import frequency_weighted_iou, metrics_from_confusion, update_confusion
+from ..runtime.distributed import DistContext
+from .metrics import frequency_weighted_iou, metrics_from_confusion, update_confusion
 from .inference import InferenceSettings, Predictor
-from .runtime import Runtime
+from ..runtime.device import Runtime
 from .video_metrics import WINDOW_SIZES, VideoMetrics, VideoMetricsAccumulator
 
 _GREY_OR_PALETTE = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")

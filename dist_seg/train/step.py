@@ -18,8 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainingConfig
 from ..errors import DistSegError
-from .checkpoint import unwrap_model
-from .distributed import DistContext
+from ..checkpoint_file import unwrap_model
+from ..runtime.distributed import DistContext
 from .ema import ModelEma
 
 

@@ -21,8 +21,8 @@ from ..config import Config, config_to_dict
 from ..data.palette import Palette
 from ..data.splits import Splits
 from ..errors import CheckpointError, DistSegError
-from .checkpoint import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state
-from .distributed import DistContext
+from ..checkpoint_file import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state
+from ..runtime.distributed import DistContext
 from .ema import ModelEma
 from .metrics import TrainMetrics
 from .outputs import RunOutputs

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
-from .cli_common import add_config_arguments, run_cli
-from .config import load_config
+from ..cli_common import add_config_arguments, run_cli
+from ..config import load_config
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -16,8 +15,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     # Imported after the config is known good: a config typo should not wait for torch to import.
-    from .engine.loop import StopReason
-    from .engine.run import run_training
+    from .loop import StopReason
+    from .run import run_training
 
     summary = run_training(cfg)
     # Like a shell's own Ctrl-C: a script running this stops too, although the progress is saved.
@@ -28,6 +27,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     return run_cli(_main, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

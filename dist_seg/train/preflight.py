@@ -17,33 +17,12 @@ from pathlib import Path
 import torch
 
 from ..config import Config
+from ..paths import check_writable_folder
 from ..errors import CheckpointError, ConfigError, DistSegError, describe_raised
 from ..models.batchnorm import one_sample_mode
-from .checkpoint import list_checkpoints
-from .memory import memory_needed_by
-from .runtime import Runtime
-
-
-def check_writable_folder(folder: Path, key: str) -> None:
-    """Prove ``folder`` is, or can be created as, a folder a file can be written to (``os.access`` lies to root).
-
-    Nothing is created: a folder that does not exist yet is probed through its nearest existing
-    parent, so a command refused later for another reason leaves no empty folder behind.
-    """
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        if existing == folder:
-            raise ConfigError(f"{key}: {folder} is a file, not a folder; choose a folder path (or move the file)")
-        raise ConfigError(f"{key}: cannot write to {folder} ({existing} is a file, not a folder); choose another "
-                          "folder (or move the file)")
-    try:
-        with tempfile.TemporaryFile(dir=existing, prefix=".write-probe."):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot write to {folder} ({exc.strerror or exc}); make it writable or "
-                          "choose another folder") from exc
+from ..checkpoint_file import list_checkpoints
+from ..runtime.memory import memory_needed_by
+from ..runtime.device import Runtime
 
 
 def check_run_paths(cfg: Config) -> None:

@@ -1,1 +1,0 @@
-"""Engine: distributed setup, training loop, evaluation, checkpoints, losses, schedule."""

@@ -1,0 +1,62 @@
+"""Confusion matrix by bincount and the metrics derived from it (mIoU, pixel accuracy, fwIoU).
+
+Shared by the training-time validation (:mod:`dist_seg.train.validation`), the
+native-resolution evaluation (:mod:`dist_seg.eval.native`) and the visualisations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..config import IGNORE_INDEX
+from ..train.augment import BatchPreparer
+from ..runtime.distributed import DistContext
+from .inference import forward_logits, upsample_logits
+from ..train.losses import SegmentationLoss
+from ..runtime.device import Runtime
+from .video_metrics import VideoMetricsAccumulator
+
+
+def update_confusion(confusion: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
+                     num_classes: int) -> None:
+    """Add the pixels of one batch to ``confusion`` (labelled pixels only)."""
+    valid = target != IGNORE_INDEX
+    index = target[valid] * num_classes + pred[valid]
+    confusion += torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def metrics_from_confusion(confusion: np.ndarray, class_names: list[str],
+                           void_index: int | None) -> tuple[float, float, dict[str, float]]:
+    """(mean IoU, pixel accuracy, per-class IoU). mIoU averages classes that occur, void excluded."""
+    conf = confusion.astype(np.float64)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+    total = conf.sum()
+    pixel_acc = float(tp.sum() / total) if total else float("nan")
+    scored = [i for i in range(len(class_names)) if i != void_index and not math.isnan(iou[i])]
+    mean_iou = float(np.mean(iou[scored])) if scored else float("nan")
+    return mean_iou, pixel_acc, {name: float(iou[i]) for i, name in enumerate(class_names)}
+
+
+def frequency_weighted_iou(confusion: np.ndarray, void_index: int | None) -> float:
+    """Sum of each class's IoU weighted by its share of labelled pixels (void excluded)."""
+    conf = confusion.astype(np.float64)
+    tp = np.diag(conf)
+    labelled = conf.sum(1)
+    if void_index is not None:
+        labelled[void_index] = 0
+    union = conf.sum(0) + labelled - tp
+    total = labelled.sum()
+    if not total:
+        return float("nan")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, 0.0)
+    return float((labelled / total * iou).sum())
