@@ -32,18 +32,19 @@ def expand_user(value: str | os.PathLike, key: str) -> Path:
                           "the path out in full") from exc
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """A type hint as a user reads it: ``'a' | 'b'``, ``int or null``, ``list of int``, ``path``."""
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
     if tp is Path:
         return "path"
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
+        return f"list of {type_name(typing.get_args(tp)[0])}"
     if dataclasses.is_dataclass(tp):
         return "mapping"
     return getattr(tp, "__name__", str(tp))
@@ -122,7 +123,7 @@ class Builder:
             if value is None:
                 if type(None) in members:
                     return None
-                self.fail(key, f"must not be null; expected {_type_name(tp)}")
+                self.fail(key, f"must not be null; expected {type_name(tp)}")
             errors = []
             for member in members:
                 if member is type(None):
@@ -131,7 +132,7 @@ class Builder:
                     return self.convert(member, value, key)
                 except ConfigError as exc:
                     errors.append(exc)
-            self.fail(key, f"expected {_type_name(tp)}, got {value!r}")
+            self.fail(key, f"expected {type_name(tp)}, got {value!r}")
         if tp is ClassSpec:
             return self.class_spec(value, key)
         if origin is list and typing.get_args(tp)[0] is ClassSpec and isinstance(value, (str, Path)):

@@ -7,20 +7,11 @@ native-resolution evaluation (:mod:`dist_seg.eval.native`) and the visualisation
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
 from ..config import IGNORE_INDEX
-from ..train.augment import BatchPreparer
-from ..runtime.distributed import DistContext
-from .inference import forward_logits, upsample_logits
-from ..train.losses import SegmentationLoss
-from ..runtime.device import Runtime
-from .video_metrics import VideoMetricsAccumulator
 
 
 def update_confusion(confusion: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,

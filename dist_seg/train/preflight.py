@@ -10,7 +10,6 @@ forward pass, with BatchNorm as training will run it).
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import zipfile
 from pathlib import Path
 
