@@ -176,6 +176,10 @@ class ModelConfig:
     activation: str = "relu"
     output_stride: int = 16
     separable: bool = False
+    # model.type smp only (the optional zoo extra, segmentation_models_pytorch): the architecture
+    # (null = Unet) and the encoder (null = resnet34; "tu-<timm model>" for any timm model).
+    arch: str | None = None
+    encoder: str | None = None
     # Local file with backbone (or full-model) weights; never downloaded.
     backbone_weights: Path | None = None
     # A dist_seg checkpoint or plain state dict: every weight matching by name and shape is
@@ -196,6 +200,15 @@ class ModelConfig:
     def validate(self, fail: Fail) -> None:
         if self.output_stride not in (8, 16, 32):
             fail("output_stride", f"must be 8, 16 or 32, got {self.output_stride}")
+        for key in ("arch", "encoder"):
+            value = getattr(self, key)
+            if value is None or self.type == "smp":
+                continue
+            if self.is_custom:  # a custom model's own keyword, passed on as before these keys existed
+                self.extra.setdefault(key, value)
+                setattr(self, key, None)
+            else:
+                fail(key, f"applies to model.type smp only, not {self.type}; remove it or set model.type: smp")
 
 
 @dataclass
