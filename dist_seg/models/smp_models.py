@@ -112,7 +112,7 @@ def check_encoder(name: str) -> str:
         return name
     hint = _suggest(name, smp_encoders())
     if not hint and name in timm_models():
-        hint = f"did you mean {TIMM_PREFIX + name!r} (the timm model)? "
+        hint = f"did you mean {TIMM_PREFIX + name!r}? (timm's {name}) "
     names = smp_encoders()
     shown = ", ".join(names[:_SHOWN]) + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
     raise ConfigError(f"model.encoder: unknown segmentation_models_pytorch encoder {name!r}; {hint}choose one of "
