@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torchvision
@@ -142,3 +144,16 @@ def test_batch_of_one_is_checked_like_other_models():
     with pytest.raises(ConfigError, match="training.batch_size: 1 cannot train smp DeepLabV3Plus"):
         check(smp(arch="DeepLabV3Plus", encoder="resnet18"), batch_size=1)
     check(smp(arch="Unet", encoder="resnet18"), batch_size=1)
+
+
+def test_zoo_benchmark_counts_params_and_flops(tmp_path, capsys):
+    from benchmarks.zoo import main as zoo_main
+
+    out = tmp_path / "zoo.json"
+    assert zoo_main(["--size", "64x64", "--pairs", "deeplabv3plus:resnet18", "smp:Segformer:mit_b0",
+                     "smp:Unet:resnet81", "--json", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.read_text())}
+    assert rows["smp Segformer with encoder mit_b0"]["params_m"] == pytest.approx(3.72, abs=0.05)
+    assert rows["deeplabv3plus with backbone resnet18"]["gflops"] > 0
+    assert "did you mean 'resnet18'" in rows["smp Unet resnet81"]["skipped"]
+    assert "| smp Segformer with encoder mit_b0 |" in capsys.readouterr().out
