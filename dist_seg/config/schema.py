@@ -187,7 +187,7 @@ class ModelConfig:
     """Which network to build. Custom models (``type: pkg.module:Class``) get ``extra`` as kwargs."""
 
     type: str = "deeplabv3plus"
-    """`deeplabv3plus`, a torchvision model (`deeplabv3`, `fcn`, `lraspp`), or a custom model
+    """`deeplabv3plus`, a torchvision model (`deeplabv3`, `fcn`, `lraspp`), `smp` (the `zoo` extra), or a custom model
     `package.module:Class` (which gets `extra` keys as keyword arguments). See [Models](models.md).
     """
     backbone: str | None = None
@@ -198,6 +198,12 @@ class ModelConfig:
     """DeepLabV3+ output stride: 8, 16 or 32."""
     separable: bool = False
     """DeepLabV3+ with depthwise-separable ASPP and decoder convolutions."""
+    arch: str | None = None
+    """`model.type: smp` only (the optional `zoo` extra): the segmentation_models_pytorch architecture (`Unet`,
+    `FPN`, `DeepLabV3Plus`, `Segformer`, ...); null = Unet. See [Model zoo](models-zoo.md)."""
+    encoder: str | None = None
+    """`model.type: smp` only: the encoder (`resnet18`, `mit_b0`, `tu-<timm model>` for any timm model); null =
+    resnet34. Weights only from a local file (`model.backbone_weights`)."""
     backbone_weights: Path | None = None
     """Local file with backbone (or full-model) weights; never downloaded."""
     init_from: Path | None = None
@@ -220,6 +226,15 @@ class ModelConfig:
     def validate(self, fail: Fail) -> None:
         if self.output_stride not in (8, 16, 32):
             fail("output_stride", f"must be 8, 16 or 32, got {self.output_stride}")
+        for key in ("arch", "encoder"):
+            value = getattr(self, key)
+            if value is None or self.type == "smp":
+                continue
+            if self.is_custom:  # a custom model's own keyword, passed on as before these keys existed
+                self.extra.setdefault(key, value)
+                setattr(self, key, None)
+            else:
+                fail(key, f"applies to model.type smp only, not {self.type}; remove it or set model.type: smp")
 
 
 @dataclass

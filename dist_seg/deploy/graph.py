@@ -20,6 +20,7 @@ from ..checkpoint_file import load_checkpoint, load_model_state
 from ..eval.inference import Predictor
 from ..runtime.device import resolve_runtime
 from ..errors import CheckpointError
+from ..models import describe_model
 
 INPUT_NAME = "images"
 IDS_NAME = "class_ids"
@@ -76,8 +77,7 @@ class ExportSource:
     @property
     def model_name(self) -> str:
         """The model type (and backbone for built-in types), for messages and the model card."""
-        m = self.config.model
-        return m.type if m.is_custom else f"{m.type} with backbone {m.backbone}"
+        return describe_model(self.config.model)
 
 
 def load_export_source(path: str | Path, ema: bool = False) -> ExportSource:

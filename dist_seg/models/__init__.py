@@ -14,7 +14,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 # Imported for their @register side effect: each module adds its model types.
-from . import deeplabv3plus, torchvision_models  # noqa: F401
+# smp_models imports segmentation_models_pytorch only when model.type smp is used (the zoo extra).
+from . import deeplabv3plus, smp_models, torchvision_models  # noqa: F401
 from .activations import ACTIVATIONS, check_activation
 from .batchnorm import one_sample_mode
 from .custom import build_custom_model, check_custom_model
@@ -26,8 +27,13 @@ __all__ = ["ACTIVATIONS", "MODEL_TYPES", "build_model", "check_model_config", "d
 
 
 def describe_model(cfg: ModelConfig) -> str:
-    """The model as messages name it: the type, and the backbone for built-in types."""
-    return cfg.type if cfg.is_custom else f"{cfg.type} with backbone {cfg.backbone}"
+    """The model as messages name it: the type, and the backbone for built-in types
+    (for smp the architecture and encoder)."""
+    if cfg.is_custom:
+        return cfg.type
+    if cfg.type == smp_models.TYPE:
+        return f"smp {cfg.arch or smp_models.DEFAULT_ARCH} with encoder {cfg.encoder or cfg.backbone}"
+    return f"{cfg.type} with backbone {cfg.backbone}"
 
 
 def _build_builtin(cfg: ModelConfig, num_classes: int) -> nn.Module:
@@ -65,7 +71,8 @@ def check_model_config(cfg: ModelConfig, num_classes: int, image_size: tuple[int
     shapes; with ``image_size`` a meta forward pass checks the logits are
     ``[1, num_classes, H, W]``; for a per-rank ``batch_size`` of 1 that pass keeps BatchNorm
     on batch statistics, as training does, so a model that cannot train on one sample is
-    refused. Custom models are imported and their constructor's signature checked, but not
+    refused; a type with input-size rules (smp: multiples of the encoder's output stride)
+    refuses an ``image_size`` it cannot take, naming ``training.image_size``. Custom models are imported and their constructor's signature checked, but not
     constructed: user code may not run on the meta device.
     """
     cfg = with_default_backbone(cfg)
@@ -79,6 +86,9 @@ def check_model_config(cfg: ModelConfig, num_classes: int, image_size: tuple[int
     if cfg.backbone_weights is not None:
         fitting_backbone_weights(model, cfg.backbone_weights, describe_model(cfg))
     if image_size is not None:
+        check_image_size = getattr(model, "check_image_size", None)  # types with input-size rules (smp)
+        if check_image_size is not None:
+            check_image_size(tuple(image_size))
         with torch.no_grad(), one_sample_mode(model, batch_size, describe_model(cfg)):
             out = model(torch.empty(1, 3, *image_size, device="meta"))["out"]
         if tuple(out.shape) != (1, num_classes, *image_size):

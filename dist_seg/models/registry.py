@@ -23,23 +23,30 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 
 Builder = Callable[[ModelConfig, int], nn.Module]
+Completer = Callable[[ModelConfig], ModelConfig]
 
 _BUILDERS: dict[str, Builder] = {}
 # Every accepted spelling (canonical names and aliases) -> canonical name.
 _NAMES: dict[str, str] = {}
 # Canonical name -> the backbone used when model.backbone is null.
 _DEFAULT_BACKBONES: dict[str, str] = {}
+# Canonical name -> a function filling in (and checking) the type's own keys, when it has one.
+_COMPLETERS: dict[str, Completer] = {}
 
 # Read-only view of every accepted ``model.type`` name (aliases included) -> builder.
 MODEL_TYPES = MappingProxyType(_BUILDERS)
 
 
-def register(name: str, *aliases: str, default_backbone: str) -> Callable[[Builder], Builder]:
+def register(name: str, *aliases: str, default_backbone: str,
+             complete: Completer | None = None) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder`` under ``name`` and its ``aliases``, with the backbone
-    it gets when the config names none."""
+    it gets when the config names none; ``complete``, if given, resolves the config instead
+    (a type with keys of its own, such as smp's ``arch`` / ``encoder``)."""
 
     def decorate(builder: Builder) -> Builder:
         _DEFAULT_BACKBONES[name] = default_backbone
+        if complete is not None:
+            _COMPLETERS[name] = complete
         for spelling in (name, *aliases):
             if spelling in _BUILDERS:
                 raise ValueError(f"model type {spelling!r} is registered twice")  # a bug, not user input
@@ -74,8 +81,14 @@ def resolve(model_type: str) -> Builder:
 
 
 def with_default_backbone(cfg: ModelConfig) -> ModelConfig:
-    """``cfg`` with ``backbone`` filled in from its type when null (custom models keep theirs)."""
-    if cfg.is_custom or cfg.backbone is not None:
+    """``cfg`` with ``backbone`` filled in from its type when null (custom models keep theirs),
+    or as the type's ``complete`` function resolves it."""
+    if cfg.is_custom:
         return cfg
     resolve(cfg.type)
+    complete = _COMPLETERS.get(_NAMES[cfg.type])
+    if complete is not None:
+        return complete(cfg)
+    if cfg.backbone is not None:
+        return cfg
     return dataclasses.replace(cfg, backbone=_DEFAULT_BACKBONES[_NAMES[cfg.type]])

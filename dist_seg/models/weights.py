@@ -87,6 +87,9 @@ def fitting_backbone_weights(model: nn.Module, path: Path, model_name: str) -> d
                           "(pass the path as an extra model key)")
     expected = backbone.state_dict()
     state = backbone_entries(read_state_dict(path), set(expected))
+    adapt = getattr(model, "adapt_backbone_state", None)  # a type's own renaming (smp's timm encoders)
+    if adapt is not None:
+        state = adapt(state, set(expected))
     # Files from before BatchNorm counted its batches lack num_batches_tracked; it is not a weight.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]

@@ -30,7 +30,8 @@ _OTHER_MODEL = "the checkpoint does not fit the configured model (it holds the w
 # keys are not among them: what they mean is the model's business (a test hook, a dropout
 # rate); a change that alters the weights' shapes fails when the weights are loaded.
 _REFUSED = {
-    **{f"model.{key}": _OTHER_MODEL for key in ("type", "backbone", "activation", "output_stride", "separable")},
+    **{f"model.{key}": _OTHER_MODEL for key in ("type", "backbone", "activation", "output_stride", "separable",
+                                                   "arch", "encoder")},
     "dataset.classes": "the checkpoint's output channels stand for other classes",
     "training.optimizer": "the checkpoint's optimizer state belongs to another optimizer (with force it starts afresh)",
 }
