@@ -1,9 +1,16 @@
-"""Checkpoints: atomic writes, rotation, best-model mirror, validated loading.
+"""Checkpoint files: the format, atomic writes, rotation, best-model mirror, validated loading.
 
 A checkpoint is a plain dict of tensors and builtins, so it loads with
 ``torch.load(weights_only=True)``; the model state dict is unwrapped (no ``module.`` /
 ``_orig_mod.`` prefixes) and the config travels inside as plain data, so a checkpoint
 alone is enough to rebuild the model (``dist_seg.predict``).
+
+Format version 2 (what :mod:`dist_seg.train.checkpointer` writes): the header (``format``,
+``version``, ``model``, ``config``, ``class_names``, ``palette``, ``world_size``), the position
+in one place (``epoch``, ``global_step``, ``best_metric``), and one entry per stateful part of
+the run (``optimizer``, ``scaler``, ``metrics``, ``position``, ``rng``, and with EMA ``ema`` =
+``{"module", "updates"}`` plus ``model_raw``). Version 1 files (``train_state`` and ``scheduler``
+repeating the position, ``ema`` as bare weights) are read through :func:`upgrade_v1`.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from . import atomic
 from .errors import CheckpointError
 
 FORMAT = "dist_seg.checkpoint"
-VERSION = 1
+VERSION = 2
 REQUIRED_KEYS = ("format", "version", "model", "epoch", "global_step", "config")
 # epoch_0007.pth: 7 epochs done; epoch_0008_batch_000120.pth: epoch 8 (one-based, as the log
 # says), 120 batches into it; epoch_0007_step_000120.pth: the same position in the earlier
@@ -190,6 +197,36 @@ def load_checkpoint(path: str | Path, key: str = "training.resume_from_checkpoin
     if state["version"] > VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {state['version']}, newer than this "
                               f"dist_seg understands ({VERSION}); upgrade dist_seg")
+    return upgrade_v1(state, path) if state["version"] == 1 else state
+
+
+# Version 1's train_state: the position and, beside it, the epoch's metric totals.
+_V1_POSITION_KEYS = ("epoch", "batch_in_epoch", "global_step", "best_miou", "best_epoch")
+
+
+def upgrade_v1(state: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """A version 1 checkpoint in the version 2 layout (in memory; the file is left as it is).
+
+    Version 1 held the step three times (``global_step``, ``train_state``, ``scheduler``) and the
+    epoch twice; they must agree, or the file is damaged.
+    """
+    state = dict(state, version=2)
+    train_state = state.pop("train_state", None)
+    scheduler = state.pop("scheduler", None)
+    if train_state is not None:
+        steps = {int(state["global_step"]), int(train_state["global_step"])}
+        if scheduler is not None:
+            steps.add(int(scheduler["step"] if "step" in scheduler else scheduler["last_epoch"]))
+        if len(steps) > 1 or int(train_state["epoch"]) != int(state["epoch"]):
+            raise CheckpointError(f"checkpoint {path}: its step or epoch counts disagree (steps {sorted(steps)}); "
+                                  "it is damaged: use another one")
+        state["position"] = {"batch_in_epoch": train_state["batch_in_epoch"], "best_epoch": train_state["best_epoch"]}
+        state["best_metric"] = train_state["best_miou"]
+        state["metrics"] = {k: v for k, v in train_state.items() if k not in _V1_POSITION_KEYS}
+    if "ema_updates" in state:
+        state["ema"] = {"module": state["ema"], "updates": state.pop("ema_updates")}
+    elif isinstance(state.get("ema"), dict):  # an EMA state dict without its update count
+        state["ema"] = {"module": state["ema"], "updates": 0}
     return state
 
 

@@ -97,7 +97,7 @@ def load_export_source(path: str | Path, ema: bool = False) -> ExportSource:
             raise CheckpointError(f"checkpoint {path} holds no EMA weights (no 'ema' state dict); export its "
                                   "regular weights by leaving out --ema, or use a checkpoint of a run trained "
                                   "with EMA")
-        load_model_state(predictor.model, {"model": state["ema"]}, f"{path} (EMA weights)")
+        load_model_state(predictor.model, {"model": state["ema"]["module"]}, f"{path} (EMA weights)")
     best = state.get("best_metric")
     return ExportSource(predictor=predictor, checkpoint=path, weights="ema" if ema else "model",
                         epoch=int(state["epoch"]), global_step=int(state["global_step"]),

@@ -1,16 +1,17 @@
 """A run's stateful parts in and out of checkpoints, and where a resumed run continues.
 
-The parts are the model, optimizer, GradScaler, the schedule position, the train position,
-every rank's RNG streams, the epoch's metric totals and the weights' EMA. With EMA on, a
-checkpoint's ``model`` (and ``ema``, the same tensors, stored once) holds the averaged
-weights, the ones validation scored, so predict / evaluate / export use them unchanged;
-``model_raw`` holds the live weights that training resumes from. The file format (keys, rotation,
-best mirror, validated loading) is :mod:`.checkpoint`'s; this module decides what goes in.
+A checkpoint is a collection of named parts, each with ``state_dict`` / ``load_state_dict``:
+the optimizer, the GradScaler, the epoch's metric totals, the weights' EMA and the position
+(:class:`TrainPosition`), plus every rank's RNG streams. The position has one source: the
+checkpoint's ``epoch`` / ``global_step`` / ``best_metric`` keys (the LR schedule is a function of
+the step, so it stores nothing). With EMA on, a checkpoint's ``model`` holds the averaged weights,
+the ones validation scored, so predict / evaluate / export use them unchanged; ``model_raw`` holds
+the live weights that training resumes from. The file format (keys, rotation, best mirror,
+validated loading, the reader of version 1) is :mod:`dist_seg.checkpoint_file`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,26 @@ from .resume_check import compare_resume
 
 @dataclass
 class TrainPosition:
-    """Where training stands; saved as the checkpoint's ``train_state`` (with the epoch's metric totals)."""
+    """Where training stands: the checkpoint's ``epoch``, ``global_step``, ``best_metric`` and ``position`` part."""
 
     epoch: int = 0  # completed epochs
     batch_in_epoch: int = 0  # batches of the current epoch already trained (non-zero after preemption)
     global_step: int = 0  # optimizer steps
     best_miou: float = -1.0
     best_epoch: int = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint entries of the position: the header's three keys and the ``position`` part."""
+        return {"epoch": self.epoch, "global_step": self.global_step, "best_metric": self.best_miou,
+                "position": {"batch_in_epoch": self.batch_in_epoch, "best_epoch": self.best_epoch}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TrainPosition:
+        """The position a (version 2) checkpoint records."""
+        part = state["position"]
+        return cls(epoch=int(state["epoch"]), batch_in_epoch=int(part["batch_in_epoch"]),
+                   global_step=int(state["global_step"]), best_miou=float(state["best_metric"]),
+                   best_epoch=int(part["best_epoch"]))
 
 
 @dataclass(frozen=True)
@@ -59,11 +73,6 @@ class EpochPlan:
         return self.epochs * self.steps_per_epoch
 
 
-def schedule_position(entry: dict[str, Any]) -> int:
-    """Optimizer steps taken, from a checkpoint's ``scheduler`` entry (``{"step": n}``, or LambdaLR's ``last_epoch``)."""
-    return int(entry["step"] if "step" in entry else entry["last_epoch"])
-
-
 class Checkpointer:
     """Saves and restores the stateful parts of one run (every rank calls both: RNG states are gathered)."""
 
@@ -80,27 +89,28 @@ class Checkpointer:
         self.aug_generator = aug_generator
         self.ema = ema
 
+    def parts(self) -> dict[str, Any]:
+        """The stateful parts besides model and position, by their checkpoint key."""
+        parts: dict[str, Any] = {"optimizer": self.optimizer, "scaler": self.scaler, "metrics": self.metrics}
+        if self.ema is not None:
+            parts["ema"] = self.ema
+        return parts
+
     def save(self, pos: TrainPosition, mid_epoch: bool, is_best: bool = False) -> None:
         """Write a checkpoint at ``pos`` (rank 0 writes; all ranks contribute RNG states)."""
         rng = self.ctx.gather_objects({"process": capture_rng_state(), "augment": self.aug_generator.get_state()})
         state = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"step": pos.global_step},
-            "scaler": self.scaler.state_dict(),
-            "train_state": {**dataclasses.asdict(pos), **self.metrics.state_dict()},
-            "epoch": pos.epoch,
-            "global_step": pos.global_step,
-            "best_metric": pos.best_miou,
-            "rng": rng,
             "config": config_to_dict(self.cfg),
             "class_names": self.palette.names,
             "palette": [list(c) for c in self.palette.colors.tolist()],
             "world_size": self.ctx.world_size,
+            **pos.state_dict(),
+            **{name: part.state_dict() for name, part in self.parts().items()},
+            "rng": rng,
         }
-        if self.ema is not None:
-            averaged = self.ema.module.state_dict()
-            state.update(model=averaged, ema=averaged, model_raw=state["model"], ema_updates=self.ema.updates)
+        if self.ema is not None:  # what inference reads is what validation scored; training resumes the live weights
+            state.update(model=state["ema"]["module"], model_raw=state["model"])
         if self.splits is not None:  # a resume checks that none of these became validation data
             state["train_sequences"] = [seq.name for seq in self.splits.train]
         path, failure = None, None
@@ -115,7 +125,7 @@ class Checkpointer:
     def restore(self, path: Path) -> TrainPosition:
         """Load every part from ``path``; returns the position to continue from, in this run's batches."""
         state = load_checkpoint(path)
-        missing = [key for key in ("train_state", "scheduler", "rng") if key not in state]
+        missing = [key for key in ("position", "metrics", "rng") if key not in state]
         if missing:
             raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}, so training cannot continue from "
                                   "it; to start a new run from its weights set model.backbone_weights to it")
@@ -126,12 +136,8 @@ class Checkpointer:
             self._load_optimizer(state, path)
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        saved = state["train_state"]
-        pos = TrainPosition(**{f.name: saved[f.name] for f in dataclasses.fields(TrainPosition)})
-        if schedule_position(state["scheduler"]) != pos.global_step:
-            raise CheckpointError(f"checkpoint {path}: its schedule is at step {schedule_position(state['scheduler'])} "
-                                  f"but its train state at step {pos.global_step}; it is damaged: use another one")
-        self.metrics.load_state_dict(saved)
+        self.metrics.load_state_dict(state["metrics"])
+        pos = TrainPosition.from_state(state)
         rng = state["rng"]
         if len(rng) == self.ctx.world_size:
             restore_rng_state(rng[self.ctx.rank]["process"])
@@ -149,8 +155,8 @@ class Checkpointer:
     def _restore_ema(self, state: dict[str, Any], path: Path) -> None:
         if self.ema is None:
             return
-        if "model_raw" in state:
-            self.ema.load_state_dict({"module": state["ema"], "updates": state["ema_updates"]})
+        if "ema" in state:
+            self.ema.load_state_dict(state["ema"])
             return
         # A checkpoint of a run without EMA: the average starts from its weights.
         self.ema.load_state_dict({"module": self.model.state_dict(), "updates": 0})

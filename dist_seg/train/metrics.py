@@ -122,5 +122,5 @@ class TrainMetrics:
         return asdict(self.epoch)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Epoch totals from a checkpoint's ``train_state`` (zeros where a key is missing)."""
+        """Epoch totals from a checkpoint's ``metrics`` part (zeros where a key is missing)."""
         self.epoch = EpochTotals(**{k: state.get(k, v) for k, v in asdict(EpochTotals()).items()})

@@ -10,6 +10,9 @@ that moves a sequence the checkpoint trained on into validation or test.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -67,6 +70,21 @@ def _section(key: str, table: Sequence[str] | dict) -> str | None:
     return next((s for s in table if key == s or key.startswith(s + ".")), None)
 
 
+def _schema_default(key: str) -> Any:
+    """The plain default of the dotted config ``key`` (what a config that predates the key behaves as)."""
+    section: Any = Config
+    *path, name = key.split(".")
+    for part in path:
+        section = typing.get_type_hints(section).get(part)
+        if section is None or not dataclasses.is_dataclass(section):
+            return _UNSET
+    for f in dataclasses.fields(section):
+        if f.name == name and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING):
+            value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            return json.loads(json.dumps(value, default=str)) if not dataclasses.is_dataclass(value) else _UNSET
+    return _UNSET
+
+
 def compare_resume(saved: dict[str, Any], cfg: Config, *, saved_classes: Sequence[str] | None,
                    class_names: Sequence[str], trained_sequences: Sequence[str] | None,
                    held_out_sequences: Sequence[str]) -> ResumeChanges:
@@ -79,7 +97,8 @@ def compare_resume(saved: dict[str, Any], cfg: Config, *, saved_classes: Sequenc
     old, new = _flatten(saved), _flatten(config_to_dict(cfg))
     refused: dict[str, list[str]] = {}
     for key in sorted(old.keys() | new.keys()):
-        before, after = old.get(key, _UNSET), new.get(key, _UNSET)
+        # A key missing from the checkpoint's config did not exist yet when it was written: it had the default.
+        before, after = old.get(key, _schema_default(key)), new.get(key, _UNSET)
         if before == after or _section(key, _NOT_COMPARED):
             continue
         what = f"{key} {before!r} -> {after!r}"

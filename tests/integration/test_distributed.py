@@ -347,7 +347,7 @@ def test_distributed_eval_equals_single_process_on_uneven_split(main_run, work):
     assert last["val_mIoU"] == pytest.approx(single["mean_iou"], rel=1e-5)
     assert last["val_pixel_acc"] == pytest.approx(single["pixel_acc"], rel=1e-5)
     state = torch.load(checkpoint, weights_only=True)
-    assert state["ema_updates"] == 2 * STEPS_PER_EPOCH
+    assert state["ema"]["updates"] == 2 * STEPS_PER_EPOCH
     assert any(not torch.equal(state["model"][k], state["model_raw"][k]) for k in state["model"]
                if k.endswith("weight"))
     assert VAL_FRAMES % (2 * 3) != 0  # world x val_batch_size leaves a ragged end
@@ -448,7 +448,7 @@ def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes(work, config_f
         latest = list_checkpoints(out / "checkpoints")[-1]
         assert (latest.epoch, latest.step) == (epoch, batch)
         state = torch.load(latest.path, weights_only=True)
-        assert state["train_state"]["batch_in_epoch"] == batch and len(state["rng"]) == 2
+        assert state["position"]["batch_in_epoch"] == batch and len(state["rng"]) == 2
 
     def calls(gate_dir: Path) -> list[int]:
         return [int((gate_dir / f"calls.rank{k}").read_text()) for k in (0, 1)]

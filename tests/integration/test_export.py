@@ -43,8 +43,8 @@ def make_checkpoint(directory: Path, synth_root: Path, model: dict, ema_noise: f
     state = {"model": net.state_dict(), "epoch": 3, "global_step": 24, "best_metric": 0.42,
              "config": config_to_dict(cfg)}
     if ema_noise is not None:
-        state["ema"] = {k: v + ema_noise * torch.randn_like(v) if v.is_floating_point() else v
-                        for k, v in net.state_dict().items()}
+        state["ema"] = {"module": {k: v + ema_noise * torch.randn_like(v) if v.is_floating_point() else v
+                                   for k, v in net.state_dict().items()}, "updates": 24}
     return save_checkpoint(state, directory / "checkpoints", "epoch_0003.pth", keep=5)
 
 

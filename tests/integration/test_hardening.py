@@ -226,7 +226,7 @@ def test_resume_force_overrides_a_refusal_with_a_warning(synth_root, trained, ch
 
 
 @pytest.mark.parametrize("drop, message", [("optimizer", "holds no optimizer state"),
-                                           ("train_state", "lacks train_state")])
+                                           ("position", "lacks position")])
 def test_resume_from_a_checkpoint_missing_state_is_a_clear_error(synth_root, trained, tmp_path, drop, message):
     state = torch.load(trained / "checkpoints" / "epoch_0001.pth", weights_only=True)
     del state[drop]

@@ -69,13 +69,14 @@ def test_ema_and_precise_bn_survive_an_exact_resume(synth_root, tmp_path):
     run_training(tiny_config(synth_root, split, training__epochs=2, training__resume_from_checkpoint="auto",
                              **RECIPE))
     a, b = latest(straight), latest(split)
-    assert a["ema_updates"] == b["ema_updates"] == a["global_step"]
-    for entry in ("model_raw", "ema", "model"):
-        assert a[entry].keys() == b[entry].keys()
-        for key in a[entry]:
-            assert torch.equal(a[entry][key], b[entry][key]), (entry, key)
+    assert a["ema"]["updates"] == b["ema"]["updates"] == a["global_step"]
+    for name, get in (("model_raw", lambda s: s["model_raw"]), ("ema", lambda s: s["ema"]["module"]),
+                      ("model", lambda s: s["model"])):
+        assert get(a).keys() == get(b).keys()
+        for key in get(a):
+            assert torch.equal(get(a)[key], get(b)[key]), (name, key)
     # the averaged weights are what the checkpoint's "model" holds, and they differ from the live ones
-    assert all(torch.equal(a["model"][k], a["ema"][k]) for k in a["model"])
+    assert all(torch.equal(a["model"][k], a["ema"]["module"][k]) for k in a["model"])
     assert not all(torch.equal(a["model"][k], a["model_raw"][k]) for k in a["model"])
 
 
@@ -83,7 +84,7 @@ def test_best_model_carries_the_ema_weights_for_predict_and_export(synth_root, t
     out = tmp_path / "run"
     run_training(tiny_config(synth_root, out, training__epochs=1, **RECIPE))
     best = torch.load(out / "best_model.pth", weights_only=True)
-    assert all(torch.equal(best["model"][k], best["ema"][k]) for k in best["model"])
+    assert all(torch.equal(best["model"][k], best["ema"]["module"][k]) for k in best["model"])
     plain = load_export_source(out / "best_model.pth")
     averaged = load_export_source(out / "best_model.pth", ema=True)
     for (name, p), (_, q) in zip(plain.predictor.model.state_dict().items(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import copy
 import errno
 import math
@@ -330,26 +331,33 @@ def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
     saved.save(position, mid_epoch=True)
     path = tmp_path / "run" / "checkpoints" / "epoch_0002_batch_000002.pth"  # "epoch 2, batch 2" in the log
     state = torch.load(path, weights_only=True)
-    assert set(state) == {"format", "version", "model", "optimizer", "scheduler", "scaler", "train_state", "epoch",
+    # Version 2: the position in one place (no train_state / scheduler copies), one entry per stateful part.
+    assert set(state) == {"format", "version", "model", "optimizer", "scaler", "metrics", "position", "epoch",
                           "global_step", "best_metric", "rng", "config", "class_names", "palette", "world_size"}
-    assert state["scheduler"] == {"step": 8}
+    assert (state["version"], state["epoch"], state["global_step"], state["best_metric"]) == (2, 1, 8, 0.5)
+    assert state["position"] == {"batch_in_epoch": 2, "best_epoch": 1}
+    restored = parts(2)
+    assert restored.restore(path) == position
+    assert restored.metrics.epoch == EpochTotals(2, 1.5, 7.0, 0.25)
+    for key, value in saved.model.state_dict().items():
+        assert torch.equal(restored.model.state_dict()[key], value)
 
-    # A checkpoint of the LambdaLR era: its scheduler entry is LambdaLR's own state dict.
+    # The same checkpoint in version 1's layout (train_state and scheduler repeating the position,
+    # the scheduler as LambdaLR's own state dict in its era) restores to the same place.
     lambda_lr = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0),
                                                   lambda s: 1.0)
     for _ in range(8):
         lambda_lr.optimizer.step()
         lambda_lr.step()
+    v1 = {k: v for k, v in state.items() if k not in ("metrics", "position")}
+    v1.update(version=1, scheduler=lambda_lr.state_dict(),
+              train_state={**dataclasses.asdict(position), **state["metrics"]})
     old = tmp_path / "old.pth"
-    torch.save({**state, "scheduler": lambda_lr.state_dict()}, old)
-    restored = parts(2)
-    assert restored.restore(old) == position
-    assert restored.metrics.epoch == EpochTotals(2, 1.5, 7.0, 0.25)
-    for key, value in saved.model.state_dict().items():
-        assert torch.equal(restored.model.state_dict()[key], value)
-    torch.save({**state, "scheduler": {"step": 7}}, old)
+    torch.save(v1, old)
+    assert parts(3).restore(old) == position
+    torch.save({**v1, "scheduler": {"step": 7}}, old)
     with pytest.raises(CheckpointError, match="damaged"):
-        parts(3).restore(old)
+        parts(4).restore(old)
 
 
 def test_cpu_threads_auto_leaves_the_loader_processes_and_other_ranks_cores_free():
