@@ -505,6 +505,11 @@ class TelemetryConfig:
     """Seconds between VRAM samples."""
     progress: Literal["auto", "bar", "log", "none"] = "auto"
     """Console progress: `auto` (a bar on a terminal, log lines otherwise), `bar`, `log` or `none`."""
+    sample_log: bool = False
+    """Record which frames every training micro-batch held: each rank appends one JSON line per
+    micro-batch (`epoch`, optimizer `step`, frame `paths`) to `output_dir/samples/rank<k>.jsonl`.
+    For auditing the data order (a loss spike's batch, a resume's continuation); off by default.
+    """
 
     def validate(self, fail: Fail) -> None:
         # An hour between samples already records nothing useful; far larger waits overflow the thread's timer.
