@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,14 @@ def read_manifest(remote: str, local_cache: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=local_cache) as tmp:
         target = os.path.join(tmp, MANIFEST)
         try:
-            get_downloader(source, tmp, []).download_file(f"{source.rstrip('/')}/{MANIFEST}", target)
+            if source.startswith("s3://"):
+                # boto3, as LitData fetches its own index: its obstore path rejects plain-http endpoints here.
+                import boto3
+
+                bucket, _, prefix = source.removeprefix("s3://").partition("/")
+                boto3.client("s3").download_file(bucket, f"{prefix.rstrip('/')}/{MANIFEST}".lstrip("/"), target)
+            else:
+                get_downloader(source, tmp, []).download_file(f"{source.rstrip('/')}/{MANIFEST}", target)
             return json.loads(Path(target).read_text())
         except (OSError, ValueError) as exc:
             raise DataError(f"dataset.remote {remote}: cannot read {MANIFEST} ({exc}); write the shards with "
@@ -130,6 +138,9 @@ class StreamedDataset(Dataset):
 
     def _open(self) -> Any:
         if self._engine is None:
+            # Index access reads byte ranges and keeps no chunk in dataset.local_cache (LitData 0.2.76's
+            # default); whole-chunk caching would go through its obstore client, which refuses plain-http
+            # S3-compatible endpoints. See docs/streaming.md.
             self._engine = _litdata().StreamingDataset(engine_input_dir(self.remote), cache_dir=str(self.local_cache),
                                                        max_cache_size=self.cache_limit)
         return self._engine

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
-
 from support.helpers import tiny_raw_config
 from support.torchrun import torchrun_train
+
 from dist_seg.checkpoint_file import list_checkpoints
 from dist_seg.config import apply_overrides, config_from_dict
 from dist_seg.synth import generate_dataset

@@ -22,7 +22,7 @@ def global_batches(world: int, batch: int, epoch: int, start_sample: int = 0) ->
         sampler.set_epoch(epoch)
         sampler.start_sample = start_sample
         per_rank.append(list(BatchSampler(sampler, batch, drop_last=True)))
-    return [sum(batches, []) for batches in zip(*per_rank, strict=True)]
+    return [[i for batch in batches for i in batch] for batches in zip(*per_rank, strict=True)]
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
