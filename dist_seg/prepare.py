@@ -15,6 +15,9 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dist_seg.prepare",
                                      description="Validate the dataset, write splits.json and build the caches.")
     add_config_arguments(parser)
+    parser.add_argument("--shards", type=Path, metavar="OUT",
+                        help="also write the cache as streaming shards into OUT (needs the stream extra; upload "
+                             "OUT and point dataset.remote at it)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     # Imported after the config is known good: a config typo should not wait for torch to import.
@@ -25,6 +28,11 @@ def _main(argv: Sequence[str] | None) -> int:
     check_writable_folder(Path(cfg.training.output_dir), "training.output_dir")
     summary = prepare(cfg, log=lambda line: print(line, flush=True), progress=True)
     print(summary.format())
+    if args.shards is not None:
+        from .data.pipeline import write_split_shards
+
+        manifest = write_split_shards(cfg, args.shards)
+        print(f"shards: {manifest['frames']} frames of {len(manifest['sequences'])} sequences in {args.shards}")
     return 0
 
 

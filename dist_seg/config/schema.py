@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,17 @@ class DatasetConfig:
     """Each cache setting (size, classes, mask format, ...) of a dataset has its own cache folder; this many
     most recently used ones are kept per dataset, older ones are deleted.
     """
+    remote: str | None = None
+    """Read the training split from shards written by `python -m dist_seg.prepare CONFIG --shards OUT`, at
+    `s3://bucket/prefix`, `gs://bucket/prefix` or a folder (absolute path); null = from the local cache. Needs
+    the `stream` extra (LitData) and `dataset.local_cache`. See [Streaming](streaming.md).
+    """
+    local_cache: Path | None = None
+    """Folder where chunks of `dataset.remote` are kept once downloaded (per node; required with `remote`)."""
+    local_cache_limit: str = "50GB"
+    """Most bytes of chunks `dataset.local_cache` keeps (LitData size string such as `"200GB"`, `"500MB"`);
+    chunks already read are deleted above it.
+    """
 
     @property
     def num_classes(self) -> int:
@@ -142,6 +154,19 @@ class DatasetConfig:
         return tuple(self.classes) == DAVID_CLASSES
 
     def validate(self, fail: Fail) -> None:
+        if self.remote is not None:
+            scheme = self.remote.split("://", 1)[0] if "://" in self.remote else None
+            if scheme not in (None, "s3", "gs"):
+                fail("remote", f"{self.remote!r}: use s3://bucket/prefix, gs://bucket/prefix or an absolute folder")
+            elif scheme is None and not Path(self.remote).is_absolute():
+                fail("remote", f"{self.remote!r}: a folder must be given as an absolute path")
+            if self.local_cache is None:
+                fail("local_cache", "is required with dataset.remote: name a folder on local disk for its chunks")
+            if not self.use_cache:
+                fail("remote", "needs dataset.use_cache: true (the shards are checked against the cache's "
+                               "fingerprint)")
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]?B\s*", self.local_cache_limit, re.IGNORECASE):
+            fail("local_cache_limit", f"{self.local_cache_limit!r} is not a size: write it like \"200GB\" or \"500MB\"")
         for key in ("images", "labels"):
             folder = Path(getattr(self, key))
             if folder.is_absolute() or ".." in folder.parts:
@@ -520,6 +545,11 @@ class TelemetryConfig:
     """Seconds between VRAM samples."""
     progress: Literal["auto", "bar", "log", "none"] = "auto"
     """Console progress: `auto` (a bar on a terminal, log lines otherwise), `bar`, `log` or `none`."""
+    sample_log: bool = False
+    """Record which frames every training micro-batch held: each rank appends one JSON line per
+    micro-batch (`epoch`, optimizer `step`, frame `paths`) to `output_dir/samples/rank<k>.jsonl`.
+    For auditing the data order (a loss spike's batch, a resume's continuation); off by default.
+    """
 
     def validate(self, fail: Fail) -> None:
         # An hour between samples already records nothing useful; far larger waits overflow the thread's timer.

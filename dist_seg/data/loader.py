@@ -25,7 +25,6 @@ torch.distributed's globals.
 
 from __future__ import annotations
 
-import itertools
 import random
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -71,17 +70,28 @@ class ShardSampler(Sampler[int]):
 
 
 class TrainingSampler(DistributedSampler):
-    """A DistributedSampler whose epoch can start part-way: after ``start`` of this rank's indices.
+    """A DistributedSampler whose epoch can start part-way: after ``start_sample`` samples of its order.
 
+    The epoch's order is one permutation of the dataset, seeded by ``training.seed`` and the
+    epoch and independent of the world size; the ranks' k-th batches together are its k-th run
+    of ``batch_size x world_size`` samples. ``start_sample`` counts the samples that all ranks
+    together already trained, in whatever world size they ran, so a run resumed on another
+    number of ranks deals out exactly the samples the interrupted epoch had not yet seen. From
+    the start of an epoch the order is DistributedSampler's own (``drop_last``).
     ``len()`` stays the whole epoch's, so steps per epoch do not change on resume.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.start = 0
+        self.start_sample = 0
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.start, None)
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        rest = torch.randperm(len(self.dataset), generator=generator)[self.start_sample:].tolist()
+        # Every rank gets as many as the others, as DistributedSampler's drop_last does.
+        usable = len(rest) - len(rest) % self.num_replicas
+        return iter(rest[self.rank:usable:self.num_replicas])
 
 
 def seed_worker(worker_id: int) -> None:
@@ -189,19 +199,19 @@ def build_loader(dataset: Dataset, tr: TrainingConfig, placement: Placement, *, 
                       generator=generator, **worker_options)
 
 
-def set_epoch(loader: Loader, epoch: int, start_batch: int = 0) -> None:
-    """Reshuffle the training order for ``epoch``, whose next iteration begins at batch ``start_batch``.
+def set_epoch(loader: Loader, epoch: int, start_sample: int = 0) -> None:
+    """Reshuffle the training order for ``epoch``, whose next iteration begins after ``start_sample`` samples.
 
-    A no-op for evaluation loaders. ``start_batch`` resumes an epoch: the batches before
-    it are skipped in the sampler, so they are never read, and the rest are exactly the
-    batches an uninterrupted epoch would have served.
+    A no-op for evaluation loaders. ``start_sample`` resumes an epoch: the samples all ranks
+    together trained before (in any world size) are skipped in the sampler, so they are never
+    read, and the rest are dealt out as an uninterrupted epoch on this world size would have.
     """
     sampler = loader.sampler
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)
     if isinstance(sampler, TrainingSampler):
-        sampler.start = start_batch * loader.batch_size
-    elif start_batch:
+        sampler.start_sample = start_sample
+    elif start_sample:
         raise ValueError("only a training loader can start an epoch part-way")
 
 

@@ -26,6 +26,7 @@ from .decode import LabelSpec, load_mask
 from .discovery import Frame, discover_all
 from .loader import check_training_frames
 from .problems import Problem
+from .shards import open_streamed, write_shards
 from .splits import SPLIT_NAMES, Splits, check_split_names, read_splits, resolve_splits, splits_path
 
 # Masks decoded to estimate class frequencies when there is no cache: evenly spaced over
@@ -140,6 +141,14 @@ def estimate_class_pixel_counts(frames: Sequence[Frame], spec: LabelSpec, size: 
     return counts[: len(spec.classes)]
 
 
+def write_split_shards(cfg: Config, out: Path) -> dict:
+    """Write the caches of every split's sequences (after :func:`prepare`) as streaming shards into ``out``."""
+    splits = read_splits(cfg)
+    caches = [load_sequence_cache(seq.root, seq.name, [str(f.image) for f in seq.frame_records()], cfg)
+              for split in SPLIT_NAMES for seq in splits.get(split) or ()]
+    return write_shards(caches, out)
+
+
 def load_datasets(cfg: Config) -> DataBundle:
     """Datasets for the splits written by :func:`prepare`; DataError with the fix if it has not run."""
     ds = cfg.dataset
@@ -158,6 +167,8 @@ def load_datasets(cfg: Config) -> DataBundle:
                   for seq in sequences]
         if split == "train":
             train_caches.extend(caches)
+            if ds.remote is not None:
+                return open_streamed(ds.remote, ds.local_cache, ds.local_cache_limit, caches)
         return CachedDataset(caches)
 
     datasets = {split: build(split) for split in SPLIT_NAMES}

@@ -20,6 +20,7 @@ import torch
 
 from ..config import Config, config_to_dict
 from ..data.palette import Palette
+from ..data.position import resume_batch, stream_seed
 from ..data.splits import Splits
 from ..errors import CheckpointError, DistSegError
 from ..checkpoint_file import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state
@@ -36,6 +37,7 @@ class TrainPosition:
 
     epoch: int = 0  # completed epochs
     batch_in_epoch: int = 0  # batches of the current epoch already trained (non-zero after preemption)
+    samples_in_epoch: int = 0  # samples of the epoch's order all ranks together trained (any world size)
     global_step: int = 0  # optimizer steps
     best_miou: float = -1.0
     best_epoch: int = -1
@@ -43,15 +45,16 @@ class TrainPosition:
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint entries of the position: the header's three keys and the ``position`` part."""
         return {"epoch": self.epoch, "global_step": self.global_step, "best_metric": self.best_miou,
-                "position": {"batch_in_epoch": self.batch_in_epoch, "best_epoch": self.best_epoch}}
+                "position": {"batch_in_epoch": self.batch_in_epoch, "samples_in_epoch": self.samples_in_epoch,
+                             "best_epoch": self.best_epoch}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TrainPosition:
         """The position a (version 2) checkpoint records."""
         part = state["position"]
         return cls(epoch=int(state["epoch"]), batch_in_epoch=int(part["batch_in_epoch"]),
-                   global_step=int(state["global_step"]), best_miou=float(state["best_metric"]),
-                   best_epoch=int(part["best_epoch"]))
+                   samples_in_epoch=int(part.get("samples_in_epoch", 0)), global_step=int(state["global_step"]),
+                   best_miou=float(state["best_metric"]), best_epoch=int(part["best_epoch"]))
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class EpochPlan:
     steps_per_epoch: int
     grad_accum_steps: int
     epochs: int
+    frames: int  # training frames: the length of the epoch's order
 
     @property
     def batches_per_epoch(self) -> int:
@@ -139,13 +143,17 @@ class Checkpointer:
         self.metrics.load_state_dict(state["metrics"])
         pos = TrainPosition.from_state(state)
         rng = state["rng"]
+        self._carry_position_over(pos, state["config"]["training"], len(rng),
+                                  "samples_in_epoch" in state["position"])
         if len(rng) == self.ctx.world_size:
             restore_rng_state(rng[self.ctx.rank]["process"])
             self.aug_generator.set_state(rng[self.ctx.rank]["augment"])
         else:
+            seed = stream_seed(self.cfg.training.seed, pos.epoch, pos.samples_in_epoch, self.ctx.rank)
+            torch.manual_seed(seed)
+            self.aug_generator.manual_seed(seed)
             self.out.warn(f"checkpoint was written by {len(rng)} rank(s), this run has {self.ctx.world_size}: "
-                          "random streams restart from the seed")
-        self._carry_position_over(pos, state["config"]["training"], len(rng))
+                          "random streams continue from seeds of the position and the rank")
         self.out.truncate_history(pos.epoch)
         where = (f"epoch {pos.epoch + 1}, batch {pos.batch_in_epoch}" if pos.batch_in_epoch
                  else f"the start of epoch {pos.epoch + 1}")
@@ -205,24 +213,27 @@ class Checkpointer:
         for group, settings in zip(self.optimizer.param_groups, configured):
             group.update(settings)
 
-    def _carry_position_over(self, pos: TrainPosition, saved: dict[str, Any], saved_world: int) -> None:
+    def _carry_position_over(self, pos: TrainPosition, saved: dict[str, Any], saved_world: int,
+                             counted_samples: bool) -> None:
         """Re-express the position in this run's batches and steps if the global batch changed.
 
-        An elastic restart can change the number of ranks (or a user the batch size). Whatever
-        the world size, the ranks' k-th batches together are the k-th run of one permutation of
-        the epoch (seeded by the epoch), so a position inside an epoch is a count of samples. It is
-        rounded down to a whole optimizer step: at most one global batch is trained again, none is
-        skipped. The step count, and with it the LR schedule, follows, so the schedule still ends
+        The position inside an epoch is a count of samples (see :mod:`dist_seg.data.position`);
+        a checkpoint written before the count was saved gives it as its batches x its global
+        batch. With another global batch the run continues at exactly that sample, and its
+        batch and step counts (with them the LR schedule) follow, so the schedule still ends
         with the last epoch.
         """
         tr, plan = self.cfg.training, self.plan
         saved_batch = saved["batch_size"] * saved_world
+        if not counted_samples:
+            pos.samples_in_epoch = pos.batch_in_epoch * saved_batch
         batch = tr.batch_size * self.ctx.world_size
         if (saved_batch, saved["grad_accum_steps"]) == (batch, tr.grad_accum_steps):
             return
-        steps_in_epoch = pos.batch_in_epoch * saved_batch // (batch * tr.grad_accum_steps)
-        pos.batch_in_epoch = min(steps_in_epoch * tr.grad_accum_steps, plan.batches_per_epoch)
+        pos.batch_in_epoch = resume_batch(plan.frames, pos.samples_in_epoch, tr.batch_size, self.ctx.world_size,
+                                          tr.grad_accum_steps)
         pos.global_step = pos.epoch * plan.steps_per_epoch + pos.batch_in_epoch // tr.grad_accum_steps
         self.out.warn(f"checkpoint was trained with {saved_batch} samples per micro-batch over all ranks and "
                       f"{saved['grad_accum_steps']} accumulation step(s), this run with {batch} and "
-                      f"{tr.grad_accum_steps}: its position is carried over as a count of samples")
+                      f"{tr.grad_accum_steps}: its position is carried over as a count of samples "
+                      f"({pos.samples_in_epoch} into epoch {pos.epoch + 1})")

@@ -23,6 +23,7 @@ from ..data.loader import Loader, set_epoch
 from ..data.palette import Palette
 from ..telemetry.history import EpochRecord
 from ..telemetry.progress import Progress
+from ..telemetry.samples import SampleLog
 from .augment import BatchPreparer
 from .precise_bn import check_bn_gap, refresh_bn_stats
 from ..checkpoint_file import unwrap_model
@@ -93,6 +94,7 @@ class Trainer:
     val_criterion: SegmentationLoss | None = None
     ema: ModelEma | None = None
     train_data: Dataset | None = None
+    sample_log: SampleLog | None = None  # telemetry.sample_log: which frames each micro-batch trained
 
     def resume(self, path: Path) -> None:
         """Continue from the checkpoint at ``path``."""
@@ -126,8 +128,8 @@ class Trainer:
         """One pass over the training shard; returns why training must stop, or None to go on."""
         tr, pos, plan = self.cfg.training, self.pos, self.plan
         # When resuming mid-epoch, the sampler's order is a function of the epoch, so starting
-        # after the batches already trained lands exactly where the stopped run left off.
-        set_epoch(self.train_loader, pos.epoch, start_batch=pos.batch_in_epoch)
+        # after the samples already trained lands exactly where the stopped run left off.
+        set_epoch(self.train_loader, pos.epoch, start_sample=pos.samples_in_epoch)
         self.step.model.train()
         remaining = plan.batches_per_epoch - pos.batch_in_epoch
         progress.start_epoch(pos.epoch + 1, plan.epochs, remaining, plan.batches_per_epoch)
@@ -139,13 +141,16 @@ class Trainer:
                               f"of {tr.image_size[0]}x{tr.image_size[1]}", self.ctx.device,
                               "lower training.batch_size (raise training.grad_accum_steps to keep the global "
                               "batch) or training.image_size"):
-            for images, masks, _paths in batches:
+            for images, masks, paths in batches:
                 x, y = self.prep.train_batch(images, masks, tr.augment, self.aug_generator)
                 last_micro = (pos.batch_in_epoch + 1) % tr.grad_accum_steps == 0
                 loss = self.step(x, y, step=pos.global_step + 1, accum=tr.grad_accum_steps, last_micro=last_micro,
                                  lr_factor=lr_factor(pos.global_step, plan.total_steps, tr))
                 self.metrics.add(loss)
                 pos.batch_in_epoch += 1
+                pos.samples_in_epoch += tr.batch_size * self.ctx.world_size
+                if self.sample_log is not None:
+                    self.sample_log.write(pos.epoch + 1, pos.global_step + 1, paths)
                 if not last_micro:
                     continue
                 pos.global_step += 1
@@ -168,7 +173,7 @@ class Trainer:
         complete = pos.batch_in_epoch >= plan.batches_per_epoch
         if complete:
             pos.epoch += 1
-            pos.batch_in_epoch = 0
+            pos.batch_in_epoch = pos.samples_in_epoch = 0
         if self._end_epoch(self.metrics.take_epoch() if complete else self.metrics.epoch, partial=not complete,
                            preemption=preemption, progress=progress):
             return StopReason.PREEMPTED

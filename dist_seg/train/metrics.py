@@ -30,7 +30,7 @@ class WindowStats:
 
 @dataclass
 class EpochTotals:
-    """The finished windows of the current epoch; the field names are the checkpoint's ``train_state`` keys."""
+    """The finished windows of the current epoch; the field names are the keys of the checkpoint's ``metrics`` part."""
 
     epoch_batches: int = 0
     epoch_elapsed_s: float = 0.0

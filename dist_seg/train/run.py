@@ -28,6 +28,7 @@ from ..models import build_model, check_model_config, describe_model
 from ..models.init_from import init_from
 from ..telemetry.memlog import MemoryLog
 from ..telemetry.progress import Progress
+from ..telemetry.samples import SampleLog
 from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
 from ..telemetry.vram import VramSampler
 from .augment import BatchPreparer
@@ -147,7 +148,7 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
                                 local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     # At least 1: build_loader has checked that the training split gives every rank an optimizer step.
     steps_per_epoch = len(train_loader) // tr.grad_accum_steps
-    plan = EpochPlan(steps_per_epoch, tr.grad_accum_steps, tr.epochs)
+    plan = EpochPlan(steps_per_epoch, tr.grad_accum_steps, tr.epochs, len(data.train))
 
     train_model, eval_model = _place_model(model, cfg, ctx, runtime, out)
     optimizer = build_optimizer(train_model.parameters(), tr)
@@ -175,7 +176,9 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
         palette=palette, plan=plan, metrics=metrics,
         checkpointer=Checkpointer(cfg, ctx, out, palette, plan, model=unwrap_model(train_model), optimizer=optimizer, scaler=scaler,
                                   metrics=metrics, aug_generator=aug_generator, ema=ema, splits=data.splits),
-        val_criterion=SegmentationLoss(weight).to(ctx.device), ema=ema, train_data=data.train)
+        val_criterion=SegmentationLoss(weight).to(ctx.device), ema=ema, train_data=data.train,
+        sample_log=(SampleLog(Path(tr.output_dir) / "samples" / f"rank{ctx.rank}.jsonl")
+                    if cfg.telemetry.sample_log else None))
 
 
 def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:

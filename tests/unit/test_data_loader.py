@@ -118,7 +118,7 @@ def test_an_epoch_can_start_part_way_without_reading_the_skipped_batches(tmp_pat
     name = "gather" if cache_images else "__getitems__"
     original = getattr(dataset, name)
     monkeypatch.setattr(dataset, name, lambda indices, *args: reads.extend(indices) or original(indices, *args))
-    set_epoch(loader, 3, start_batch=3)
+    set_epoch(loader, 3, start_sample=3 * 2)
     assert [batch.paths for batch in loader] == full[3:] and len(loader) == 4
     assert len(reads) == 2  # only the one remaining batch was read
     set_epoch(loader, 3)
@@ -130,4 +130,4 @@ def test_only_a_training_loader_starts_part_way(bundle_and_cfg):
     bundle, cfg = bundle_and_cfg
     loader = build_loader(bundle.train, cfg.training, SingleProcess(), train=False)
     with pytest.raises(ValueError, match="only a training loader"):
-        set_epoch(loader, 0, start_batch=1)
+        set_epoch(loader, 0, start_sample=1)

@@ -321,13 +321,14 @@ def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
         optimizer = build_optimizer(model.parameters(), cfg.training)
         metrics = TrainMetrics(CPU, global_batch=4)
         return Checkpointer(cfg, CPU, RunOutputs(cfg, active=True), Palette.from_config(cfg.dataset),
-                            EpochPlan(steps_per_epoch=6, grad_accum_steps=1, epochs=2), model=model,
+                            EpochPlan(steps_per_epoch=6, grad_accum_steps=1, epochs=2, frames=24), model=model,
                             optimizer=optimizer, scaler=torch.amp.GradScaler("cpu", enabled=False), metrics=metrics,
                             aug_generator=torch.Generator().manual_seed(seed))
 
     saved = parts(1)
     saved.metrics.epoch = EpochTotals(2, 1.5, 7.0, 0.25)
-    position = TrainPosition(epoch=1, batch_in_epoch=2, global_step=8, best_miou=0.5, best_epoch=1)
+    position = TrainPosition(epoch=1, batch_in_epoch=2, samples_in_epoch=8, global_step=8, best_miou=0.5,
+                             best_epoch=1)
     saved.save(position, mid_epoch=True)
     path = tmp_path / "run" / "checkpoints" / "epoch_0002_batch_000002.pth"  # "epoch 2, batch 2" in the log
     state = torch.load(path, weights_only=True)
@@ -335,7 +336,7 @@ def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
     assert set(state) == {"format", "version", "model", "optimizer", "scaler", "metrics", "position", "epoch",
                           "global_step", "best_metric", "rng", "config", "class_names", "palette", "world_size"}
     assert (state["version"], state["epoch"], state["global_step"], state["best_metric"]) == (2, 1, 8, 0.5)
-    assert state["position"] == {"batch_in_epoch": 2, "best_epoch": 1}
+    assert state["position"] == {"batch_in_epoch": 2, "samples_in_epoch": 8, "best_epoch": 1}
     restored = parts(2)
     assert restored.restore(path) == position
     assert restored.metrics.epoch == EpochTotals(2, 1.5, 7.0, 0.25)

@@ -1,0 +1,169 @@
+"""The streaming data tier (``pip install dist_seg[stream]``): LitData shards of the training-resolution cache.
+
+``python -m dist_seg.prepare CONFIG --shards OUT`` writes every cached frame (uint8 image
+``[3, H, W]``, uint8 class-id mask ``[H, W]``) as LitData chunks, sequence after sequence,
+plus ``dist_seg_shards.json``: per sequence its frames' paths and range in the shards and the
+cache fingerprint (file list, sizes, mtimes, classes, palette, resolution), so a run refuses
+shards written with other settings. Upload ``OUT`` as it is to an object store.
+
+With ``dataset.remote`` set, the training split is read through LitData's
+``StreamingDataset`` (chunks downloaded on first use into ``dataset.local_cache``, at most
+``dataset.local_cache_limit`` kept). It is random access by index, so the trainer's own
+:class:`~dist_seg.data.loader.TrainingSampler` keeps its order, drop-last and exact resume
+(the position, a count of samples, lives in the checkpoint), and augmentation stays on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..atomic import write_json
+from ..errors import ConfigError, DataError
+from .cache import SequenceCache
+from .dataset import Sample
+
+MANIFEST = "dist_seg_shards.json"
+FORMAT_VERSION = 1
+
+
+def _litdata() -> Any:
+    try:
+        import litdata
+    except ImportError as exc:
+        raise ConfigError("dataset.remote and prepare --shards need the streaming extra: "
+                          "pip install 'dist_seg[stream]' (LitData)") from exc
+    return litdata
+
+
+def cache_fingerprint(cache: SequenceCache) -> str:
+    """The fingerprint of a sequence's cache (it names the cache's mask file)."""
+    return cache.masks_file.removeprefix("masks-").removesuffix(".npy")
+
+
+def write_shards(caches: Sequence[SequenceCache], out: Path, chunk_bytes: int = 64 * 2**20) -> dict[str, Any]:
+    """Write the frames of ``caches`` (which must hold images) as LitData chunks into ``out``; returns the manifest.
+
+    Frames go in sequence order, so a chunk holds consecutive frames of one sequence (two at
+    a border), and reading a sequence touches few chunks. The manifest is written last:
+    a folder without it is an interrupted write.
+    """
+    from litdata.streaming.writer import BinaryWriter
+
+    _litdata()
+    if any(cache.images_file is None for cache in caches):
+        raise ConfigError("prepare --shards writes cached images: set dataset.cache_images: true")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    writer = BinaryWriter(str(out), chunk_bytes=chunk_bytes)
+    sequences, index = [], 0
+    for cache in caches:
+        images, masks = cache.open_images(), cache.open_masks()
+        for k in range(len(cache.frames)):
+            # Paths stay in the manifest: LitData 0.2.76 returns a str field next to arrays as an array.
+            writer.add_item(index + k, {"image": np.ascontiguousarray(images[k]),
+                                        "mask": np.ascontiguousarray(masks[k])})
+        sequences.append({"name": cache.name, "fingerprint": cache_fingerprint(cache), "start": index,
+                          "frames": len(cache.frames), "paths": list(cache.frames)})
+        index += len(cache.frames)
+    writer.done()
+    writer.merge()
+    manifest = {"format": "dist_seg-shards", "version": FORMAT_VERSION, "engine": "litdata",
+                "size": list(caches[0].size), "frames": index, "sequences": sequences}
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def engine_input_dir(remote: str) -> str:
+    """The LitData address of ``remote``: URLs as they are; a folder as ``local:``, so it is cached like a store."""
+    return remote if "://" in remote else f"local:{Path(remote).resolve()}"
+
+
+def read_manifest(remote: str, local_cache: Path) -> dict[str, Any]:
+    """``dist_seg_shards.json`` of ``remote`` (fetched through the engine's downloader); DataError if absent."""
+    from litdata.streaming.downloader import get_downloader
+
+    _litdata()
+    local_cache.mkdir(parents=True, exist_ok=True)
+    source = engine_input_dir(remote)
+    with tempfile.TemporaryDirectory(dir=local_cache) as tmp:
+        target = os.path.join(tmp, MANIFEST)
+        try:
+            if source.startswith("s3://"):
+                # boto3, as LitData fetches its own index: its obstore path rejects plain-http endpoints here.
+                import boto3
+
+                bucket, _, prefix = source.removeprefix("s3://").partition("/")
+                boto3.client("s3").download_file(bucket, f"{prefix.rstrip('/')}/{MANIFEST}".lstrip("/"), target)
+            else:
+                get_downloader(source, tmp, []).download_file(f"{source.rstrip('/')}/{MANIFEST}", target)
+            return json.loads(Path(target).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"dataset.remote {remote}: cannot read {MANIFEST} ({exc}); write the shards with "
+                            "python -m dist_seg.prepare CONFIG --shards OUT and upload OUT there") from exc
+        except Exception as exc:  # botocore / obstore errors: no common base class to name
+            raise DataError(f"dataset.remote {remote}: cannot read {MANIFEST} ({type(exc).__name__}: {exc}); "
+                            "check the address, the credentials and the endpoint (AWS_ENDPOINT_URL)") from exc
+
+
+class StreamedDataset(Dataset):
+    """The frames of some sequences, read by index through LitData's ``StreamingDataset``.
+
+    The engine's dataset is opened lazily in whichever process reads first (a DataLoader
+    worker, or the main process), and dropped when pickled.
+    """
+
+    def __init__(self, remote: str, local_cache: Path, cache_limit: str, manifest: dict[str, Any],
+                 sequences: Sequence[str]) -> None:
+        by_name = {s["name"]: s for s in manifest["sequences"]}
+        self.remote, self.local_cache, self.cache_limit = remote, Path(local_cache), cache_limit
+        self.size = tuple(manifest["size"])
+        self.indices = np.concatenate([np.arange(by_name[n]["start"], by_name[n]["start"] + by_name[n]["frames"])
+                                       for n in sequences])
+        self.paths = [path for n in sequences for path in by_name[n]["paths"]]
+        self._engine: Any = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_engine"] = None
+        return state
+
+    def _open(self) -> Any:
+        if self._engine is None:
+            # Index access reads byte ranges and keeps no chunk in dataset.local_cache (LitData 0.2.76's
+            # default); whole-chunk caching would go through its obstore client, which refuses plain-http
+            # S3-compatible endpoints. See docs/streaming.md.
+            self._engine = _litdata().StreamingDataset(engine_input_dir(self.remote), cache_dir=str(self.local_cache),
+                                                       max_cache_size=self.cache_limit)
+        return self._engine
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        item = self._open()[int(self.indices[index])]
+        # Copies: the engine's arrays may be read-only views of its chunk buffer.
+        return Sample(torch.from_numpy(np.array(item["image"])), torch.from_numpy(np.array(item["mask"])),
+                      self.paths[index])
+
+
+def open_streamed(remote: str, local_cache: Path, cache_limit: str, sequences: Sequence[SequenceCache]
+                  ) -> StreamedDataset:
+    """The shards of ``sequences`` at ``remote``; DataError unless each was written with this run's settings."""
+    manifest = read_manifest(remote, local_cache)
+    by_name = {s["name"]: s for s in manifest.get("sequences", [])}
+    stale = [c.name for c in sequences
+             if c.name not in by_name or by_name[c.name]["fingerprint"] != cache_fingerprint(c)]
+    if stale:
+        raise DataError(f"dataset.remote {remote}: the shards lack, or hold other data or settings for, "
+                        f"{', '.join(stale)}; write them again with python -m dist_seg.prepare CONFIG --shards OUT "
+                        "and upload OUT")
+    return StreamedDataset(remote, local_cache, cache_limit, manifest, [c.name for c in sequences])
