@@ -62,8 +62,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, prep: BatchPreparer, run
             x, y = prep.eval_batch(images, masks)
             logits = upsample_logits(forward_logits(model, x, runtime), y.shape[-2:])
             loss_sum, weight_sum = criterion.sum_and_weight(logits, y)
-            sums[:3] += torch.stack([loss_sum.double(), weight_sum.double(),
-                                     torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
+            sums[:2] += torch.stack([loss_sum.double(), weight_sum.double()])
+            sums[2] += x.shape[0]  # a host number: no blocking host -> device copy
             pred = logits.argmax(1)
             update_confusion(confusion, pred, y, num_classes)
             video.update(pred, y, [str(Path(p).parent) for p in paths])

@@ -65,17 +65,35 @@ class Parts:
     recipe: Recipe
 
 
+class TinySegNet(torch.nn.Module):
+    """Conv-BatchNorm-conv with the built-in models' ``{"out": logits}`` output: the recipe tests' fast model."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                        torch.nn.ReLU(), torch.nn.Conv2d(8, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.body(x)}
+
+
 def cpu_context() -> DistContext:
     return DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
 
 
 def build_parts(recipe: Recipe, model_type: str = "deeplabv3plus", seed: int = 0) -> Parts:
-    """Model, loss, optimizer, EMA and batch preparation for ``recipe``, as ``run._build_trainer`` wires them."""
+    """Model, loss, optimizer, EMA and batch preparation for ``recipe``, as ``run._build_trainer`` wires them.
+
+    ``model_type`` is a registered ``model.type`` (DeepLabV3+ on ResNet-18) or ``"tiny"`` (:class:`TinySegNet`).
+    """
     torch.manual_seed(seed)
     device = torch.device("cpu")
     runtime = resolve_runtime(BackendConfig(target="cpu"), device, log=lambda _m: None)
-    model = build_model(ModelConfig(type=model_type, backbone="resnet18" if model_type == "deeplabv3plus" else None),
-                        NUM_CLASSES)
+    if model_type == "tiny":
+        model: torch.nn.Module = TinySegNet(NUM_CLASSES)
+    else:
+        model = build_model(ModelConfig(type=model_type, backbone="resnet18" if model_type == "deeplabv3plus"
+                                        else None), NUM_CLASSES)
     tr = dataclasses.replace(TrainingConfig(output_dir="unused"), learning_rate=1e-3,
                              grad_clip_norm=recipe.grad_clip_norm, grad_accum_steps=recipe.grad_accum_steps)
     optimizer = build_optimizer(model.parameters(), tr)
