@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from dist_seg.runtime.device import tf32_enabled
+
 from .common import cpu_model, synchronize, usable_cores
 from .gpu_check_parts import NO_CUDA, PartContext
 from .harness import StepHarness, StepVariant, matmul_peak_tflops
@@ -232,7 +234,7 @@ def _measure(ctx: PartContext, variant: StepVariant, device: torch.device, peak_
         "peak_memory_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20) if on_gpu else NO_CUDA,
         "peak_memory_reserved_mib": round(torch.cuda.max_memory_reserved(device) / 2**20) if on_gpu else NO_CUDA,
         **variant.settings(),
-        "tf32": on_gpu and torch.backends.cuda.matmul.allow_tf32,
+        "tf32": on_gpu and tf32_enabled(),
     }
     del harness
     gc.collect()

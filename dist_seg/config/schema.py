@@ -219,6 +219,10 @@ class BackendConfig:
     dist_timeout_s: float = 600.0
     # Seconds other ranks wait while each node's local rank 0 decodes and caches the dataset.
     prepare_timeout_s: float = 7200.0
+    compile_timeout_s: float = 1800.0
+    """Seconds a collective may wait for a peer when ``torch.compile`` is on (default 1800): the process
+    group's timeout is then the larger of this and ``dist_timeout_s``, because ranks compile their first
+    step (and first validation batch) at different speeds while the others already wait in a collective."""
     sync_bn: bool = False
     # torch's intra-op threads: "auto" = on CPU runs, the usable cores (affinity) per rank
     # minus the loader's decoding worker processes (a full cache's gather threads only copy),
@@ -226,7 +230,7 @@ class BackendConfig:
     cpu_threads: int | Literal["auto"] = "auto"
 
     def validate(self, fail: Fail) -> None:
-        for key in ("dist_timeout_s", "prepare_timeout_s"):
+        for key in ("dist_timeout_s", "prepare_timeout_s", "compile_timeout_s"):
             if not 0 < getattr(self, key) <= MAX_TIMEOUT_S:
                 fail(key, f"must be positive and at most {MAX_TIMEOUT_S:.0f} (30 days), got {getattr(self, key)}")
         if self.cpu_threads != "auto" and self.cpu_threads < 1:
