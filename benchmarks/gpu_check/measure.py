@@ -21,9 +21,9 @@ import torch
 
 from dist_seg.runtime.device import tf32_enabled
 
-from .common import cpu_model, synchronize, usable_cores
-from .gpu_check_parts import NO_CUDA, PartContext
-from .harness import StepHarness, StepVariant, matmul_peak_tflops
+from ..common import cpu_model, synchronize, usable_cores
+from .parts import NO_CUDA, PartContext
+from ..harness import StepHarness, StepVariant, matmul_peak_tflops
 
 COPY_ITERATIONS = 20
 
