@@ -119,6 +119,10 @@ class Check:
         self.log(f"{self.report.mode} check, budget {self.args.budget_s:.0f} s, report in {self.out}, work in "
                  f"{self.work}" + (f"; missing packages: {', '.join(missing)}" if missing else ""))
         selected = [spec for spec in PARTS if spec.name in self.args.selected]
+        # The plan up front: each part's share of the whole budget (a part that ends early passes its rest on).
+        shares = sum(spec.share for spec in selected)
+        self.log("plan: " + ", ".join(f"{spec.name} <= {self.args.budget_s * spec.share / shares:.0f} s"
+                                      for spec in selected) + f" (budget {self.args.budget_s:.0f} s)")
         for spec in PARTS:
             if spec.name not in self.args.selected:
                 part = self.report.part(spec.name)
