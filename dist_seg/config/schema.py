@@ -109,6 +109,11 @@ class DatasetConfig:
     # Each cache setting (size, classes, mask format, ...) of a dataset has its own cache folder;
     # this many most recently used ones are kept per dataset, older ones are deleted.
     cache_keep_settings: int = 3
+    cache_on_device: bool = False
+    """Keep the whole uint8 training cache (images and masks) in device memory and gather each batch there
+    by index: no host-to-device copy per step, the same batches and augmentation as the host loader
+    (default false). Needs ``use_cache`` and ``cache_images``; refused when the cache would take more
+    than half of the device's free memory at start-up."""
 
     @property
     def num_classes(self) -> int:
@@ -129,6 +134,9 @@ class DatasetConfig:
         return tuple(self.classes) == DAVID_CLASSES
 
     def validate(self, fail: Fail) -> None:
+        if self.cache_on_device and not (self.use_cache and self.cache_images):
+            fail("cache_on_device", "needs the image cache: set use_cache: true and cache_images: true, or "
+                                    "cache_on_device: false")
         for key in ("images", "labels"):
             folder = Path(getattr(self, key))
             if folder.is_absolute() or ".." in folder.parts:

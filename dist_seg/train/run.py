@@ -138,7 +138,7 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
 
     with preemption_raises():  # a cache build has no step boundary to stop at
         data = _prepare_data(cfg, ctx, out)
-    train_loader = build_loader(data.train, tr, ctx, train=True)
+    train_loader = build_loader(data.train, tr, ctx, train=True, on_device=cfg.dataset.cache_on_device)
     cleanup.callback(_close_loader, train_loader)
     val_loader = None
     if data.val is not None and len(data.val):
