@@ -20,6 +20,8 @@ import torch
 
 from ..common import Record, ratio, timed
 from ..context import Context
+from dist_seg.runtime.device import tf32_enabled
+
 from ..harness import StepHarness, StepVariant, matmul_peak_tflops
 
 NAME = "step"
@@ -69,7 +71,7 @@ def run(ctx: Context) -> list[Record]:
     base_settings = {"model": spec.describe(), "steps_per_repeat": sizes.step_steps,
                      "warmup_steps": sizes.step_warmup, "cpu_threads": torch.get_num_threads(),
                      "compile_caches": "disabled (cold compile)",
-                     "tf32": device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32}
+                     "tf32": device.type == "cuda" and tf32_enabled()}
     flops_per_image: float | None = None
     for variant in variants(device, sizes.compile):
         ctx.log(f"  {variant.name}")

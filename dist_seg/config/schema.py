@@ -123,6 +123,11 @@ class DatasetConfig:
     """Each cache setting (size, classes, mask format, ...) of a dataset has its own cache folder; this many
     most recently used ones are kept per dataset, older ones are deleted.
     """
+    cache_on_device: bool = False
+    """Keep the whole uint8 training cache (images and masks) in device memory and gather each batch there
+    by index: no host-to-device copy per step, the same batches and augmentation as the host loader.
+    Needs `use_cache` and `cache_images`; refused when the cache would take more than half of the device's
+    free memory at start-up."""
     remote: str | None = None
     """Read the training split from shards written by `python -m dist_seg.prepare CONFIG --shards OUT`, at
     `s3://bucket/prefix`, `gs://bucket/prefix` or a folder (absolute path); null = from the local cache. Needs
@@ -154,6 +159,9 @@ class DatasetConfig:
         return tuple(self.classes) == DAVID_CLASSES
 
     def validate(self, fail: Fail) -> None:
+        if self.cache_on_device and not (self.use_cache and self.cache_images):
+            fail("cache_on_device", "needs the image cache: set use_cache: true and cache_images: true, or "
+                                    "cache_on_device: false")
         if self.remote is not None:
             scheme = self.remote.split("://", 1)[0] if "://" in self.remote else None
             if scheme not in (None, "s3", "gs"):
@@ -291,6 +299,10 @@ class BackendConfig:
     """Seconds a collective may wait for a peer before the run fails instead of hanging."""
     prepare_timeout_s: float = 7200.0
     """Seconds other ranks wait while each node's local rank 0 decodes and caches the dataset."""
+    compile_timeout_s: float = 1800.0
+    """Seconds a collective may wait for a peer when `torch.compile` is on: the process group's timeout is then
+    the larger of this and `dist_timeout_s`, because ranks compile their first step (and first validation
+    batch) at different speeds while the others already wait in a collective."""
     sync_bn: bool = False
     """SyncBatchNorm across GPUs (NCCL only)."""
     cpu_threads: int | Literal["auto"] = "auto"
@@ -300,7 +312,7 @@ class BackendConfig:
     """
 
     def validate(self, fail: Fail) -> None:
-        for key in ("dist_timeout_s", "prepare_timeout_s"):
+        for key in ("dist_timeout_s", "prepare_timeout_s", "compile_timeout_s"):
             if not 0 < getattr(self, key) <= MAX_TIMEOUT_S:
                 fail(key, f"must be positive and at most {MAX_TIMEOUT_S:.0f} (30 days), got {getattr(self, key)}")
         if self.cpu_threads != "auto" and self.cpu_threads < 1:

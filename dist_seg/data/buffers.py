@@ -15,7 +15,10 @@ still read it.
 With pinned buffers feeding a GPU, "nobody looks at it" is not enough: a
 ``non_blocking`` host-to-device copy may still be reading the buffer after the tensor is
 dropped. The pool then records a fence (a CUDA event on the current stream) at release
-and waits for it before handing the buffer out again.
+and waits for it before handing the buffer out again. A released buffer the pool has no
+room for is not freed while its fence is pending either (the pinned allocator could hand
+its memory to a new tensor under a running copy): it waits in a drain list, checked without
+blocking at every take and release, and is freed once its copies are done.
 """
 
 from __future__ import annotations
@@ -30,18 +33,22 @@ import torch
 
 
 class Fence(Protocol):
-    """Something recorded when a buffer is released and waited on before its reuse."""
+    """Something recorded when a buffer is released and waited on before its reuse or its freeing."""
 
     def synchronize(self) -> None: ...
+
+    def query(self) -> bool: ...
 
 
 def cuda_copy_fence(device: torch.device) -> Callable[[], Fence]:
     """A fence factory for buffers feeding ``device``: an event on that device's current stream.
 
-    The event completes once every copy queued on the stream before the release is done.
+    The event completes once every copy queued on the stream before the release is done. It is a
+    blocking-sync event: a loader thread waiting on it sleeps instead of spinning on a core the
+    training thread needs.
     """
     def record() -> Fence:
-        event = torch.cuda.Event()
+        event = torch.cuda.Event(blocking=True)
         event.record(torch.cuda.current_stream(device))
         return event
 
@@ -79,6 +86,7 @@ class BatchBufferPool:
         self.mask_bytes = math.prod(size)
         self.size = tuple(size)
         self._free: list[_Buffer] = []
+        self._draining: list[_Buffer] = []  # released, no room to keep, fence still pending
         # Reentrant: a garbage collection inside a locked section can run a finaliser,
         # which releases a buffer from the same thread.
         self._lock = threading.RLock()
@@ -100,6 +108,7 @@ class BatchBufferPool:
         """A buffer for the caller alone until it is handed out and released again."""
         with self._lock:
             buffer = self._free.pop() if self._free else None
+            self._drain()
         if buffer is None:
             return self._new_buffer()
         if buffer.fence is not None:
@@ -131,6 +140,19 @@ class BatchBufferPool:
         with self._lock:
             if len(self._free) < self.keep:
                 self._free.append(buffer)
+            elif buffer.fence is not None:
+                self._draining.append(buffer)
+            self._drain()
+
+    def _drain(self) -> None:
+        """Free (by forgetting) the drained buffers whose copies are done; never blocks. Call with the lock held."""
+        self._draining = [buffer for buffer in self._draining if not buffer.fence.query()]
+
+    @property
+    def draining(self) -> int:
+        """Released buffers kept alive only until their pending copies finish."""
+        with self._lock:
+            return len(self._draining)
 
     @property
     def free(self) -> int:

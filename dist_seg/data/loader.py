@@ -37,10 +37,11 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from ..config import TrainingConfig
 from ..errors import ConfigError, DataError
 from .cache_loader import CacheLoader
+from .device_cache import DeviceCacheLoader
 from .dataset import CachedDataset, collate_samples
 
 # What the trainer, evaluation and benchmarks iterate: both yield Batch records and have .sampler.
-Loader = DataLoader | CacheLoader
+Loader = DataLoader | CacheLoader | DeviceCacheLoader
 
 # The share of the available host memory that batches in flight may take: the model, the optimizer
 # and the cache's page cache need the rest.
@@ -166,14 +167,16 @@ def check_loader_memory(size: tuple[int, int], batch_size: int, batches: int, tr
                       "training.num_workers")
 
 
-def build_loader(dataset: Dataset, tr: TrainingConfig, placement: Placement, *, train: bool) -> Loader:
+def build_loader(dataset: Dataset, tr: TrainingConfig, placement: Placement, *, train: bool,
+                 on_device: bool = False) -> Loader:
     """A loader yielding :class:`~dist_seg.data.dataset.Batch` (uint8 images, uint8 masks, paths).
 
     ``train`` selects shuffled, drop-last batches of ``training.batch_size``; otherwise
     ordered, unpadded shards in batches of ``training.val_batch_size``; ``placement``
     picks this process's shard. Memory is pinned unless the device is the CPU. A fully
     cached dataset gets a :class:`CacheLoader` (``num_workers`` threads), anything else a
-    DataLoader (``num_workers`` processes).
+    DataLoader (``num_workers`` processes). ``on_device`` (``dataset.cache_on_device``) keeps a
+    fully cached dataset in device memory instead (:class:`DeviceCacheLoader`), same batches.
     """
     rank, world = placement.rank, placement.world_size
     batch_size = tr.batch_size if train else tr.val_batch_size
@@ -187,6 +190,10 @@ def build_loader(dataset: Dataset, tr: TrainingConfig, placement: Placement, *, 
     check_loader_memory(dataset.size, min(batch_size, len(sampler)), -(-len(sampler) // batch_size), tr,
                         train=train)
     pin_memory = placement.device.type != "cpu"
+    if on_device:
+        if not isinstance(dataset, CachedDataset):
+            raise ConfigError("dataset.cache_on_device needs the cache (dataset.use_cache: true)")
+        return DeviceCacheLoader(dataset, BatchSampler(sampler, batch_size, drop_last=train), placement.device)
     if isinstance(dataset, CachedDataset) and dataset.holds_images:
         return CacheLoader(dataset, BatchSampler(sampler, batch_size, drop_last=train), threads=tr.num_workers,
                            prefetch=tr.prefetch_factor, pin_device=_pin_device(placement.device))
@@ -217,12 +224,12 @@ def set_epoch(loader: Loader, epoch: int, start_sample: int = 0) -> None:
 
 def loader_processes(loader: Loader) -> int:
     """Worker processes the loader keeps busy decoding (a full cache's gather threads only copy: none)."""
-    return 0 if isinstance(loader, CacheLoader) else loader.num_workers
+    return 0 if isinstance(loader, (CacheLoader, DeviceCacheLoader)) else loader.num_workers
 
 
 def describe_loader(loader: Loader) -> str:
     """One line for the log: how batches are served."""
-    if isinstance(loader, CacheLoader):
+    if isinstance(loader, (CacheLoader, DeviceCacheLoader)):
         return loader.describe()
     workers = (f"{loader.num_workers} worker process{'' if loader.num_workers == 1 else 'es'}"
                if loader.num_workers else "the main process")

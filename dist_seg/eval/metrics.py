@@ -16,10 +16,16 @@ from ..config import IGNORE_INDEX
 
 def update_confusion(confusion: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
                      num_classes: int) -> None:
-    """Add the pixels of one batch to ``confusion`` (labelled pixels only)."""
-    valid = target != IGNORE_INDEX
-    index = target[valid] * num_classes + pred[valid]
-    confusion += torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    """Add the pixels of one batch to ``confusion`` (labelled pixels only), without a host sync.
+
+    Unlabelled pixels go to one extra bin that is dropped, so every shape is fixed; a scatter-add
+    counts them, because CUDA's ``bincount`` reads ``max()`` on the host to size its output.
+    """
+    bins = num_classes * num_classes
+    index = torch.where(target != IGNORE_INDEX, target * num_classes + pred, bins).flatten()
+    counts = torch.zeros(bins + 1, dtype=confusion.dtype, device=confusion.device)
+    counts.scatter_add_(0, index, torch.ones_like(index, dtype=confusion.dtype))
+    confusion += counts[:bins].view(num_classes, num_classes)
 
 
 def metrics_from_confusion(confusion: np.ndarray, class_names: list[str],

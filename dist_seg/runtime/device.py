@@ -7,6 +7,7 @@ device special cases.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,6 +42,45 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type, enabled=self.use_grad_scaler)
 
 
+def enable_tf32() -> None:
+    """TF32 for float32 matmuls and convolutions: the standard speed/accuracy trade on Ampere and later.
+
+    Through ``fp32_precision`` where this torch has it (2.9+, where the ``allow_tf32`` flags are
+    deprecated and mixing the two APIs is an error), else through the legacy flags.
+    """
+    matmul, cudnn_conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and hasattr(cudnn_conv, "fp32_precision"):
+        matmul.fp32_precision = "tf32"
+        cudnn_conv.fp32_precision = "tf32"
+    else:
+        matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 matmuls run as TF32 (whichever API set it)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision == "tf32"
+    return bool(matmul.allow_tf32)
+
+
+def without_compile_for_sync_bn(runtime: Runtime, syncs_batch_norm: bool,
+                                log: Callable[[str], None] = print) -> Runtime:
+    """``runtime`` with compile off when BatchNorm becomes SyncBatchNorm, saying why in ``log``.
+
+    Dynamo does not trace ``nn.SyncBatchNorm``: every layer is a graph break
+    (pytorch/pytorch#161302, #156680), so a ResNet compiles into dozens of graphs, and each
+    layer's backward reads a mask on the host anyway (``count_all[mask]``, #78549). Eager mode
+    is the faster and the predictable choice there.
+    """
+    if not (runtime.compile and syncs_batch_norm):
+        return runtime
+    log("compile off: backend.sync_bn makes every BatchNorm a SyncBatchNorm, which torch.compile cannot trace "
+        "(a graph break per layer, pytorch/pytorch#161302); running eager. Turn backend.sync_bn off to compile")
+    return dataclasses.replace(runtime, compile=False)
+
+
 def resolve_runtime(cfg: BackendConfig, device: torch.device, log: Callable[[str], None] = print) -> Runtime:
     """Turn ``backend.*`` settings into concrete choices for ``device`` and log each one that overrides the config.
 
@@ -70,9 +110,7 @@ def resolve_runtime(cfg: BackendConfig, device: torch.device, log: Callable[[str
     if on_gpu and cfg.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if on_gpu:
-        # TF32 matmuls/convs: the standard speed/accuracy trade for fp32 parts on Ampere and later.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        enable_tf32()
     runtime = Runtime(
         device=device,
         amp=amp,

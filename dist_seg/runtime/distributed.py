@@ -174,13 +174,24 @@ def setup_distributed(cfg: BackendConfig, device_key: str = "backend.target") ->
     if backend == "nccl" and device.type != "cuda":
         raise ConfigError("backend.dist_backend: 'nccl' needs a GPU; use gloo (or auto) on CPU")
     # The timeout turns a dead peer into an error on the survivors instead of a hang.
-    timeout = datetime.timedelta(seconds=cfg.dist_timeout_s)
+    timeout = datetime.timedelta(seconds=collective_timeout_s(cfg, device))
     kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout}
     if backend == "nccl":
         kwargs["device_id"] = device
     dist.init_process_group(**kwargs)
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=cfg.prepare_timeout_s))
     return DistContext(rank, local_rank, world_size, device, backend, control)
+
+
+def collective_timeout_s(cfg: BackendConfig, device: torch.device) -> float:
+    """The process group's timeout: ``dist_timeout_s``, raised to ``compile_timeout_s`` when the model compiles.
+
+    A compiling rank enters its first collective (DDP's first gradient all-reduce) only once its
+    compile is done, so the faster ranks wait there for the slowest compile. ``compile: auto``
+    compiles on GPUs (see :func:`dist_seg.runtime.device.resolve_runtime`).
+    """
+    compiles = cfg.compile is True or (cfg.compile == "auto" and device.type == "cuda")
+    return max(cfg.dist_timeout_s, cfg.compile_timeout_s) if compiles else cfg.dist_timeout_s
 
 
 def restart_hazard() -> str | None:

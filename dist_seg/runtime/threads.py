@@ -44,6 +44,19 @@ def choose_cpu_threads(setting: int | Literal["auto"], loader_processes: int, lo
     return ThreadChoice(threads, f"auto: {cores} usable cores{ranks} - {loader_processes} loader worker processes")
 
 
+def apply_compile_threads(local_processes: int = 1) -> int:
+    """Inductor's compile worker threads for this rank: the usable cores shared among the node's ranks.
+
+    Every rank compiles at the same time; each one starting a worker per core would
+    oversubscribe the node and make the first step (which every collective waits for) slower.
+    """
+    import torch._inductor.config as inductor_config  # only compiling runs pay for importing Inductor
+
+    threads = max(1, usable_cores() // max(1, local_processes))
+    inductor_config.compile_threads = threads
+    return threads
+
+
 def apply_cpu_threads(setting: int | Literal["auto"], loader_processes: int, device: torch.device,
                       local_processes: int = 1) -> ThreadChoice:
     """Set torch's intra-op threads: always for an explicit N, for ``auto`` only on CPU runs (a GPU run keeps torch's default)."""

@@ -33,6 +33,8 @@ class ModelEma:
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self._param_names = frozenset(name for name, _ in model.named_parameters())
+        self._source: nn.Module | None = None
+        self._pairs: tuple[list[torch.Tensor], ...] = ()
 
     def current_decay(self) -> float:
         """The decay the next :meth:`update` applies."""
@@ -48,15 +50,35 @@ class ModelEma:
         updated the weights: 0.0 leaves the averaged weights unchanged without a host sync.
         """
         d = self.current_decay()
-        live = model.state_dict()
-        for name, ema_value in self.module.state_dict().items():
-            value = live[name].detach()
-            if name in self._param_names and ema_value.is_floating_point():
-                weight = 1.0 - d if applied is None else (applied * (1.0 - d)).to(ema_value.dtype)
-                ema_value.lerp_(value.to(ema_value.dtype), weight)
+        ema_params, live_params, ema_other, live_other = self._tensor_lists(model)
+        if ema_params:
+            if applied is None:
+                torch._foreach_lerp_(ema_params, live_params, 1.0 - d)
             else:
-                ema_value.copy_(value)
+                weight = (applied * (1.0 - d)).to(ema_params[0].dtype)
+                torch._foreach_lerp_(ema_params, live_params, [weight] * len(ema_params))
+        if ema_other:
+            torch._foreach_copy_(ema_other, live_other)
         self.updates += 1
+
+    def _tensor_lists(self, model: nn.Module) -> tuple[list[torch.Tensor], ...]:
+        """(averaged, live) floating-point parameters and (copied, live) other state, built once per model.
+
+        The optimizer and ``load_state_dict`` update tensors in place, so the lists stay valid and
+        a step costs two fused kernels, not a fresh ``state_dict()`` and one kernel per tensor.
+        """
+        if model is not self._source:
+            live = {name: value.detach() for name, value in model.state_dict().items()}
+            pairs: tuple[list[torch.Tensor], ...] = ([], [], [], [])
+            for name, ema_value in self.module.state_dict().items():
+                if live[name].dtype != ema_value.dtype:
+                    raise ValueError(f"EMA: {name} is {live[name].dtype} in the model but {ema_value.dtype} in the "
+                                     "average; build the ModelEma from the model as it trains")
+                averaged = name in self._param_names and ema_value.is_floating_point()
+                pairs[0 if averaged else 2].append(ema_value)
+                pairs[1 if averaged else 3].append(live[name])
+            self._source, self._pairs = model, pairs
+        return self._pairs
 
     def state_dict(self) -> dict[str, Any]:
         """Weights, update count and settings: everything an exact resume needs."""

@@ -61,8 +61,9 @@ class SegmentationLoss(torch.nn.Module):
         valid = target != IGNORE_INDEX
         if self.weight is None:
             denom = valid.sum().to(per_pixel.dtype)
-        else:
-            denom = self.weight[target.clamp(max=self.weight.numel() - 1)][valid].sum()
+        else:  # a masked sum, not boolean indexing: no data-dependent shape, so no host sync
+            weights = self.weight[target.clamp(max=self.weight.numel() - 1)]
+            denom = torch.where(valid, weights, 0.0).sum()
         return per_pixel.sum(), denom
 
 
@@ -79,6 +80,10 @@ class OhemCrossEntropy(nn.Module):
     pixels with the lowest true-class probability are kept instead (all labelled pixels if
     there are fewer), so the loss never averages over a handful of pixels late in training.
     Class weights apply as in the plain loss: a weighted mean over the kept pixels.
+
+    Both choices are computed on the device and one is picked with ``torch.where``: the
+    ``min_kept`` lowest-probability candidates come from a ``topk`` of a size fixed by the
+    batch shape, so no step reads a count on the host.
     """
 
     def __init__(self, weight: torch.Tensor | None = None, thresh: float = 0.7, min_kept: int = 100_000) -> None:
@@ -98,14 +103,17 @@ class OhemCrossEntropy(nn.Module):
         prob = torch.softmax(logits.float(), dim=1)
         true_prob = prob.gather(1, target.clamp(0, logits.shape[1] - 1).unsqueeze(1)).squeeze(1)
         hard = valid & (true_prob < self.thresh)
-        needed = min(self.min_kept, int(valid.sum()))
-        if int(hard.sum()) >= needed:
+        k = min(self.min_kept, valid.numel())
+        if k == 0:
             return hard
-        # Too few hard pixels: keep the `needed` labelled pixels of lowest true-class probability.
+        needed = valid.sum().clamp(max=k)
+        # Too few hard pixels: keep the `needed` labelled pixels of lowest true-class probability
+        # (ignored pixels score inf, so they rank after every labelled one).
         scores = torch.where(valid, true_prob, torch.full_like(true_prob, float("inf"))).flatten()
-        keep = torch.zeros_like(scores, dtype=torch.bool)
-        keep[torch.topk(scores, needed, largest=False).indices] = True
-        return keep.view_as(valid)
+        lowest = torch.topk(scores, k, largest=False).indices
+        ranks = torch.arange(k, device=scores.device)
+        low = torch.zeros_like(scores, dtype=torch.bool).scatter_(0, lowest, ranks < needed).view_as(valid)
+        return torch.where(hard.sum() >= needed, hard, low)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         keep = self.kept(logits, target)
@@ -115,17 +123,22 @@ class OhemCrossEntropy(nn.Module):
             denom = keep.sum()
         else:
             denom = (self.weight[target.clamp(0, self.weight.numel() - 1)] * keep).sum()
-        # No kept pixel (an all-ignored batch): a zero that still reaches every logit's graph.
-        return (per_pixel * keep).sum() / denom.clamp(min=1e-12) if keep.any() else logits.sum() * 0.0
+        # No kept pixel (an all-ignored batch) gives 0 / 1e-12 = 0, still in every logit's graph.
+        return torch.where(keep, per_pixel, 0.0).sum() / denom.clamp(min=1e-12)
 
 
-def _valid_probs(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities ``[N, C]`` and labels ``[N]`` of the labelled pixels."""
+def _probs_and_onehot(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax probabilities ``[N, C]``, one-hot labels ``[N, C]`` and the labelled-pixel mask ``[N]`` of every pixel.
+
+    Ignored pixels stay in (an all-zero one-hot row, ``False`` in the mask) and are masked out
+    by the callers: selecting the labelled ones would give a data-dependent shape, a host sync.
+    """
     c = logits.shape[1]
     prob = torch.softmax(logits.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, c)
     labels = target.reshape(-1)
-    valid = labels != IGNORE_INDEX
-    return prob[valid], labels[valid]
+    # A comparison, not F.one_hot, which checks its input's range on the host; IGNORE_INDEX matches no class.
+    onehot = (labels.unsqueeze(1) == torch.arange(c, device=labels.device)).to(prob.dtype)
+    return prob, onehot, labels != IGNORE_INDEX
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -134,21 +147,19 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -
     A class absent from both prediction and labels scores 1 (thanks to the smoothing), so
     a perfect prediction gives 0.
     """
-    prob, labels = _valid_probs(logits, target)
-    onehot = F.one_hot(labels, logits.shape[1]).to(prob.dtype)
+    prob, onehot, valid = _probs_and_onehot(logits, target)
     inter = (prob * onehot).sum(0)
-    total = prob.sum(0) + onehot.sum(0)
+    total = torch.where(valid.unsqueeze(1), prob, 0.0).sum(0) + onehot.sum(0)
     return 1.0 - ((2 * inter + smooth) / (total + smooth)).mean()
 
 
 def _lovasz_gradient(sorted_fg: torch.Tensor) -> torch.Tensor:
-    """Gradient of the Lovász extension of the Jaccard loss at foreground labels sorted by error."""
-    fg_total = sorted_fg.sum()
+    """Gradient of the Lovász extension of the Jaccard loss at foreground labels sorted by error (per column)."""
+    fg_total = sorted_fg.sum(0)
     intersection = fg_total - sorted_fg.cumsum(0)
     union = fg_total + (1.0 - sorted_fg).cumsum(0)
     jaccard = 1.0 - intersection / union
-    jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
-    return jaccard
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
 
 
 def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -157,17 +168,18 @@ def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     A convex surrogate of ``1 - IoU`` per class: the pixels' errors ``|fg - p|`` sorted in
     decreasing order, weighted by the Lovász extension's gradient. 0 when every labelled
     pixel gives its class probability 1.
+
+    Every class is computed at once (one sort per column) and the absent ones are weighted 0,
+    so nothing is read on the host. Ignored pixels get error -1: they sort after every
+    labelled pixel, where they change no prefix sum of the Lovász gradient, and then count 0.
     """
-    prob, labels = _valid_probs(logits, target)
-    losses = []
-    for c in labels.unique().tolist():
-        fg = (labels == c).to(prob.dtype)
-        errors = (fg - prob[:, c]).abs()
-        errors_sorted, order = torch.sort(errors, descending=True)
-        losses.append(torch.dot(errors_sorted, _lovasz_gradient(fg[order])))
-    if not losses:
-        return logits.sum() * 0.0
-    return torch.stack(losses).mean()
+    prob, onehot, valid = _probs_and_onehot(logits, target)
+    errors = torch.where(valid.unsqueeze(1), (onehot - prob).abs(), -1.0)
+    errors_sorted, order = torch.sort(errors, dim=0, descending=True)
+    per_class = (errors_sorted.clamp(min=0.0) * _lovasz_gradient(onehot.gather(0, order))).sum(0)
+    present = (onehot.sum(0) > 0).to(per_class.dtype)
+    # No labelled pixel: 0 / 1 = 0, still in every logit's graph.
+    return (per_class * present).sum() / present.sum().clamp(min=1.0)
 
 
 class RecipeLoss(nn.Module):

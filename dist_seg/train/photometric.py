@@ -7,7 +7,9 @@ masks need no change and stay aligned.
 
 All random numbers come from the ``torch.Generator`` passed in, drawn on the CPU (as the
 geometric augmentation does) so a run is reproducible on any device, and so the trainer's
-checkpointed augmentation generator covers this augmentation too.
+checkpointed augmentation generator covers this augmentation too. The per-sample factors
+and colour matrices reach the device in one non-blocking copy (from pinned memory on CUDA),
+so the host never waits for the device here.
 """
 
 from __future__ import annotations
@@ -87,13 +89,20 @@ def photometric_jitter(images: torch.Tensor, ranges: PhotometricRanges,
     hue = ranges.hue * u[:, 3]
     gamma = 1 + ranges.gamma * u[:, 4]
 
-    def per_sample(values: torch.Tensor) -> torch.Tensor:
-        return values.to(device=images.device, dtype=images.dtype).view(b, 1, 1, 1)
+    # One host tensor [luma (3) | per sample: brightness, contrast, gamma, colour matrix (9)], one copy.
+    packed = torch.cat([_LUMA, torch.cat([torch.stack([brightness, contrast, gamma], 1),
+                                          _colour_matrices(saturation, hue).flatten(1)], 1).flatten()])
+    if images.device.type == "cuda":
+        packed = packed.pin_memory()
+    packed = packed.to(images.device, non_blocking=True).to(images.dtype)
+    luma_weights, per_sample = packed[:3], packed[3:].view(b, 12)
 
-    x = (images * per_sample(brightness)).clamp_(0, 1)
-    luma = torch.einsum("c,bchw->bhw", _LUMA.to(images.device, images.dtype), x)
+    def factor(column: int) -> torch.Tensor:
+        return per_sample[:, column].view(b, 1, 1, 1)
+
+    x = (images * factor(0)).clamp_(0, 1)
+    luma = torch.einsum("c,bchw->bhw", luma_weights, x)
     mean = luma.mean(dim=(1, 2)).view(b, 1, 1, 1)
-    x = ((x - mean) * per_sample(contrast) + mean).clamp_(0, 1)
-    matrices = _colour_matrices(saturation, hue).to(images.device, images.dtype)
-    x = torch.einsum("bij,bjhw->bihw", matrices, x).clamp_(0, 1)
-    return x.pow_(per_sample(gamma))
+    x = ((x - mean) * factor(1) + mean).clamp_(0, 1)
+    x = torch.einsum("bij,bjhw->bihw", per_sample[:, 3:].view(b, 3, 3), x).clamp_(0, 1)
+    return x.pow_(factor(2))

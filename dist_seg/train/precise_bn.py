@@ -4,8 +4,8 @@ A BatchNorm layer's running statistics are an exponential average with a small m
 (torchvision's MobileNetV3 uses 0.01): after a short run from scratch they still describe
 the early, very different activations, and eval-mode outputs are poor although the
 weights are fine. :func:`recompute_bn_stats` replaces them with the plain average over a
-number of training batches at the current weights (momentum ``None`` makes PyTorch keep a
-cumulative average). :func:`bn_eval_train_gap` measures how far eval-mode predictions are
+number of training batches at the current weights (a cumulative average: momentum
+``1 / (k + 1)`` for batch ``k``). :func:`bn_eval_train_gap` measures how far eval-mode predictions are
 from batch-statistics predictions, so the trainer can warn when they disagree badly.
 """
 
@@ -48,7 +48,6 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], num_ba
     momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches that follow
     # Only the BatchNorm layers train: dropout stays off, so the pass draws no random numbers
     # and a resumed run's random streams match an uninterrupted one's.
     model.eval()
@@ -59,6 +58,10 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], num_ba
         for x in batches:
             if used >= num_batches:
                 break
+            # The cumulative average, with the count kept on the host: momentum None would make
+            # every BatchNorm read num_batches_tracked from the device on each forward.
+            for m in layers:
+                m.momentum = 1.0 / (used + 1)
             model(x)
             used += 1
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 import random
 from pathlib import Path
@@ -44,10 +45,10 @@ from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
 from .preflight import batch_norm_samples, check_fresh_output, check_model_output, check_run_paths, check_trainable
-from ..runtime.device import Runtime, resolve_runtime
+from ..runtime.device import Runtime, resolve_runtime, without_compile_for_sync_bn
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
-from ..runtime.threads import apply_cpu_threads
+from ..runtime.threads import apply_compile_threads, apply_cpu_threads
 
 
 def seed_everything(seed: int) -> None:
@@ -120,7 +121,8 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     ``fresh``: no checkpoint will be resumed, so ``model.init_from`` applies (a resume restores every weight).
     """
     tr = cfg.training
-    runtime = resolve_runtime(cfg.backend, ctx.device, log=out.log)
+    runtime = without_compile_for_sync_bn(resolve_runtime(cfg.backend, ctx.device, log=out.log),
+                                          _syncs_batch_norm(cfg, ctx), log=out.log)
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -137,15 +139,18 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
 
     with preemption_raises():  # a cache build has no step boundary to stop at
         data = _prepare_data(cfg, ctx, out)
-    train_loader = build_loader(data.train, tr, ctx, train=True)
+    train_loader = build_loader(data.train, tr, ctx, train=True, on_device=cfg.dataset.cache_on_device)
     cleanup.callback(_close_loader, train_loader)
     val_loader = None
     if data.val is not None and len(data.val):
         val_loader = build_loader(data.val, tr, ctx, train=False)
         cleanup.callback(_close_loader, val_loader)
     # After the loaders: what torch may use depends on whether they decode in worker processes.
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     threads = apply_cpu_threads(cfg.backend.cpu_threads, loader_processes(train_loader), ctx.device,
-                                local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+                                local_processes=local_processes)
+    if runtime.compile:
+        apply_compile_threads(local_processes)
     # At least 1: build_loader has checked that the training split gives every rank an optimizer step.
     steps_per_epoch = len(train_loader) // tr.grad_accum_steps
     plan = EpochPlan(steps_per_epoch, tr.grad_accum_steps, tr.epochs, len(data.train))
@@ -224,7 +229,29 @@ def _place_model(model: torch.nn.Module, cfg: Config, ctx: DistContext, runtime:
     if not ctx.is_distributed:
         return compiled, compiled
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DistributedDataParallel(compiled, device_ids=device_ids), compiled
+    # Gradients live in DDP's all-reduce buckets (no copy in or out, less memory); buffers are
+    # broadcast from rank 0 before each forward only when the ranks' copies can differ (always
+    # once at the wrap: every rank starts from rank 0's).
+    sync_buffers = not buffers_stay_in_sync(model)
+    buffers = ({"forward_sync_buffers": sync_buffers} if _ddp_takes("forward_sync_buffers")
+               else {"broadcast_buffers": sync_buffers})  # torch < 2.14, where the init sync came with it
+    return DistributedDataParallel(compiled, device_ids=device_ids, gradient_as_bucket_view=True,
+                                   **buffers), compiled
+
+
+def _ddp_takes(argument: str) -> bool:
+    return argument in inspect.signature(DistributedDataParallel.__init__).parameters
+
+
+def buffers_stay_in_sync(model: torch.nn.Module) -> bool:
+    """Whether every rank's buffers stay equal without DDP broadcasting them: no buffers, or only SyncBatchNorm's.
+
+    SyncBatchNorm updates its running statistics from the all-reduced batch statistics, so every
+    rank computes the same values from the same start. Plain BatchNorm's statistics follow each
+    rank's own batches, and a custom model's buffers may do anything: those are broadcast.
+    """
+    owners = [module for module in model.modules() if any(True for _ in module.buffers(recurse=False))]
+    return all(isinstance(module, torch.nn.SyncBatchNorm) for module in owners)
 
 
 def _log_training_notes(cfg: Config, out: RunOutputs, data: DataBundle, palette: Palette,

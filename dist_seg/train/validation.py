@@ -49,6 +49,11 @@ def evaluate(model: torch.nn.Module, batches: Iterable, prep: BatchPreparer, run
 
     The flicker rate treats two frames served one after the other from the same folder as
     consecutive, so it needs a loader that serves each sequence's frames in order.
+
+    With a compiled model (``runtime.compile``) a batch smaller than the first (a shard's last)
+    is padded to the first's size and the padding's outputs are dropped before any metric: in
+    eval mode samples do not interact, and the graph compiled for the full batch is reused
+    instead of compiling another for one batch.
     """
     num_classes = len(class_names)
     device = prep.device
@@ -57,13 +62,16 @@ def evaluate(model: torch.nn.Module, batches: Iterable, prep: BatchPreparer, run
     video = VideoMetricsAccumulator(window_sizes=(), device=device)
     was_training = model.training
     model.eval()
+    full_batch = None
     try:
         for i, (images, masks, paths) in enumerate(batches):
             x, y = prep.eval_batch(images, masks)
-            logits = upsample_logits(forward_logits(model, x, runtime), y.shape[-2:])
+            full_batch = full_batch or x.shape[0]
+            logits = upsample_logits(forward_logits(model, _padded(x, full_batch) if runtime.compile else x,
+                                                    runtime)[:x.shape[0]], y.shape[-2:])
             loss_sum, weight_sum = criterion.sum_and_weight(logits, y)
-            sums[:3] += torch.stack([loss_sum.double(), weight_sum.double(),
-                                     torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
+            sums[:2] += torch.stack([loss_sum.double(), weight_sum.double()])
+            sums[2] += x.shape[0]  # a host number: no blocking host -> device copy
             pred = logits.argmax(1)
             update_confusion(confusion, pred, y, num_classes)
             video.update(pred, y, [str(Path(p).parent) for p in paths])
@@ -80,3 +88,15 @@ def evaluate(model: torch.nn.Module, batches: Iterable, prep: BatchPreparer, run
     loss = loss_sum / weight_sum if weight_sum else float("nan")
     return EvalResult(loss, mean_iou, pixel_acc, iou, conf, int(frames),
                       flickering / static if static else float("nan"))
+
+
+def _padded(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``x`` with zero samples appended up to ``batch`` (unchanged when it has that many or more)."""
+    if x.shape[0] >= batch:
+        return x
+    pad = x.new_zeros((batch - x.shape[0], *x.shape[1:])).contiguous(memory_format=_memory_format(x))
+    return torch.cat([x, pad])
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format

@@ -24,7 +24,7 @@ RECORD_FIELDS = {"suite", "variant", "metric", "unit", "images_per_s", "median",
 # Derived values each suite must report on at least one of its records.
 DERIVED = {
     "loader": {"per_core_samples_per_s", "vs_decode_same_workers", "vs_plain_copy_floor", "at_least_20x_decode",
-               "within_2x_of_floor"},
+               "within_2x_of_floor", "vs_host_cache_best"},
     "step": {"speedup_vs_eager_fp32", "forward_ms", "backward_ms", "optimizer_ms", "gflop_per_image",
              "fraction_of_matmul_peak"},
     "e2e": {"data_wait_frac_median", "speedup_vs_cache_off", "speedup_vs_1_thread"},
@@ -34,8 +34,8 @@ DERIVED = {
                "batch_buffers_mb", "batch_buffers_growth_mb"},
 }
 VARIANTS = {
-    "loader": {"decode, 0 workers", "mask cache, 1 worker", "full cache, 1 worker", "floor: plain copy",
-               "floor: fresh shared copy"},
+    "loader": {"decode, 0 workers", "mask cache, 1 worker", "full cache, 1 worker", "full cache on device",
+               "floor: plain copy", "floor: fresh shared copy"},
     "e2e": {"cache on", "cache off", "cache on, 1 thread"},
     "ddp": {"1 rank", "2 ranks"},
     "vram": {"sampler off", "sampler on"},

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py: the CPU smoke run of the prepared GPU check writes a complete, well-formed report.
+"""The prepared GPU check (python -m benchmarks.gpu_check): its CPU smoke run writes a complete, well-formed report.
 
 The check's parts run the product's own commands (synth, train, torchrun, predict) and the
 trainer's step through the harness; here they run on the CPU at tiny sizes. No timing
@@ -21,8 +21,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.gpu_check_parts import FAIL_ENV, NO_CUDA, PARTS  # noqa: E402
-from benchmarks.gpu_check_proc import run_command  # noqa: E402
+from benchmarks.gpu_check.parts import FAIL_ENV, NO_CUDA, PARTS  # noqa: E402
+from benchmarks.gpu_check.proc import run_command  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +42,10 @@ def run_check(out: Path, *args: str, env: dict[str, str] | None = None) -> subpr
     """The check as a user runs it. The budget is generous: it is a cap, and a shared CI machine can be slow."""
     child_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
                      OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
-    argv = [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--out", str(out),
+    argv = [sys.executable, "-m", "benchmarks.gpu_check", "--cpu-smoke", "--out", str(out),
             "--budget-s", "1000", *args]
-    return subprocess.run(argv, env=child_env, capture_output=True, text=True, timeout=1200, check=False)
+    return subprocess.run(argv, env=child_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200,
+                          check=False)
 
 
 def load_report(out: Path) -> dict:

@@ -122,6 +122,9 @@ def test_a_fenced_buffer_waits_for_its_fence_before_reuse():
         def synchronize(self) -> None:
             events.append("waited")
 
+        def query(self) -> bool:
+            return True
+
     pool = BatchBufferPool(1, (2, 2), keep=1, fence=FakeEvent)
     buffer = pool.take()
     images, masks = pool.hand_out(buffer, 1)
@@ -183,11 +186,17 @@ def test_pinned_buffers_are_allocated_on_the_training_device_and_fenced(dataset,
     real_empty = torch.empty
 
     class FakeEvent:
+        def __init__(self, blocking: bool = False) -> None:
+            assert blocking  # a waiting loader thread sleeps instead of spinning
+
         def record(self, stream) -> None:
             log.append(("record", stream))
 
         def synchronize(self) -> None:
             log.append(("synchronize",))
+
+        def query(self) -> bool:
+            return True
 
     def set_device(device) -> None:
         current.device = torch.device(device)

@@ -4,7 +4,7 @@ A part is a function ``part(ctx: PartContext) -> None`` that records what it mea
 ``ctx.set(...)`` and what it verified with ``ctx.check(...)``; it raises :class:`Skip` when it
 cannot apply (an artifact of another part is missing). Parts that measure inside the Python
 process (``isolated``: they create a CUDA context and fill the allocator) run in a worker
-child, ``python -m benchmarks.gpu_check_parts PART STATE RESULT``: the check's own process
+child, ``python -m benchmarks.gpu_check.parts PART STATE RESULT``: the check's own process
 then never holds GPU memory that would distort later parts' figures, a CUDA error cannot
 poison the parts after it, and a hang is ended by killing the worker at its deadline. The
 other parts only start product commands (each time-boxed) and read their outputs.
@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 from dist_seg import atomic
 
-from .gpu_check_proc import CommandResult, child_env, run_command
-from .sizes import ModelSpec
+from .proc import CommandResult, child_env, run_command
+from ..sizes import ModelSpec
 
 NO_CUDA = "skipped: no CUDA"
 # Comma-separated part names that raise at their start: lets tests (and anyone checking the
@@ -46,14 +46,14 @@ class PartSpec:
 
 
 PARTS: tuple[PartSpec, ...] = (
-    PartSpec("env", "Environment, matmul peak, copy bandwidth", 0.05, "gpu_check_measure:env", isolated=True),
+    PartSpec("env", "Environment, matmul peak, copy bandwidth", 0.05, "measure:env", isolated=True),
     PartSpec("demo", "Demo training: float16 + GradScaler, resume, bf16 + channels-last + compile", 0.33,
-             "gpu_check_runs:demo"),
-    PartSpec("step", "Step suite on the production model", 0.27, "gpu_check_measure:step", isolated=True),
-    PartSpec("e2e", "End to end: full cache, pinned gather threads", 0.15, "gpu_check_runs:e2e"),
-    PartSpec("telemetry", "VRAM sampler on the real driver", 0.01, "gpu_check_runs:telemetry"),
-    PartSpec("torchrun", "torchrun with NCCL, SyncBatchNorm", 0.10, "gpu_check_runs:torchrun"),
-    PartSpec("predict", "Predict and evaluate", 0.09, "gpu_check_runs:predict"),
+             "runs:demo"),
+    PartSpec("step", "Step suite on the production model", 0.27, "measure:step", isolated=True),
+    PartSpec("e2e", "End to end: full cache, pinned gather threads", 0.15, "runs:e2e"),
+    PartSpec("telemetry", "VRAM sampler on the real driver", 0.01, "runs:telemetry"),
+    PartSpec("torchrun", "torchrun with NCCL, SyncBatchNorm", 0.10, "runs:torchrun"),
+    PartSpec("predict", "Predict and evaluate", 0.09, "runs:predict"),
 )
 
 
@@ -207,7 +207,7 @@ def execute(spec: PartSpec, ctx: PartContext) -> Outcome:
         if spec.name in _forced_failures():
             raise RuntimeError(f"forced failure of part {spec.name!r} ({FAIL_ENV}={os.environ[FAIL_ENV]})")
         module, function = spec.function.split(":")
-        getattr(importlib.import_module(f"benchmarks.{module}"), function)(ctx)
+        getattr(importlib.import_module(f"benchmarks.gpu_check.{module}"), function)(ctx)
     except Skip as exc:
         return Outcome("skipped", ctx.fields, f"skipped: {exc}", ctx.shared)
     except Exception as exc:  # a part's failure is reported, and the next part runs
@@ -235,7 +235,7 @@ def write_state(path: Path, ctx: PartContext) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    """``python -m benchmarks.gpu_check_parts PART STATE RESULT``: run one part, saving its outcome as it goes."""
+    """``python -m benchmarks.gpu_check.parts PART STATE RESULT``: run one part, saving its outcome as it goes."""
     name, state_path, result_path = argv
     state = json.loads(Path(state_path).read_text())
     result = Path(result_path)

@@ -1,4 +1,4 @@
-"""One prepared GPU check: ``python benchmarks/gpu_check.py [--out DIR] [--budget-s 480] [--cpu-smoke] [--parts a,b]``.
+"""One prepared GPU check: ``python -m benchmarks.gpu_check [--out DIR] [--budget-s 480] [--cpu-smoke] [--parts a,b]``.
 
 Runs, in order and each time-boxed, everything only a GPU can show: the environment and the
 card's measured peaks (env), demo training with float16 + GradScaler, resume, and bf16 +
@@ -28,12 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder is on sys.path, not the repository root that holds the package.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.gpu_check_parts import (  # noqa: E402
+from .parts import (
     GPU_SIZES,
     PARTS,
     SMOKE_SIZES,
@@ -43,8 +38,8 @@ from benchmarks.gpu_check_parts import (  # noqa: E402
     execute,
     write_state,
 )
-from benchmarks.gpu_check_proc import run_command  # noqa: E402
-from benchmarks.gpu_check_report import PartReport, Report  # noqa: E402
+from .proc import REPO_ROOT, run_command
+from .report import PartReport, Report
 
 DEFAULT_BUDGET_S = 480.0
 # Seconds a worker may run past its part's deadline (its own imports, writing the result) before it is killed.
@@ -57,7 +52,7 @@ PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "y
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python benchmarks/gpu_check.py", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0],
                                      epilog="parts: " + ", ".join(f"{p.name} ({p.title})" for p in PARTS))
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: $OUT when set, else benchmarks/out/gpu_check)")
@@ -124,6 +119,10 @@ class Check:
         self.log(f"{self.report.mode} check, budget {self.args.budget_s:.0f} s, report in {self.out}, work in "
                  f"{self.work}" + (f"; missing packages: {', '.join(missing)}" if missing else ""))
         selected = [spec for spec in PARTS if spec.name in self.args.selected]
+        # The plan up front: each part's share of the whole budget (a part that ends early passes its rest on).
+        shares = sum(spec.share for spec in selected)
+        self.log("plan: " + ", ".join(f"{spec.name} <= {self.args.budget_s * spec.share / shares:.0f} s"
+                                      for spec in selected) + f" (budget {self.args.budget_s:.0f} s)")
         for spec in PARTS:
             if spec.name not in self.args.selected:
                 part = self.report.part(spec.name)
@@ -178,7 +177,7 @@ class Check:
         state, result_path = folder / f"{spec.name}.state.json", folder / f"{spec.name}.result.json"
         result_path.unlink(missing_ok=True)
         write_state(state, self.context(spec, budget))
-        command = run_command([sys.executable, "-m", "benchmarks.gpu_check_parts", spec.name, str(state),
+        command = run_command([sys.executable, "-m", "benchmarks.gpu_check.parts", spec.name, str(state),
                                str(result_path)], log_path=folder / f"{spec.name}.log",
                               timeout_s=budget + WORKER_GRACE_S, echo=self.log)
         saved = json.loads(result_path.read_text()) if result_path.is_file() else None
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.work or Path(tempfile.mkdtemp(prefix="dist_seg_gpu_check_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
-        command = ["benchmarks/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]
+        command = ["-m", "benchmarks.gpu_check", *(sys.argv[1:] if argv is None else argv)]
         return Check(args, command, out, work).run()
     finally:
         if args.work is None:

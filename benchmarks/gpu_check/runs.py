@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .data import raw_config
-from .gpu_check_parts import NO_CUDA, PartContext, Skip
-from .gpu_check_proc import REPO_ROOT, CommandResult
+from ..data import raw_config
+from .parts import NO_CUDA, PartContext, Skip
+from .proc import REPO_ROOT, CommandResult
 
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 DEMO_TEST_SEQUENCE = "Video_007"  # configs/demo.yaml's test split
@@ -241,7 +241,7 @@ def e2e(ctx: PartContext) -> None:
 def _throughput(output_dir: Path) -> dict[str, Any]:
     """images/s and data-wait fraction: TensorBoard windows (warm-up dropped) if readable, else history.json."""
     if importlib.util.find_spec("tensorboard") is not None:
-        from .training_runs import read_windows
+        from ..training_runs import read_windows
 
         windows = read_windows(output_dir / "tensorboard")
         return {"images_per_s": round(statistics.median(windows.images_per_s), 2),

@@ -18,10 +18,13 @@ import subprocess
 import time
 
 import torch
+from torch._dynamo.utils import counters as dynamo_counters
 
-from .common import cpu_model, synchronize, usable_cores
-from .gpu_check_parts import NO_CUDA, PartContext
-from .harness import StepHarness, StepVariant, matmul_peak_tflops
+from dist_seg.runtime.device import tf32_enabled
+
+from ..common import cpu_model, synchronize, usable_cores
+from .parts import NO_CUDA, PartContext
+from ..harness import StepHarness, StepVariant, matmul_peak_tflops
 
 COPY_ITERATIONS = 20
 
@@ -145,7 +148,7 @@ STEP_VARIANTS = (
 )
 # Measured by priority, in case the budget runs short: the baseline, then the production setting
 # (a compilation takes a minute or more), then the single switches, compile alone last.
-MEASURE_ORDER = ("eager fp32", "all: channels_last + amp bf16 + compile", "channels_last", "amp bf16", "compile")
+MEASURE_ORDER = ("all: channels_last + amp bf16 + compile", "eager fp32", "channels_last", "amp bf16", "compile")
 
 
 def step(ctx: PartContext) -> None:
@@ -194,6 +197,19 @@ def step(ctx: PartContext) -> None:
                        f"= {best['fraction_of_matmul_peak']:.1%} of the matmul peak")
 
 
+def _sync_free_steps(harness: StepHarness, steps: int) -> str:
+    """Run ``steps`` steady-state steps with CUDA's sync debug mode at "error": the first host sync raises."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(steps):
+            harness.step()
+    except RuntimeError as exc:
+        return f"host sync: {str(exc).splitlines()[0]}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return f"none in {steps} steps (set_sync_debug_mode error)"
+
+
 def _measure(ctx: PartContext, variant: StepVariant, device: torch.device, peak_tflops: float,
              flops_per_image: float | None) -> tuple[dict, float]:
     sizes, spec = ctx.sizes, ctx.sizes.step_model
@@ -205,6 +221,7 @@ def _measure(ctx: PartContext, variant: StepVariant, device: torch.device, peak_
         import torch._dynamo
 
         torch._dynamo.reset()  # each compiled variant compiles from scratch, not on the previous one's graphs
+        dynamo_counters.clear()
     harness = StepHarness(spec, variant, device)
     if flops_per_image is None:
         flops_per_image = harness.flops_per_image()
@@ -214,6 +231,8 @@ def _measure(ctx: PartContext, variant: StepVariant, device: torch.device, peak_
     if sizes.step_warmup > 1:
         harness.run(sizes.step_warmup - 1)
     warmup_s = time.perf_counter() - start
+    graphs_after_warmup = dynamo_counters["stats"]["unique_graphs"]
+    sync_check = _sync_free_steps(harness, sizes.step_steps) if on_gpu else NO_CUDA
     seconds: list[float] = []
     for _ in range(sizes.step_repeats):
         # One repeat at least; more only while the budget holds another.
@@ -232,8 +251,13 @@ def _measure(ctx: PartContext, variant: StepVariant, device: torch.device, peak_
         "peak_memory_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20) if on_gpu else NO_CUDA,
         "peak_memory_reserved_mib": round(torch.cuda.max_memory_reserved(device) / 2**20) if on_gpu else NO_CUDA,
         **variant.settings(),
-        "tf32": on_gpu and torch.backends.cuda.matmul.allow_tf32,
+        "tf32": on_gpu and tf32_enabled(),
+        "steady_state_host_syncs": sync_check,
     }
+    if variant.compile:
+        measured["graph_breaks"] = sum(dynamo_counters["graph_break"].values())
+        measured["graphs_compiled"] = graphs_after_warmup
+        measured["recompiles_after_warmup"] = dynamo_counters["stats"]["unique_graphs"] - graphs_after_warmup
     del harness
     gc.collect()
     return measured, flops_per_image
