@@ -18,6 +18,7 @@ import subprocess
 import time
 
 import torch
+import torch._dynamo  # a function-local import would make `torch` local there (UnboundLocalError on GPUs)
 from torch._dynamo.utils import counters as dynamo_counters
 
 from dist_seg.runtime.device import tf32_enabled
@@ -218,7 +219,6 @@ def _measure(ctx: PartContext, variant: StepVariant, device: torch.device, peak_
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     if variant.compile:
-        import torch._dynamo
 
         torch._dynamo.reset()  # each compiled variant compiles from scratch, not on the previous one's graphs
         dynamo_counters.clear()
