@@ -56,7 +56,7 @@ class NativeEvalResult:
 
     source: str  # "split test of <splits.json>" or "root <dir>"
     checkpoint: str
-    settings: str  # InferenceSettings.describe()
+    settings: str  # Predictor.describe(): mode, slide window, TTA, precision
     class_names: list[str]
     void_class: str | None
     confusion: np.ndarray  # [C, C] int64, rows = label, cols = prediction, native resolution
@@ -270,7 +270,7 @@ def _result(predictor: Predictor, data_cfg: Config, names: list[str], per_sequen
         seq_miou, seq_acc, _ = metrics_from_confusion(conf, class_names, void_index)
         sequences[name] = SequenceResult(frames, seq_miou, seq_acc)
     return NativeEvalResult(
-        source=source, checkpoint=str(predictor.checkpoint), settings=settings.describe(), class_names=class_names,
+        source=source, checkpoint=str(predictor.checkpoint), settings=predictor.describe(settings), class_names=class_names,
         void_class=data_cfg.dataset.void_class, confusion=total, mean_iou=mean_iou, pixel_acc=pixel_acc,
         fw_iou=frequency_weighted_iou(total, void_index), iou=iou, sequences=sequences, video=video,
         frames=sum(s.frames for s in sequences.values()), seconds=seconds, world_size=ctx.world_size,
@@ -298,7 +298,7 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
 
     predictor, data_cfg, sequences, source = ctx.fail_together(setup)
     log(f"evaluate: {source}: {len(sequences)} sequences, {sum(len(s.frames) for s in sequences)} frames, "
-        f"{settings.describe()}, {ctx.world_size} process(es)")
+        f"{predictor.describe(settings)}, {ctx.world_size} process(es)")
     result = evaluate_sequences(predictor, sequences, data_cfg, ctx, settings=settings, batch_size=batch_size,
                                 num_workers=num_workers, source=source, log=log, progress=progress,
                                 cache_key=cache_key)

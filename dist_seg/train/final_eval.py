@@ -1,5 +1,8 @@
 """The test split scored at the end of training: the best checkpoint, native resolution, no TTA.
 
+It runs in the precision ``dist_seg.evaluate`` defaults to (float32 on a CPU, see
+:func:`~dist_seg.runtime.device.inference_runtime`), so its numbers match a later evaluate.
+
 A run that completes all its epochs (``training.final_eval: true``, the default) and has a
 test split evaluates its best checkpoint (the last one when it had no validation) with
 :func:`~dist_seg.eval.native.evaluate_checkpoint`, the same code as
@@ -43,7 +46,8 @@ def evaluate_test_split(cfg: Config, ctx: DistContext, runtime: Runtime, out: Ru
     checkpoint = ctx.gather_objects(final_checkpoint(out))[0]
     if checkpoint is None:
         return None
-    out.log(f"final evaluation: {checkpoint.name} on the {SPLIT} split at native resolution")
+    out.log(f"final evaluation: {checkpoint.name} on the {SPLIT} split at native resolution, precision "
+            f"{runtime.precision} (what python -m dist_seg.evaluate uses by default here)")
     tr = cfg.training
     try:
         with preemption_raises():  # training is saved: a signal only cuts the evaluation short

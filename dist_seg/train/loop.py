@@ -74,7 +74,8 @@ class Trainer:
     cfg: Config
     ctx: DistContext
     out: RunOutputs
-    runtime: Runtime
+    runtime: Runtime  # training and validation
+    inference_runtime: Runtime  # visualisations (and the final evaluation): the predict / evaluate precision
     step: TrainStep
     eval_model: torch.nn.Module  # bypasses DDP: evaluation needs no gradient sync and must not broadcast buffers
     prep: BatchPreparer
@@ -305,7 +306,7 @@ class Trainer:
             for i in chosen:
                 image, mask, path = self.val_data[i]
                 x, y = self.prep.eval_batch(image.unsqueeze(0), mask.unsqueeze(0))
-                pred = upsample_argmax(forward_logits(model, x, self.runtime), y.shape[-2:])[0]
+                pred = upsample_argmax(forward_logits(model, x, self.inference_runtime), y.shape[-2:])[0]
                 stem = Path(path).stem
                 panels.append((stem, comparison_panel(image.permute(1, 2, 0).numpy(), mask.numpy(),
                                                       pred.cpu().numpy().astype(np.uint8), self.palette,

@@ -43,7 +43,7 @@ from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
 from .preflight import batch_norm_samples, check_fresh_output, check_model_output, check_run_paths, check_trainable
-from ..runtime.device import Runtime, resolve_runtime
+from ..runtime.device import Runtime, inference_runtime, resolve_runtime
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
 from ..runtime.threads import apply_cpu_threads
@@ -97,7 +97,7 @@ def run_training(cfg: Config) -> RunSummary:
             memory_log.write_summary(sampler.peaks())
         except OSError as exc:  # a full disk at the end must not fail a finished, saved training
             out.warn(f"cannot write the memory summary to {memory_log.path} ({exc})")
-        test = (evaluate_test_split(cfg, ctx, trainer.runtime, out, trainer.pos.global_step)
+        test = (evaluate_test_split(cfg, ctx, trainer.inference_runtime, out, trainer.pos.global_step)
                 if summary.status is StopReason.COMPLETED else None)
         final, tr = summary.final, cfg.training
         out.finish(
@@ -120,6 +120,8 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     """
     tr = cfg.training
     runtime = resolve_runtime(cfg.backend, ctx.device, log=out.log)
+    # Visualisations and the final evaluation label frames as predict / evaluate would.
+    inference = inference_runtime(ctx.device)
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -163,11 +165,11 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
             parameters=parameter_count(model), flops=flops, train_frames=len(data.train),
             val_frames=len(data.val) if data.val is not None else 0, steps_per_epoch=plan.steps_per_epoch,
             total_steps=plan.total_steps, world_size=ctx.world_size, loader=describe_loader(train_loader),
-            threads=threads)):
+            threads=threads, inference_precision=inference.precision)):
         out.log(line)
     _log_training_notes(cfg, out, data, palette, weight)
     return Trainer(
-        cfg=cfg, ctx=ctx, out=out, runtime=runtime,
+        cfg=cfg, ctx=ctx, out=out, runtime=runtime, inference_runtime=inference,
         step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm, ema=ema),
         eval_model=eval_model,
         prep=BatchPreparer(ctx.device, runtime.memory_format, tuple(tr.image_size), cfg.dataset.void_index),

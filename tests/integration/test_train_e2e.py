@@ -202,7 +202,8 @@ def test_startup_summary_names_what_will_run(synth_root, tmp_path, capsys):
     expected = [r"model +deeplabv3plus / resnet18 \| \d+\.\d+ M parameters \| \d+\.\d GFLOPs per image \(forward\) at 48x64",
                 r"input +48x64 \| cache 48x64", r"classes +13 \(rgb masks, void ignored\)",
                 r"data +24 train / 8 val frames", r"global batch 4",
-                r"precision float32 \| channels_last off \| compile off",
+                r"precision training (float32|autocast bfloat16) \| visualisations, final evaluation fp32 "
+                r"\(the predict / evaluate default\) \| channels_last off \| compile off",
                 r"loader +full cache served by the main thread", r"threads +torch intra-op 1 \(backend.cpu_threads\)",
                 r"device +cpu \(.+\) x 1 rank"]
     for pattern in expected:
