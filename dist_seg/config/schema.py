@@ -353,6 +353,14 @@ class TrainingConfig:
     visualization_interval: int = 5
     num_visualizations: int = 4
     max_checkpoints: int = 5
+    checkpoint_interval_steps: int | None = None
+    """Also save a checkpoint every this many optimizer steps inside an epoch (null, the default: only at
+    epoch ends). It is named ``epoch_XXXX_batch_YYYYYY.pth``, resumes exactly at that batch, counts toward
+    ``max_checkpoints`` and is removed once its epoch's end checkpoint is written."""
+    checkpoint_interval_minutes: float | None = None
+    """Also save a checkpoint when this many minutes passed since the last one (null, the default: off);
+    checked at each ``log_interval`` step, so it lands on the first log step after the interval. Rotated and
+    resumed like ``checkpoint_interval_steps``; both may be set."""
     seed: int = 1337
     deterministic: bool = False
     force_resplit: bool = False
@@ -385,6 +393,12 @@ class TrainingConfig:
                                     f"got {self.prefetch_factor}; more only holds the epoch in memory")
         if self.max_steps is not None and self.max_steps < 1:
             fail("max_steps", f"must be >= 1 or null, got {self.max_steps}")
+        if self.checkpoint_interval_steps is not None and self.checkpoint_interval_steps < 1:
+            fail("checkpoint_interval_steps", f"must be >= 1 or null (off), got {self.checkpoint_interval_steps}")
+        if self.checkpoint_interval_minutes is not None and not (
+                0 < self.checkpoint_interval_minutes <= MAX_TIMEOUT_S / 60):
+            fail("checkpoint_interval_minutes", f"must be positive (e.g. 30) or null (off), got "
+                                                f"{self.checkpoint_interval_minutes}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             fail("learning_rate", f"must be positive, got {self.learning_rate}")
         for key in ("weight_decay", "min_lr", "momentum", "poly_power"):

@@ -11,6 +11,7 @@ import contextlib
 import enum
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..data.palette import Palette
 from ..telemetry.history import EpochRecord
 from ..telemetry.progress import Progress
 from .augment import BatchPreparer
-from .precise_bn import check_bn_gap, refresh_bn_stats
+from .precise_bn import bn_batch_count, check_bn_gap, refresh_bn_stats
 from ..checkpoint_file import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan, TrainPosition
 from ..runtime.distributed import DistContext, StopVote
@@ -94,6 +95,7 @@ class Trainer:
     val_criterion: SegmentationLoss | None = None
     ema: ModelEma | None = None
     train_data: Dataset | None = None
+    _last_save: float = field(default_factory=time.monotonic)  # for training.checkpoint_interval_minutes
 
     def resume(self, path: Path) -> None:
         """Continue from the checkpoint at ``path``."""
@@ -131,7 +133,7 @@ class Trainer:
         set_epoch(self.train_loader, pos.epoch, start_batch=pos.batch_in_epoch)
         self.step.model.train()
         remaining = plan.batches_per_epoch - pos.batch_in_epoch
-        progress.start_epoch(pos.epoch + 1, plan.epochs, remaining, plan.batches_per_epoch)
+        progress.start_epoch(pos.epoch + 1, plan.epochs, plan.batches_per_epoch, start_batch=pos.batch_in_epoch)
         vote = StopVote(self.ctx)
         stop = None
         self.metrics.start_epoch()
@@ -154,10 +156,16 @@ class Trainer:
                     stop = StopReason.PREEMPTED
                 elif tr.max_steps is not None and pos.global_step >= tr.max_steps:
                     stop = StopReason.MAX_STEPS
-                if stop is not None or pos.global_step % tr.log_interval == 0:
+                at_log_step = pos.global_step % tr.log_interval == 0
+                if stop is not None or at_log_step:
                     self._log_window(progress)
                 if stop is not None:
                     break
+                if pos.batch_in_epoch < plan.batches_per_epoch and self._interval_checkpoint_due(at_log_step):
+                    if self.metrics.window_batches:
+                        self._log_window(progress)  # the checkpoint holds the epoch's totals up to here
+                    self.checkpointer.save(pos, mid_epoch=True)
+                    self._last_save = time.monotonic()
         vote.drain()
 
         if stop is StopReason.PREEMPTED and pos.batch_in_epoch < plan.batches_per_epoch:
@@ -211,24 +219,44 @@ class Trainer:
         if not stopped and self.val_loader is not None and (epoch % tr.visualization_interval == 0
                                                             or epoch == tr.epochs):
             with self.validated_weights():
-                self.visualize(epoch)
+                self.visualize(epoch, progress)
         global_batch = self.metrics.global_batch
+        # After a mid-epoch resume the throughput is this process's: the killed one ran on other terms.
+        resumed = self.metrics.take_resumed() if not partial else self.metrics.resumed
         record = EpochRecord(
             epoch=epoch, global_step=pos.global_step, train_loss=totals.train_loss(ctx.world_size),
-            lr=self._scheduled_lr(), train_images_per_s=totals.images_per_s(global_batch),
+            lr=self._scheduled_lr(), train_images_per_s=totals.images_per_s(global_batch, since=resumed),
             data_wait_frac=totals.epoch_wait_frac, epoch_time_s=totals.epoch_elapsed_s, world_size=ctx.world_size,
             global_batch_size=global_batch * tr.grad_accum_steps,
             val_loss=result.loss if result else None, val_mIoU=result.mean_iou if result else None,
             val_pixel_acc=result.pixel_acc if result else None, val_iou=result.iou if result else None)
         self.out.record_epoch(record)
         summary = f"epoch {epoch}/{tr.epochs} | loss {record.train_loss:.4f} | {record.train_images_per_s:.1f} img/s"
+        if resumed is not None:
+            summary += (f" (this process only: batches {resumed.epoch_batches + 1}-{totals.epoch_batches} of the "
+                        "epoch; it resumed mid-epoch)")
         if result is not None:
             summary += f" | val loss {result.loss:.4f} | mIoU {result.mean_iou:.4f} | acc {result.pixel_acc:.4f}"
         if stopped:
             summary += " | validation stopped by a preemption signal"
         self.out.log(summary)
         self.checkpointer.save(pos, mid_epoch=partial, is_best=is_best)
+        self._last_save = time.monotonic()
         return stopped
+
+    def _interval_checkpoint_due(self, at_log_step: bool) -> bool:
+        """Whether ``training.checkpoint_interval_steps`` / ``_minutes`` asks for a checkpoint after this step.
+
+        Minutes are rank 0's clock, agreed by every rank with a collective at log steps only (where
+        the loop reads the device anyway), so all ranks save the same step.
+        """
+        tr = self.cfg.training
+        if tr.checkpoint_interval_steps and self.pos.global_step % tr.checkpoint_interval_steps == 0:
+            return True
+        if tr.checkpoint_interval_minutes is None or not at_log_step:
+            return False
+        late = self.ctx.is_main and time.monotonic() - self._last_save >= tr.checkpoint_interval_minutes * 60
+        return bool(self.ctx.all_reduce_max(torch.tensor([float(late)], device=self.ctx.device)).item())
 
     def validate(self, preemption: PreemptionWatch | None = None, progress: Progress | None = None) -> EvalResult | None:
         """Evaluate on the validation split (all ranks) and log the metrics.
@@ -244,15 +272,15 @@ class Trainer:
 
         def between_batches(i: int) -> None:
             if progress is not None:
-                progress.validation_step()
+                progress.phase_step()
             if preemption is not None and i < voting_batches and vote.poll(preemption.requested):
                 raise _ValidationStopped
 
         try:
             with self.validated_weights() as model:
-                self._prepare_batch_norm(model)
+                self._prepare_batch_norm(model, progress)
                 if progress is not None:
-                    progress.start_validation(len(self.val_loader))
+                    progress.start_phase(f"validate epoch {self._epoch_label()}", len(self.val_loader))
                 with memory_needed_by(f"training.val_batch_size {tr.val_batch_size}: a validation batch",
                                       self.ctx.device, "lower training.val_batch_size"):
                     result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime,
@@ -263,7 +291,7 @@ class Trainer:
         finally:
             vote.drain()
             if progress is not None:
-                progress.end_validation()
+                progress.end_phase()
         values = {"val/loss": result.loss, "val/mIoU": result.mean_iou, "val/pixel_acc": result.pixel_acc}
         if not math.isnan(result.flicker):
             values["val/flicker"] = result.flicker
@@ -277,27 +305,45 @@ class Trainer:
         model = unwrap_model(self.eval_model)
         return ema_weights(model, self.ema) if self.ema is not None else contextlib.nullcontext(model)
 
-    def _prepare_batch_norm(self, model: torch.nn.Module) -> None:
+    def _epoch_label(self) -> str:
+        """``3/80``: the epoch being finished (the position counts it once it is complete)."""
+        epoch = self.pos.epoch if self.pos.batch_in_epoch == 0 else self.pos.epoch + 1
+        return f"{max(epoch, 1)}/{self.plan.epochs}"
+
+    def _prepare_batch_norm(self, model: torch.nn.Module, progress: Progress | None = None) -> None:
         """Precise BN (``training.precise_bn_batches``), or else the eval/train gap check (``training.bn_check``)."""
         tr = self.cfg.training
         if self.train_data is None:
             return
+        phase = progress if progress is not None else Progress("none")
         if tr.precise_bn_batches:
-            refresh_bn_stats(model, self.train_data, self.prep, self.runtime, self.ctx, tr.batch_size,
-                             tr.precise_bn_batches)
+            batches = bn_batch_count(len(self.train_data), tr.batch_size, tr.precise_bn_batches, self.ctx.world_size)
+            phase.start_phase(f"precise BN epoch {self._epoch_label()} (re-estimating BatchNorm statistics)", batches)
+            try:
+                refresh_bn_stats(model, self.train_data, self.prep, self.runtime, self.ctx, tr.batch_size,
+                                 tr.precise_bn_batches, on_batch=phase.phase_step)
+            finally:
+                phase.end_phase()
             if self.ema is not None:
                 # The statistics belong to the averaged weights: keep them with the EMA (and its checkpoint).
                 self.ema.module.load_state_dict(model.state_dict())
         elif tr.bn_check:
-            check_bn_gap(model, self.train_data, self.prep, self.runtime, self.ctx, tr.batch_size, self.out.warn)
+            phase.start_phase(f"BN check epoch {self._epoch_label()} (eval vs batch statistics)", 1)
+            try:
+                check_bn_gap(model, self.train_data, self.prep, self.runtime, self.ctx, tr.batch_size, self.out.warn)
+                phase.phase_step()
+            finally:
+                phase.end_phase()
 
-    def visualize(self, epoch: int) -> None:
+    def visualize(self, epoch: int, progress: Progress | None = None) -> None:
         """Titled panels of a fixed, spread-out choice of validation frames (rank 0 only; no collectives)."""
         if not self.out.active or self.val_data is None:
             return
         chosen = spread_indices(len(self.val_data), self.cfg.training.num_visualizations)
         if not chosen:
             return
+        phase = progress if progress is not None else Progress("none")
+        phase.start_phase(f"visualisations epoch {epoch}/{self.plan.epochs}", len(chosen), unit="frame")
         panels = []
         model = unwrap_model(self.eval_model)
         was_training = model.training
@@ -311,5 +357,7 @@ class Trainer:
                 panels.append((stem, comparison_panel(image.permute(1, 2, 0).numpy(), mask.numpy(),
                                                       pred.cpu().numpy().astype(np.uint8), self.palette,
                                                       name=stem, void_index=self.cfg.dataset.void_index)))
+                phase.phase_step()
         model.train(was_training)
         self.out.save_visualizations(epoch, panels, self.pos.global_step)
+        phase.end_phase()

@@ -85,6 +85,7 @@ def run_training(cfg: Config) -> RunSummary:
         out.start(trainer.palette.names, ctx.world_size)
         if resume_from is not None:
             trainer.resume(resume_from)
+            out.purge_tensorboard_from(trainer.pos.global_step + 1)
         elif cfg.training.resume_from_checkpoint == "auto":
             out.log("resume_from_checkpoint: auto found no checkpoint; starting fresh")
 
@@ -92,13 +93,13 @@ def run_training(cfg: Config) -> RunSummary:
         progress = Progress(cfg.telemetry.progress if ctx.is_main else "none", cfg.training.log_interval)
         with PreemptionWatch() as preemption, sampler:
             summary = trainer.fit(preemption, progress)
-        progress.close()
         try:
             memory_log.write_summary(sampler.peaks())
         except OSError as exc:  # a full disk at the end must not fail a finished, saved training
             out.warn(f"cannot write the memory summary to {memory_log.path} ({exc})")
-        test = (evaluate_test_split(cfg, ctx, trainer.inference_runtime, out, trainer.pos.global_step)
+        test = (evaluate_test_split(cfg, ctx, trainer.inference_runtime, out, trainer.pos.global_step, progress)
                 if summary.status is StopReason.COMPLETED else None)
+        progress.close()
         final, tr = summary.final, cfg.training
         out.finish(
             hparams={"model": cfg.model.type, "backbone": cfg.model.backbone, "lr": tr.learning_rate,
@@ -246,7 +247,9 @@ def _start_vram_sampler(cfg: Config, ctx: DistContext, out: RunOutputs, trainer:
         if ctx.is_main and out.writer is not None:
             writer = out.writer
         else:
-            writer = RunWriter(rank_log_dir(output_dir / "tensorboard", ctx.rank))
+            # A resumed run hides what the killed one wrote after its checkpoint (steps are trained again).
+            writer = RunWriter(rank_log_dir(output_dir / "tensorboard", ctx.rank),
+                               purge_step=trainer.pos.global_step + 1 if trainer.pos.global_step else None)
             cleanup.callback(writer.close)
         sinks.append(TensorBoardVramSink(writer))
     sampler = VramSampler(ctx.rank, ctx.device, cfg.telemetry.vram_interval_s, cfg.telemetry.vram_sampler,
