@@ -321,9 +321,17 @@ class TrainingConfig:
     weight_decay: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = 0.9
-    lr_schedule: Literal["poly", "cosine", "constant"] = "poly"
+    lr_schedule: Literal["poly", "cosine", "step", "constant"] = "poly"
     poly_power: float = 0.9
+    lr_milestones: list[int] = field(default_factory=list)
+    """With ``lr_schedule: step``: the epochs (counted from 1, as the log counts them) after which the learning
+    rate is multiplied by ``lr_gamma``, e.g. ``[30, 60]``; strictly increasing, below ``training.epochs``.
+    Default: none (required for ``step``)."""
+    lr_gamma: float = 0.1
+    """With ``lr_schedule: step``: the factor applied at each of ``lr_milestones``, in (0, 1]. Default 0.1."""
     warmup_iters: int = 50
+    """Optimizer steps of linear warm-up from ~0 to ``learning_rate``; at most a quarter of the run's steps
+    (``training.epochs`` x steps per epoch): a longer value is capped, with a log line. 0 = none. Default 50."""
     min_lr: float = 0.0
     grad_clip_norm: float | None = None
     grad_accum_steps: int = 1
@@ -404,6 +412,15 @@ class TrainingConfig:
         for key in ("weight_decay", "min_lr", "momentum", "poly_power"):
             if getattr(self, key) < 0:
                 fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.lr_schedule == "step" and not self.lr_milestones:
+            fail("lr_milestones", "lr_schedule: step needs the epochs at which the learning rate drops, e.g. "
+                                  "lr_milestones: [30, 60]")
+        if list(self.lr_milestones) != sorted(set(self.lr_milestones)) or any(
+                not 0 < m < self.epochs for m in self.lr_milestones):
+            fail("lr_milestones", f"must be strictly increasing epochs between 1 and training.epochs - 1 "
+                                  f"({self.epochs - 1}), got {list(self.lr_milestones)}")
+        if not 0 < self.lr_gamma <= 1:
+            fail("lr_gamma", f"must be in (0, 1] (the factor at each milestone, e.g. 0.1), got {self.lr_gamma}")
         if self.min_lr > self.learning_rate:
             fail("min_lr", f"must not exceed training.learning_rate ({self.learning_rate}), got {self.min_lr}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:

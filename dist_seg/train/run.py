@@ -44,6 +44,7 @@ from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
 from .preflight import batch_norm_samples, check_fresh_output, check_model_output, check_run_paths, check_trainable
 from ..runtime.device import Runtime, inference_runtime, resolve_runtime
+from .schedule import warmup_note
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
 from ..runtime.threads import apply_cpu_threads
@@ -169,6 +170,9 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
             threads=threads, inference_precision=inference.precision)):
         out.log(line)
     _log_training_notes(cfg, out, data, palette, weight)
+    capped = warmup_note(plan.total_steps, tr)
+    if capped:
+        out.log(capped)
     return Trainer(
         cfg=cfg, ctx=ctx, out=out, runtime=runtime, inference_runtime=inference,
         step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm, ema=ema),
