@@ -478,8 +478,11 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping with dataset:, training:, ... sections, not {type(raw).__name__}")
-    apply_overrides(raw, parse_overrides(overrides))
-    return config_from_dict(raw, base_dir=path.resolve().parent, source=str(path))
+    parsed = parse_overrides(overrides)
+    apply_overrides(raw, parsed)
+    # A problem with an overridden key is on the command line, not in the file: name the --set item.
+    given = {key: item.strip() for (key, _), item in zip(parsed, overrides)}
+    return _Builder(base_dir=path.resolve().parent, source=str(path), overrides=given).build(Config, raw, "")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -599,14 +602,18 @@ def _type_name(tp: Any) -> str:
 class _Builder:
     """Turns plain data into dataclasses, checking keys and types, resolving paths."""
 
-    def __init__(self, base_dir: Path | None, source: str) -> None:
+    def __init__(self, base_dir: Path | None, source: str, overrides: dict[str, str] | None = None) -> None:
         self.base_dir = base_dir
         self.source = source
+        self.overrides = overrides or {}  # dotted key -> the --set item that gave it
         # Defaults that a referenced file supplies for a sibling key (a class list file's
         # void_class): dotted key -> (value, file name). Used only where the key is absent.
         self.file_defaults: dict[str, tuple[Any, str]] = {}
 
     def fail(self, key: str, message: str) -> typing.NoReturn:
+        item = self.overrides.get(key)
+        if item is not None:
+            raise ConfigError(f"--set {item}: {message} (on the command line; {self.source} was read)")
         raise ConfigError(f"{self.source}: {key}: {message}")
 
     def build(self, cls: type, raw: Any, prefix: str) -> Any:

@@ -117,7 +117,7 @@ def test_validate_cli_reports_a_config_error(tmp_path):
     proc = subprocess.run([PYTHON, "-m", "dist_seg.validate", str(write(tmp_path, MINIMAL)),
                            "--set", "training.epochs=-1"], capture_output=True, text=True, env=subprocess_env(),
                           timeout=60)
-    assert proc.returncode == 1 and "training.epochs: must be >= 1" in proc.stderr
+    assert proc.returncode == 1 and "error: --set training.epochs=-1: must be >= 1" in proc.stderr
 
 
 def test_void_class_by_id_is_stored_as_its_name(tmp_path):
