@@ -93,14 +93,14 @@ def test_short_training_learns_and_writes_every_output(synth_root, tmp_path):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in best["model"])
     assert best["config"]["model"]["backbone"] == "resnet18"
 
-    # visualizations every 4 epochs, memory log in the original format
+    # visualizations every 4 epochs; the memory log of a CPU run holds host lines (GPU runs: the VRAM format)
     for epoch in (4, 8):
         panels = sorted((out / "visualizations" / f"epoch_{epoch:03d}").glob("*.png"))
         assert len(panels) == 2
         assert Image.open(panels[0]).size[0] > 3 * 64
     log = (out / "memory_diagnostics.log").read_text().splitlines()
-    assert any(re.search(r"VRAM: \S+ MB \(alloc\), \S+ MB \(reserved\), \S+ MB free / \S+ MB total", line)
-               for line in log)
+    assert any(re.search(r"host RSS: [\d.]+ MB \| rank 0, step \d+$", line) for line in log)
+    assert not any("VRAM: n/a" in line for line in log)
 
 
 def test_training_writes_tensorboard_tags(synth_root, tmp_path):
