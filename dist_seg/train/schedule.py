@@ -32,7 +32,7 @@ def warmup_note(total_steps: int, cfg: TrainingConfig) -> str | None:
     if used == cfg.warmup_iters:
         return None
     return (f"warm-up capped: training.warmup_iters {cfg.warmup_iters} is more than {MAX_WARMUP_SHARE:.0%} of this "
-            f"run's {total_steps} optimizer steps, so the learning rate warms up over {used} steps")
+            f"run's {total_steps} optimizer steps, so the learning rate warms up over {used} step{'s' * (used != 1)}")
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainingConfig) -> float:
