@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +20,65 @@ def _number(value: float) -> str:
     return f"{value:.3g}"
 
 
+# Derived values in words, with their units: "1.27x the speed of a plain copy", not vs_plain_copy_floor=1.27.
+# Keys not listed (the step suite's phase times, in ms) keep ``key=value``.
+PLAIN_WORDS: dict[str, str] = {
+    "vs_plain_copy_floor": "{}x the speed of a plain memory copy of the same bytes",
+    "vs_decode_same_workers": "{}x the speed of PNG decoding with as many workers",
+    "per_core_samples_per_s": "{} samples/s per loader worker (or core)",
+    "at_least_20x_decode": "at least 20x decoding: {}",
+    "within_2x_of_floor": "at least half the plain-copy speed: {}",
+    "speedup_vs_eager_fp32": "{}x the speed of eager fp32",
+    "speedup_vs_cache_off": "{}x the speed without the cache",
+    "speedup_vs_1_thread": "{}x the speed with 1 thread",
+    "scaling_efficiency": "scaling efficiency {} (1 = linear in ranks)",
+    "global_images_per_s": "{} images/s over all ranks",
+    "step_time_vs_off": "{}x the step time without the sampler",
+    "overhead_percent": "{} % overhead",
+    "fraction_of_matmul_peak": "{} of the matmul peak",
+    "achieved_tflop_s": "{} TFLOP/s achieved",
+    "gflop_per_image": "{} GFLOP per image",
+    "first_step_s": "first step {} s",
+    "warmup_s": "warm-up {} s",
+    "compile_s": "compilation {} s",
+    "data_wait_frac_median": "waiting for data {} of the time",
+    "cache_growth_mb": "cache {} MB larger",
+}
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return _number(value) if isinstance(value, float) else str(value)
+
+
 def _derived(record: Record) -> str:
     parts = []
     for key, value in record.derived.items():
-        parts.append(f"{key}={_number(value) if isinstance(value, float) else value}")
+        words = PLAIN_WORDS.get(key)
+        if words is None and key.endswith("_growth_mb"):
+            words = key.removesuffix("_growth_mb").replace("_", " ") + " {} MB larger"
+        parts.append(words.format(_value(value)) if words else f"{key}={_value(value)}")
     return ", ".join(parts)
 
 
+def resolution(record: Record) -> str:
+    """The input size ``HxW`` the record measured (from its settings), or ``-`` where none applies."""
+    size = record.settings.get("image_size")
+    if size:
+        return f"{size[0]}x{size[1]}"
+    found = re.search(r"\b(\d+x\d+)\b", str(record.settings.get("model", "")))
+    return found.group(1) if found else "-"
+
+
 def rows(records: list[Record]) -> list[list[str]]:
-    """Suite, variant, median with unit, min-max, derived values: one row per record."""
-    return [[r.suite, r.variant, f"{_number(r.stats.median)} {r.unit}",
-             f"{_number(r.stats.min)} - {_number(r.stats.max)}", str(len(r.stats.values)), _derived(r)]
+    """Suite, variant, input size, median with unit, min-max with unit, derived values: one row per record."""
+    return [[r.suite, r.variant, resolution(r), f"{_number(r.stats.median)} {r.unit}",
+             f"{_number(r.stats.min)} - {_number(r.stats.max)} {r.unit}", str(len(r.stats.values)), _derived(r)]
             for r in records]
 
 
-HEADER = ["suite", "variant", "median", "min - max", "n", "derived (same run)"]
+HEADER = ["suite", "variant", "input HxW", "median", "min - max", "n", "derived (same run)"]
 
 
 def console_table(records: list[Record]) -> str:

@@ -1,8 +1,9 @@
 """Run the throughput benchmarks: ``python benchmarks/run.py [--quick | --tiny] [--out DIR] [--suite NAME ...]``.
 
 Without ``--quick`` the sizes are meant for a GPU machine (production model, more
-repeats); ``--quick`` finishes in a few minutes on a 2-core CPU; ``--tiny`` only checks
-that every suite works (seconds). Results go to ``OUT/results.json`` (one record per
+repeats); ``--quick`` uses small sizes and no compile variants for a CPU; ``--tiny`` only
+checks that every suite works (seconds). At the start each suite's expected time is
+printed: how long it took in the last run of the same preset into the same ``--out``. Results go to ``OUT/results.json`` (one record per
 measurement) and ``OUT/summary.md``; the table is printed as well. The synthetic
 dataset and its caches are generated once into ``--scratch`` and reused by later runs.
 """
@@ -10,6 +11,7 @@ dataset and its caches are generated once into ``--scratch`` and reused by later
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -28,7 +30,7 @@ import torch  # noqa: E402
 from benchmarks import report  # noqa: E402
 from benchmarks.common import Machine, Record  # noqa: E402
 from benchmarks.context import Context  # noqa: E402
-from benchmarks.sizes import PRESETS  # noqa: E402
+from benchmarks.sizes import PRESETS, PROMISES  # noqa: E402
 from benchmarks.suites import DEFAULT_SUITES, SUITES  # noqa: E402
 
 
@@ -36,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", const="quick", dest="preset",
-                      help="small sizes: under 5 minutes on 2 CPU cores")
+                      help="small sizes, no compile variants: about a minute or two per suite on an idle 2-core "
+                           "CPU")
     size.add_argument("--tiny", action="store_const", const="tiny", dest="preset",
                       help="smallest sizes, for tests: checks that the suites run, numbers mean little")
     parser.set_defaults(preset="full")
@@ -75,6 +78,24 @@ def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
+def previous_seconds(results: Path, preset: str) -> dict[str, float]:
+    """Each suite's wall time in the last run of ``preset`` that wrote ``results`` (empty if none)."""
+    try:
+        meta = json.loads(results.read_text())["meta"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    if meta.get("preset") != preset:
+        return {}
+    return {name: load["seconds"] for name, load in meta.get("suite_load", {}).items() if "seconds" in load}
+
+
+def expected(seconds: float | None) -> str:
+    """``expected ~2 min (last run here)``, or that there is no earlier run to go by."""
+    if seconds is None:
+        return "expected time unknown: no earlier run of this preset here"
+    return f"expected ~{seconds / 60:.1f} min (the last run of this preset here)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen suites, write the results after each, return 1 if any suite failed."""
     args = parse_args(argv)
@@ -93,12 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     titles = {name: SUITES[name].TITLE for name in args.suite}
     print(f"{machine.device} ({machine.cores} cores), torch {machine.torch}, preset {args.preset}, "
           f"load {meta['load_before']}", flush=True)
+    print(f"preset {args.preset}: {PROMISES[args.preset]}", flush=True)
+    before = previous_seconds(out / "results.json", args.preset)
+    if all(name in before for name in args.suite):
+        print(f"suites {', '.join(args.suite)}: {expected(sum(before[n] for n in args.suite))}", flush=True)
     records: list[Record] = []
     start = time.perf_counter()
     for name in args.suite:
         suite_start = time.perf_counter()
         load_before, cpu_before = load_average(), cpu_seconds()
-        print(f"[{name}] {SUITES[name].TITLE}", flush=True)
+        print(f"[{name}] {SUITES[name].TITLE}; {expected(before.get(name))}", flush=True)
         try:
             records += SUITES[name].run(ctx)
         except Exception as exc:  # one broken suite must not lose the others' results

@@ -1,4 +1,4 @@
-"""How big each suite's measurements are: ``full`` (GPU machines), ``quick`` (< 5 min on 2 cores), ``tiny`` (tests).
+"""How big each suite's measurements are: ``full`` (GPU machines), ``quick`` (small CPU runs), ``tiny`` (tests).
 
 The model of the step, e2e, ddp and vram suites depends on the device, not on the size:
 a GPU measures the production network (DeepLabV3+ ResNet-50 at 512x512), a CPU a small
@@ -60,13 +60,23 @@ class Sizes:
         return ModelSpec("resnet18", (128, 128), 4)
 
 
+#: What each preset promises, printed when a run starts (run times depend on the machine and its load).
+PROMISES = {
+    "full": "sized for a GPU machine (production model, compile variants); on a CPU it takes hours",
+    "quick": "small sizes, no compile variants: about a minute or two per suite on an idle 2-core CPU, "
+             "more on a busy one",
+    "tiny": "smallest sizes: seconds per suite, checks that the suites run (the numbers mean little)",
+}
+
 PRESETS = {
     "full": Sizes("full", sequences=4, frames=64, repeats=5, loader_size=(512, 512), loader_batch=16,
                   loader_workers=(0, 1, 2, 4, 8), loader_seconds=2.0, step_steps=20, step_warmup=5, compile=True,
                   run_log_interval=20, run_windows=4, run_workers=None, memory_workers=4, memory_batch=4,
                   memory_epochs=2, vram_interval_s=0.1),
-    "quick": Sizes("quick", sequences=4, frames=16, repeats=5, loader_size=(512, 512), loader_batch=8,
-                   loader_workers=(0, 1, 2), loader_seconds=0.5, step_steps=4, step_warmup=2, compile=True,
+    # No torch.compile variants: each cold compilation alone takes 30-60 s on a CPU, and a
+    # quick run with them took 4 minutes for the step suite only.
+    "quick": Sizes("quick", sequences=4, frames=16, repeats=3, loader_size=(512, 512), loader_batch=8,
+                   loader_workers=(0, 1, 2), loader_seconds=0.5, step_steps=4, step_warmup=2, compile=False,
                    run_log_interval=4, run_windows=5, run_workers=0, memory_workers=2, memory_batch=2,
                    memory_epochs=2, vram_interval_s=0.1),
     "tiny": Sizes("tiny", sequences=4, frames=2, repeats=2, loader_size=(64, 64), loader_batch=2,

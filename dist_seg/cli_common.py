@@ -21,13 +21,18 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tta``, ``--mode``, ``--crop``, ``--stride``: how predict and evaluate label a frame."""
+    """``--tta``, ``--mode``, ``--crop``, ``--stride``, ``--precision``: how predict and evaluate label a frame."""
+    from .runtime.device import PRECISIONS
+
     parser.add_argument("--tta", help="test-time augmentation, e.g. flip or flip,scales=0.75,1.0,1.25")
     parser.add_argument("--mode", choices=["whole", "slide"], default="whole",
                         help="whole: resize each frame to the network size; slide: overlapping windows at "
                              "the frame's own resolution")
     parser.add_argument("--crop", help="slide window HxW (default: the training image size)")
     parser.add_argument("--stride", help="slide step HxW (default: 2/3 of the crop)")
+    parser.add_argument("--precision", choices=list(PRECISIONS),
+                        help="what the model computes in (default: fp32 on a CPU, as an exported model does; on a "
+                             "GPU the autocast dtype training uses, bf16 or fp16)")
 
 
 def inference_settings(parser: argparse.ArgumentParser, args: argparse.Namespace):

@@ -58,7 +58,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from .eval.report import format_table, write_report
     from .eval.native import evaluate_checkpoint
     from .paths import check_writable_folder
-    from .runtime.device import resolve_runtime
+    from .runtime.device import describe_precision, inference_runtime
 
     config = load_config(args.config) if args.config else None
     if not Path(args.checkpoint).is_file():
@@ -74,8 +74,9 @@ def _main(argv: Sequence[str] | None) -> int:
     backend = BackendConfig(target=args.device, compile=False)
     ctx = setup_distributed(backend, device_key="--device")
     try:
-        runtime = resolve_runtime(backend, ctx.device, log=lambda _m: None)
+        runtime = inference_runtime(ctx.device, args.precision)
         log = print if ctx.is_main else (lambda _m: None)
+        log(f"evaluate: {describe_precision(runtime, args.precision)}")
         result = evaluate_checkpoint(args.checkpoint, ctx, runtime, config=config, split=args.split, root=args.root,
                                      settings=settings, batch_size=args.batch_size, num_workers=args.workers,
                                      mask_format=args.mask_format, cache_dir=args.cache_dir,

@@ -180,6 +180,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         # Found now, not at the first batch after the model is loaded.
         parser.error("--tta and --mode slide need the PyTorch model: predict with --checkpoint, or drop them to "
                      "run the exported --model")
+    if args.model and args.precision not in (None, "fp32"):
+        parser.error("--precision: an exported --model runs in float32 on ONNX Runtime; predict with --checkpoint "
+                     "to choose another precision")
     return args
 
 
@@ -195,7 +198,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from .data.decode import load_image
     from .runtime.distributed import select_device
     from .eval.inference import Predictor
-    from .runtime.device import resolve_runtime
+    from .runtime.device import describe_precision, inference_runtime
     from .eval.visualize import overlay, with_legend
 
     for folder in sorted({job.output_stem(args.out).parent for job in jobs}):
@@ -204,10 +207,12 @@ def _main(argv: Sequence[str] | None) -> int:
         from .deploy.onnx_predictor import OnnxPredictor
 
         predictor = OnnxPredictor.from_file(args.model, args.device)
+        print("predict: precision fp32 (the exported model on ONNX Runtime)", flush=True)
     else:
         device = select_device(BackendConfig(target=args.device), local_rank=0, key="--device")
-        runtime = resolve_runtime(BackendConfig(target=args.device, compile=False), device, log=lambda _m: None)
+        runtime = inference_runtime(device, args.precision)
         predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime)
+        print(f"predict: {describe_precision(runtime, args.precision)}", flush=True)
     palette = predictor.palette
 
     def save_png(array: np.ndarray, path: Path) -> None:

@@ -16,6 +16,17 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_checkpoint(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``best_model.pth`` of a real one-epoch training run on :func:`synth_root` (shared: training costs seconds)."""
+    from dist_seg.train.run import run_training
+    from support.helpers import tiny_config
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run_training(tiny_config(synth_root, out, training__epochs=1))
+    return out / "best_model.pth"
+
+
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

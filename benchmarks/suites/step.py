@@ -21,6 +21,7 @@ import torch
 from ..common import Record, ratio, timed
 from ..context import Context
 from dist_seg.runtime.device import tf32_enabled
+from dist_seg.runtime.amp_policy import cpu_has_native_bf16
 
 from ..harness import StepHarness, StepVariant, matmul_peak_tflops
 
@@ -29,18 +30,27 @@ TITLE = "Training step: eager fp32 vs channels-last, AMP, compile"
 BASELINE = "eager fp32"
 
 
+def native_dtype(device: torch.device) -> torch.dtype:
+    """The fastest dtype ``device`` computes natively: bf16 on GPUs and on CPUs with bf16 instructions, else fp32.
+
+    A CPU without ``avx512_bf16`` / ``amx_bf16`` emulates bf16, slower than fp32: measuring it
+    there costs minutes and reports nothing a run would use.
+    """
+    return torch.bfloat16 if device.type == "cuda" or cpu_has_native_bf16() else torch.float32
+
+
 def variants(device: torch.device, with_compile: bool) -> list[StepVariant]:
-    """The variants measured on ``device``: bf16 autocast on a CPU, fp16 and bf16 on a GPU."""
+    """The variants measured on ``device``: bf16 autocast on a CPU that runs it natively, fp16 and bf16 on a GPU."""
     found = [StepVariant(BASELINE), StepVariant("channels_last", channels_last=True)]
-    amp_dtypes = [torch.bfloat16]
+    amp_dtypes = [torch.bfloat16] if native_dtype(device) == torch.bfloat16 else []
     if device.type == "cuda":
         amp_dtypes = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_bf16_supported() else [])
     found += [StepVariant(f"amp {str(d).removeprefix('torch.')}", amp_dtype=d) for d in amp_dtypes]
     if with_compile:
         # "all" uses the last AMP dtype: bf16 wherever it is supported (the production setting).
         found += [StepVariant("compile", compile=True),
-                  StepVariant("all: channels_last + amp + compile", channels_last=True, amp_dtype=amp_dtypes[-1],
-                              compile=True)]
+                  StepVariant("all: channels_last + " + ("amp + " if amp_dtypes else "") + "compile",
+                              channels_last=True, amp_dtype=amp_dtypes[-1] if amp_dtypes else None, compile=True)]
     return found
 
 
@@ -64,9 +74,11 @@ def run(ctx: Context) -> list[Record]:
     sizes, device = ctx.sizes, ctx.device
     spec = sizes.model(device)
     matmul_n = 8192 if device.type == "cuda" else 1024
-    peak = matmul_peak_tflops(device, torch.bfloat16, matmul_n, sizes.repeats)
-    records = [ctx.record(NAME, "matmul peak bf16", "tflop_s", "TFLOP/s", peak,
-                          {"matmul": f"{matmul_n}x{matmul_n} @ {matmul_n}x{matmul_n} bf16"})]
+    dtype = native_dtype(device)
+    short = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    peak = matmul_peak_tflops(device, dtype, matmul_n, sizes.repeats)
+    records = [ctx.record(NAME, f"matmul peak {short}", "tflop_s", "TFLOP/s", peak,
+                          {"matmul": f"{matmul_n}x{matmul_n} @ {matmul_n}x{matmul_n} {short}"})]
     peak_tflops = records[0].stats.median
     base_settings = {"model": spec.describe(), "steps_per_repeat": sizes.step_steps,
                      "warmup_steps": sizes.step_warmup, "cpu_threads": torch.get_num_threads(),

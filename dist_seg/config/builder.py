@@ -53,14 +53,18 @@ def type_name(tp: Any) -> str:
 class Builder:
     """Turns plain data into dataclasses, checking keys and types, resolving paths."""
 
-    def __init__(self, base_dir: Path | None, source: str) -> None:
+    def __init__(self, base_dir: Path | None, source: str, overrides: dict[str, str] | None = None) -> None:
         self.base_dir = base_dir
         self.source = source
+        self.overrides = overrides or {}  # dotted key -> the --set item that gave it
         # Defaults that a referenced file supplies for a sibling key (a class list file's
         # void_class): dotted key -> (value, file name). Used only where the key is absent.
         self.file_defaults: dict[str, tuple[Any, str]] = {}
 
     def fail(self, key: str, message: str) -> typing.NoReturn:
+        item = self.overrides.get(key)
+        if item is not None:
+            raise ConfigError(f"--set {item}: {message} (on the command line; {self.source} was read)")
         raise ConfigError(f"{self.source}: {key}: {message}")
 
     def build(self, cls: type, raw: Any, prefix: str) -> Any:

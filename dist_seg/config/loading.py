@@ -37,8 +37,11 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping with dataset:, training:, ... sections, not {type(raw).__name__}")
-    apply_overrides(raw, parse_overrides(overrides))
-    return config_from_dict(raw, base_dir=path.resolve().parent, source=str(path))
+    parsed = parse_overrides(overrides)
+    apply_overrides(raw, parsed)
+    # A problem with an overridden key is on the command line, not in the file: name the --set item.
+    given = {key: item.strip() for (key, _), item in zip(parsed, overrides, strict=True)}
+    return Builder(base_dir=path.resolve().parent, source=str(path), overrides=given).build(Config, raw, "")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -436,12 +436,19 @@ class TrainingConfig:
     """`adamw` or `sgd`."""
     momentum: float = 0.9
     """SGD momentum (AdamW ignores it)."""
-    lr_schedule: Literal["poly", "cosine", "constant"] = "poly"
-    """Per-iteration schedule after the linear warmup: `poly`, `cosine` or `constant`."""
+    lr_schedule: Literal["poly", "cosine", "step", "constant"] = "poly"
+    """Per-iteration schedule after the linear warmup: `poly`, `cosine`, `step` (multiply by `lr_gamma` at
+    each of `lr_milestones`) or `constant`."""
     poly_power: float = 0.9
     """Exponent of the `poly` schedule."""
+    lr_milestones: list[int] = field(default_factory=list)
+    """With `lr_schedule: step`: the epochs (counted from 1, as the log counts them) after which the learning
+    rate is multiplied by `lr_gamma`, e.g. `[30, 60]`; strictly increasing, below `training.epochs`."""
+    lr_gamma: float = 0.1
+    """With `lr_schedule: step`: the factor applied at each of `lr_milestones`, in (0, 1]."""
     warmup_iters: int = 50
-    """Optimizer steps of linear warmup."""
+    """Optimizer steps of linear warm-up from ~0 to `learning_rate`; at most a quarter of the run's steps
+    (`training.epochs` x steps per epoch): a longer value is capped, with a log line. 0 = none."""
     min_lr: float = 0.0
     """LR the schedule decays to."""
     grad_clip_norm: float | None = None
@@ -489,6 +496,14 @@ class TrainingConfig:
     """Frames per visualisation epoch."""
     max_checkpoints: int = 5
     """Checkpoints kept in rotation."""
+    checkpoint_interval_steps: int | None = None
+    """Also save a checkpoint every this many optimizer steps inside an epoch (null: only at epoch ends). It is
+    named `epoch_XXXX_batch_YYYYYY.pth`, resumes exactly at that batch, counts toward `max_checkpoints` and
+    is removed once its epoch's end checkpoint is written."""
+    checkpoint_interval_minutes: float | None = None
+    """Also save a checkpoint when this many minutes passed since the last one (null: off); checked at each
+    `log_interval` step, so it lands on the first log step after the interval. Rotated and resumed like
+    `checkpoint_interval_steps`; both may be set."""
     seed: int = 1337
     """Seed of every random stream (0..2^32-1)."""
     deterministic: bool = False
@@ -528,11 +543,26 @@ class TrainingConfig:
                                     f"got {self.prefetch_factor}; more only holds the epoch in memory")
         if self.max_steps is not None and self.max_steps < 1:
             fail("max_steps", f"must be >= 1 or null, got {self.max_steps}")
+        if self.checkpoint_interval_steps is not None and self.checkpoint_interval_steps < 1:
+            fail("checkpoint_interval_steps", f"must be >= 1 or null (off), got {self.checkpoint_interval_steps}")
+        if self.checkpoint_interval_minutes is not None and not (
+                0 < self.checkpoint_interval_minutes <= MAX_TIMEOUT_S / 60):
+            fail("checkpoint_interval_minutes", f"must be positive (e.g. 30) or null (off), got "
+                                                f"{self.checkpoint_interval_minutes}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             fail("learning_rate", f"must be positive, got {self.learning_rate}")
         for key in ("weight_decay", "min_lr", "momentum", "poly_power"):
             if getattr(self, key) < 0:
                 fail(key, f"must be >= 0, got {getattr(self, key)}")
+        if self.lr_schedule == "step" and not self.lr_milestones:
+            fail("lr_milestones", "lr_schedule: step needs the epochs at which the learning rate drops, e.g. "
+                                  "lr_milestones: [30, 60]")
+        if list(self.lr_milestones) != sorted(set(self.lr_milestones)) or any(
+                not 0 < m < self.epochs for m in self.lr_milestones):
+            fail("lr_milestones", f"must be strictly increasing epochs between 1 and training.epochs - 1 "
+                                  f"({self.epochs - 1}), got {list(self.lr_milestones)}")
+        if not 0 < self.lr_gamma <= 1:
+            fail("lr_gamma", f"must be in (0, 1] (the factor at each milestone, e.g. 0.1), got {self.lr_gamma}")
         if self.min_lr > self.learning_rate:
             fail("min_lr", f"must not exceed training.learning_rate ({self.learning_rate}), got {self.min_lr}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:

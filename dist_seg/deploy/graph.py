@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import BackendConfig, Config
+from ..config import Config
 from ..data.palette import Palette
 from ..eval.inference import MEAN, STD
 from ..checkpoint_file import load_checkpoint, load_model_state
 from ..eval.inference import Predictor
-from ..runtime.device import resolve_runtime
+from ..runtime.device import inference_runtime
 from ..errors import CheckpointError
 from ..models import describe_model
 
@@ -56,7 +56,7 @@ class DeployableModel(nn.Module):
 
 @dataclass
 class ExportSource:
-    """A checkpoint's model in eval mode on the CPU, in float32, with what the model card reports."""
+    """A checkpoint's model in eval mode on the CPU, as predict runs it by default (float32), with what the model card reports."""
 
     predictor: Predictor
     checkpoint: Path
@@ -87,9 +87,8 @@ def load_export_source(path: str | Path, ema: bool = False) -> ExportSource:
     """
     path = Path(path)
     cpu = torch.device("cpu")
-    # fp32, contiguous, eager: the reference the artifact is compared with.
-    runtime = resolve_runtime(BackendConfig(target="cpu", amp=False, channels_last=False, compile=False), cpu,
-                              log=lambda _m: None)
+    # What predict runs on a CPU by default (float32, eager): the reference the artifact is compared with.
+    runtime = inference_runtime(cpu)
     predictor = Predictor.from_checkpoint(path, cpu, runtime, "--checkpoint")
     state = load_checkpoint(path, "--checkpoint")
     if ema:

@@ -1,6 +1,7 @@
 """Parity check: the exported artifact against the PyTorch model it came from, on real frames.
 
-Thresholds (float32 on the CPU), both must hold at every checked size:
+The reference is what ``predict --checkpoint`` computes on a CPU by default (float32, see
+:func:`~dist_seg.runtime.device.inference_runtime`). Thresholds, both must hold at every checked size:
 
 * class agreement: at least ``MIN_CLASS_AGREEMENT`` (99.9 %) of pixels get the same class id;
 * logits: ``max |artifact - pytorch| / max(1, max |pytorch|)`` at most ``MAX_RELATIVE_LOGIT_DIFF`` (1e-3).
@@ -24,7 +25,7 @@ import torch
 from ..config import Config
 from ..data.decode import load_image, resize_image
 from ..data.discovery import discover
-from ..eval.inference import normalise
+from ..eval.inference import forward_logits, normalise
 from ..errors import DataError
 from ..synth import generate_dataset
 from .graph import ExportSource
@@ -126,14 +127,14 @@ def _batch(frames: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
 
 
 def pytorch_logits(source: ExportSource) -> Callable[[np.ndarray], np.ndarray]:
-    """The reference: the checkpoint's model behind the trainer's own normalisation, float32, eager."""
+    """The reference: what ``predict --checkpoint`` computes on a CPU by default (its normalisation, its
+    forward pass, its precision: float32), at the artifact's input size."""
     predictor = source.predictor
 
     @torch.no_grad()
     def run(images: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(images)
-        x = normalise(batch, torch.device("cpu"), torch.contiguous_format)
-        return predictor.model(x)["out"].float().numpy()
+        x = normalise(torch.from_numpy(images), torch.device("cpu"), predictor.runtime.memory_format)
+        return forward_logits(predictor.model, x, predictor.runtime).numpy()
 
     return run
 

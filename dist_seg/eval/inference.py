@@ -4,7 +4,8 @@ evaluate, predict, the training-time validation and the visualisations all go th
 these functions, so a frame is labelled the same way everywhere:
 
 - ``whole`` mode resizes the frame to the network input size (``training.image_size``,
-  times the TTA scale), runs the model once and upsamples the logits back to the frame;
+  times the TTA scale) the way the cache resized the training frames, runs the model once and
+  upsamples the logits back to the frame;
 - ``slide`` mode runs the model on overlapping ``crop`` windows of the frame at its own
   resolution (times the TTA scale), adds the logits of every window and divides each
   pixel by the number of windows that covered it;
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config, config_from_dict
+from ..data.decode import resize_image
 from ..data.palette import Palette
 from ..errors import CheckpointError, ConfigError
 from ..models import build_model
@@ -76,10 +78,19 @@ class InferenceSettings:
         """One forward pass per frame, nothing averaged: logits can be used as they are."""
         return not self.flip and tuple(self.scales) == (1.0,)
 
-    def describe(self) -> str:
-        """A short label for reports, e.g. ``slide 96x128/64x85, flip, scales 0.75,1,1.25``."""
-        parts = [self.mode if self.mode == "whole" else "slide" + (
-            f" {_hw(self.crop)}/{_hw(self.stride)}" if self.crop or self.stride else "")]
+    def describe(self, network_size: Sequence[int] | None = None) -> str:
+        """A short label for reports, e.g. ``slide crop 96x128 stride 64x85, flip, scales 0.75,1,1.25``.
+
+        With ``network_size`` the slide window is the one actually used (defaults resolved);
+        without it a default shows as ``auto``.
+        """
+        if self.mode == "whole":
+            parts = ["whole"]
+        elif network_size is not None:
+            crop, stride = self.window(network_size)
+            parts = [f"slide crop {_hw(crop)} stride {_hw(stride)}"]
+        else:
+            parts = [f"slide crop {_hw(self.crop)} stride {_hw(self.stride)}"]
         if self.flip:
             parts.append("flip")
         if tuple(self.scales) != (1.0,):
@@ -162,13 +173,19 @@ def normalise(images: torch.Tensor, device: torch.device, memory_format: torch.m
     return x.contiguous(memory_format=memory_format)
 
 
-def resize_input(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of a normalised batch; antialiased when shrinking, like the cache's PIL resize."""
+def resize_frames(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` frames at ``size``, resized exactly as the cache resized the training frames.
+
+    :func:`~dist_seg.data.decode.resize_image` (PIL bilinear on the uint8 pixels, antialiased
+    when shrinking) is also what the exported model's predictor and parity check feed it, so a
+    checkpoint and its export see the same pixels; a float resize of the normalised frame
+    differs by the uint8 rounding, enough to flip near-tie pixels. Unchanged at their own size.
+    """
     size = tuple(int(s) for s in size)
-    if tuple(x.shape[-2:]) == size:
-        return x
-    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+    if tuple(images.shape[-2:]) == size:
+        return images
+    frames = images.permute(0, 2, 3, 1).cpu().numpy()
+    return torch.from_numpy(np.stack([resize_image(frame, size) for frame in frames]))
 
 
 def forward_logits(model: torch.nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
@@ -218,14 +235,14 @@ def class_scores(model: torch.nn.Module, images: torch.Tensor, settings: Inferen
     over every scale and flip. Either way ``argmax(1)`` gives the labels.
     """
     device = next(model.parameters()).device
-    x = normalise(images, device, memory_format)
-    height, width = x.shape[-2:]
+    height, width = images.shape[-2:]
     base = tuple(network_size) if settings.mode == "whole" else (height, width)
     crop, stride = settings.window(network_size)
     total: torch.Tensor | None = None
     passes = 0
     for scale in settings.scales:
-        scaled = resize_input(x, (max(1, round(base[0] * scale)), max(1, round(base[1] * scale))))
+        scaled = normalise(resize_frames(images, (max(1, round(base[0] * scale)), max(1, round(base[1] * scale)))),
+                           device, memory_format)
         for flipped in ((False, True) if settings.flip else (False,)):
             inp = scaled.flip(-1) if flipped else scaled
             if settings.mode == "whole":
@@ -280,6 +297,10 @@ class Predictor:
     def network_size(self) -> tuple[int, int]:
         """(H, W) the model was trained at."""
         return tuple(self.config.training.image_size)
+
+    def describe(self, settings: InferenceSettings) -> str:
+        """How frames are labelled, for logs and reports: ``settings`` with the slide window resolved, and the precision."""
+        return f"{settings.describe(self.network_size)}, precision {self.runtime.precision}"
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor, settings: InferenceSettings = InferenceSettings()) -> torch.Tensor:

@@ -56,7 +56,7 @@ class NativeEvalResult:
 
     source: str  # "split test of <splits.json>" or "root <dir>"
     checkpoint: str
-    settings: str  # InferenceSettings.describe()
+    settings: str  # Predictor.describe(): mode, slide window, TTA, precision
     class_names: list[str]
     void_class: str | None
     confusion: np.ndarray  # [C, C] int64, rows = label, cols = prediction, native resolution
@@ -204,10 +204,12 @@ def evaluate_sequences(predictor: Predictor, sequences: Sequence[FrameSequence],
                        ctx: DistContext, *, settings: InferenceSettings = InferenceSettings(),
                        batch_size: int = 4, num_workers: int = 2, source: str = "",
                        log: Callable[[str], None] = print, progress: bool = False,
-                       cache_key: str = CACHE_DIR_KEY) -> NativeEvalResult:
+                       cache_key: str = CACHE_DIR_KEY,
+                       on_frames: Callable[[int, int], None] | None = None) -> NativeEvalResult:
     """Score ``predictor`` on ``sequences`` (all ranks call this with the same list; each takes its shard).
 
     ``cache_key`` names the setting that chose ``data_cfg``'s cache folder, for its error messages.
+    ``on_frames(n, total)`` is called after each batch of ``n`` of this rank's ``total`` frames.
     """
     classes = predictor.palette.num_classes
     void_index = data_cfg.dataset.void_index
@@ -237,6 +239,8 @@ def evaluate_sequences(predictor: Predictor, sequences: Sequence[FrameSequence],
                 update_confusion(confusion[seq_index[items[i][0]]], pred[b], target[b], classes)
             video.update(pred, target, [items[i][0] for i in indices])
             bar.update(len(indices))
+            if on_frames is not None:
+                on_frames(len(indices), len(items))
 
     ctx.fail_together(score)  # an image that became unreadable since its mask was cached
     bar.close()
@@ -270,7 +274,7 @@ def _result(predictor: Predictor, data_cfg: Config, names: list[str], per_sequen
         seq_miou, seq_acc, _ = metrics_from_confusion(conf, class_names, void_index)
         sequences[name] = SequenceResult(frames, seq_miou, seq_acc)
     return NativeEvalResult(
-        source=source, checkpoint=str(predictor.checkpoint), settings=settings.describe(), class_names=class_names,
+        source=source, checkpoint=str(predictor.checkpoint), settings=predictor.describe(settings), class_names=class_names,
         void_class=data_cfg.dataset.void_class, confusion=total, mean_iou=mean_iou, pixel_acc=pixel_acc,
         fw_iou=frequency_weighted_iou(total, void_index), iou=iou, sequences=sequences, video=video,
         frames=sum(s.frames for s in sequences.values()), seconds=seconds, world_size=ctx.world_size,
@@ -282,7 +286,8 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
                         settings: InferenceSettings = InferenceSettings(), batch_size: int = 4,
                         num_workers: int = 2, mask_format: str | None = None, cache_dir: str | Path | None = None,
                         cache_key: str = CACHE_DIR_KEY, log: Callable[[str], None] = print,
-                        progress: bool = False) -> NativeEvalResult:
+                        progress: bool = False, on_frames: Callable[[int, int], None] | None = None
+                        ) -> NativeEvalResult:
     """Evaluate ``checkpoint`` on ``split`` (from splits.json) or on every sequence under ``root``.
 
     The checkpoint alone is enough: its embedded config gives the classes, the model and
@@ -298,10 +303,10 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
 
     predictor, data_cfg, sequences, source = ctx.fail_together(setup)
     log(f"evaluate: {source}: {len(sequences)} sequences, {sum(len(s.frames) for s in sequences)} frames, "
-        f"{settings.describe()}, {ctx.world_size} process(es)")
+        f"{predictor.describe(settings)}, {ctx.world_size} process(es)")
     result = evaluate_sequences(predictor, sequences, data_cfg, ctx, settings=settings, batch_size=batch_size,
                                 num_workers=num_workers, source=source, log=log, progress=progress,
-                                cache_key=cache_key)
+                                cache_key=cache_key, on_frames=on_frames)
     result.mask_format = data_cfg.dataset.mask_format
     return result
 

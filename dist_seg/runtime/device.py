@@ -14,7 +14,11 @@ from typing import Callable
 import torch
 
 from ..config import BackendConfig
+from ..errors import ConfigError
 from .amp_policy import resolve_amp_dtype
+
+#: What ``--precision`` accepts for predict / evaluate, and the autocast dtype each means (None: float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -32,6 +36,13 @@ class Runtime:
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: what the forward passes compute in."""
+        if not self.amp:
+            return "fp32"
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp16"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context for forward passes (a no-op when AMP is off)."""
@@ -123,3 +134,37 @@ def resolve_runtime(cfg: BackendConfig, device: torch.device, log: Callable[[str
     for note in notes:
         log(note)
     return runtime
+
+
+def inference_runtime(device: torch.device, precision: str | None = None) -> Runtime:
+    """How predict, evaluate, export's parity reference, the final evaluation and the visualisations run a model.
+
+    ``precision`` None is the default rule: float32 on a CPU (what an exported model computes, so
+    predictions of a checkpoint and of its export agree), and on a GPU the autocast dtype
+    ``backend.amp_dtype: auto`` picks for training (bf16, or fp16 on GPUs without bf16). ``fp32``,
+    ``bf16`` or ``fp16`` ask for one; a choice the device cannot run is a ConfigError naming ``--precision``.
+    No compilation: inference runs once per frame and would not repay it.
+    """
+    on_gpu = device.type == "cuda"
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and not on_gpu:
+        raise ConfigError("--precision fp16 needs a GPU (CPU autocast computes bf16 only): use fp32 or bf16")
+    if precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision bf16: this GPU has no bfloat16 support: use fp16 or fp32")
+    if precision is None:
+        amp, amp_dtype = on_gpu, "auto"
+    else:
+        amp = PRECISIONS[precision] is not None
+        amp_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "auto")
+    return resolve_runtime(BackendConfig(target=device.type, amp=amp, amp_dtype=amp_dtype, compile=False),
+                           device, log=lambda _m: None)
+
+
+def describe_precision(runtime: Runtime, requested: str | None) -> str:
+    """``precision fp32 (the CPU default; --precision bf16 autocasts)``: the console line's wording."""
+    if requested is not None:
+        return f"precision {runtime.precision} (--precision {requested})"
+    if runtime.device.type == "cpu":
+        return f"precision {runtime.precision} (the CPU default; --precision bf16 runs bfloat16 autocast)"
+    return f"precision {runtime.precision} (the GPU default, autocast; --precision fp32 for full precision)"

@@ -4,8 +4,13 @@ By default torch starts one thread per core it sees, and the loader's gather thr
 worker processes) and the other ranks on the node want the same cores: on a small machine
 the oversubscribed pool runs several times slower than one that fits. ``auto`` gives torch
 the cores this process may use (its CPU affinity) shared among the node's ranks, minus the
-loader's workers, and at least one. An ``OMP_NUM_THREADS`` set in the environment is the
-user's explicit choice and wins over ``auto``.
+loader's workers, and at least one. It also reads the 1-minute load average: cores that
+other processes keep busy are not given to torch either, and the summary says so when that
+lowered the count (on a 2-core host with ~2 busy threads elsewhere, 2 torch threads trained
+at 0.5-1.3 img/s and 1 thread at 5.5-7.9 img/s). The load includes this process's own
+recent work (e.g. a cache build just before), so a fresh run may start with fewer threads
+than the cores; set ``backend.cpu_threads: N`` to choose. An ``OMP_NUM_THREADS`` set in the
+environment is the user's explicit choice and wins over ``auto``.
 """
 
 from __future__ import annotations
@@ -30,18 +35,38 @@ class ThreadChoice:
         return f"{self.threads} ({self.reason})"
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (runnable threads on the host), None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def choose_cpu_threads(setting: int | Literal["auto"], loader_processes: int, local_processes: int = 1,
-                       env: Mapping[str, str] = os.environ) -> ThreadChoice:
-    """The thread count for ``backend.cpu_threads`` (``auto`` or N), given the loader's worker processes and ranks per node."""
+                       env: Mapping[str, str] = os.environ, load: float | None = None,
+                       cores: int | None = None) -> ThreadChoice:
+    """The thread count for ``backend.cpu_threads`` (``auto`` or N), given the loader's worker processes and ranks
+    per node; ``auto`` also leaves out the cores the host's load average keeps busy (``load``: read when None)."""
     if setting != "auto":
         return ThreadChoice(int(setting), "backend.cpu_threads")
     if env.get("OMP_NUM_THREADS", "").strip().isdigit():
         return ThreadChoice(max(1, int(env["OMP_NUM_THREADS"])), "OMP_NUM_THREADS")
-    cores = usable_cores()
+    cores = cores if cores is not None else usable_cores()
     share = cores // max(1, local_processes)
     threads = max(1, share - loader_processes)
     ranks = f" / {local_processes} ranks" if local_processes > 1 else ""
-    return ThreadChoice(threads, f"auto: {cores} usable cores{ranks} - {loader_processes} loader worker processes")
+    reason = f"auto: {cores} usable cores{ranks} - {loader_processes} loader worker processes"
+    load = load if load is not None else load_average()
+    if load is not None:
+        # The node's ranks share what the load leaves idle, like they share the cores.
+        idle = max(0, cores - int(load)) // max(1, local_processes)
+        if idle < threads:
+            reason += (f"; reduced from {threads}: load average {load:.1f} on {cores} usable cores leaves ~{idle} "
+                       "idle, and oversubscribed threads run several times slower; set backend.cpu_threads to "
+                       "choose")
+            threads = max(1, idle)
+    return ThreadChoice(threads, reason)
 
 
 def apply_compile_threads(local_processes: int = 1) -> int:

@@ -6,8 +6,10 @@ otherwise prints a line every ``log_interval`` batches. Only rank 0 creates one.
 
 Each training line carries an ETA for the epoch (its remaining batches at the epoch's rate
 so far) and for the run (the remaining epochs at the last whole epoch's wall time, which
-includes validation and checkpointing; before that, at the batch rate). Validation shows
-its own progress: a bar, or a line every ``log_interval`` batches.
+includes validation and checkpointing; before that, at the batch rate plus the time the last
+epoch spent after its batches). Every phase outside the training batches (validation,
+precise BN, the BN check, visualisations, the final evaluation) shows its own progress: a
+bar, or a start line, a line every ``log_interval`` units and a line with its duration.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ class Progress:
     """Console output for the training loop in one of three styles (bar, log lines, nothing).
 
     The trainer reports progress in windows of ``n`` batches (it reads the loss from the
-    device only every few steps), so :meth:`update` takes the window size.
+    device only every few steps), so :meth:`update` takes the window size. Work outside the
+    training batches (validation, precise BN, the BN check, visualisations, the final
+    evaluation) is a *phase*: :meth:`start_phase`, :meth:`phase_step`, :meth:`end_phase`.
     """
 
     def __init__(self, mode: ProgressMode = "auto", log_interval: int = 20, stream: TextIO | None = None,
@@ -62,26 +66,36 @@ class Progress:
         self.log_interval = log_interval
         self._clock = clock
         self._bar: tqdm | None = None
-        self._epoch = self._epochs = self._steps = self._batches_per_epoch = 0
-        self._done = self._logged_at = 0
+        self._epoch = self._epochs = self._steps = 0
+        self._done = self._start_batch = self._logged_at = 0
         self._pending: str | None = None
         self._epoch_start: float | None = None
         self._epoch_wall: float | None = None  # wall time of the last whole epoch, start to start
-        self._val_total = self._val_done = self._val_logged_at = 0
+        self._batches_end: float | None = None  # when the current epoch's last batch finished
+        self._after_batches: float | None = None  # the last epoch's time after its batches (validation, ...)
+        self._phase = ""
+        self._phase_unit = "batch"
+        self._phase_total = self._phase_done = self._phase_logged_at = 0
+        self._phase_start = 0.0
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int, batches_per_epoch: int | None = None) -> None:
-        """Begin epoch ``epoch`` of ``epochs`` with ``steps`` batches to go (of ``batches_per_epoch``, default ``steps``)."""
+    def start_epoch(self, epoch: int, epochs: int, batches: int, start_batch: int = 0) -> None:
+        """Begin epoch ``epoch`` of ``epochs``, of ``batches`` batches, of which ``start_batch`` are done already.
+
+        After a mid-epoch resume the count goes on from ``start_batch`` (``batch 17/39``) and the
+        rates and ETAs use only the batches trained in this process.
+        """
         self.close()
         now = self._clock()
-        if self._epoch_start is not None and self._steps == self._batches_per_epoch:
+        if self._epoch_start is not None and self._start_batch == 0 and self._done == self._steps:
             self._epoch_wall = now - self._epoch_start  # only whole epochs predict the next ones
-        self._epoch_start = now
-        self._epoch, self._epochs, self._steps = epoch, epochs, steps
-        self._batches_per_epoch = batches_per_epoch if batches_per_epoch is not None else steps
-        self._done = self._logged_at = 0
+        if self._batches_end is not None:
+            self._after_batches = now - self._batches_end
+        self._epoch_start, self._batches_end = now, None
+        self._epoch, self._epochs, self._steps = epoch, epochs, batches
+        self._done = self._logged_at = self._start_batch = start_batch
         self._pending = None
         if self.mode == "bar":
-            self._bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", file=self.stream,
+            self._bar = tqdm(total=batches, initial=start_batch, desc=f"epoch {epoch}/{epochs}", file=self.stream,
                              dynamic_ncols=True, leave=False)
 
     def update(self, n: int = 1, *, loss: float, lr: float, images_per_s: float,
@@ -106,45 +120,75 @@ class Progress:
             if self._done - self._logged_at >= self.log_interval or self._done >= self._steps:
                 self._flush_pending()
 
+    def _per_epoch(self, per_batch: float) -> float:
+        """Wall time of one whole epoch: the last one measured, else its batches plus the last after-batch time."""
+        if self._epoch_wall is not None:
+            return self._epoch_wall
+        return self._steps * per_batch + (self._after_batches or 0.0)
+
     def _eta(self) -> str:
-        """``epoch M:SS, run H:MM:SS`` from the epoch's batch rate and the last whole epoch's wall time."""
+        """``epoch M:SS, run H:MM:SS``: this process's batch rate, the last epoch's validation etc., whole epochs."""
         elapsed = self._clock() - (self._epoch_start if self._epoch_start is not None else self._clock())
-        per_batch = elapsed / self._done if self._done and elapsed > 0 else float("nan")
+        trained = self._done - self._start_batch
+        per_batch = elapsed / trained if trained and elapsed > 0 else float("nan")
         epoch_left = (self._steps - self._done) * per_batch
-        per_epoch = self._epoch_wall if self._epoch_wall is not None else self._batches_per_epoch * per_batch
-        run_left = epoch_left + (self._epochs - self._epoch) * per_epoch
+        run_left = epoch_left + (self._after_batches or 0.0) + (self._epochs - self._epoch) * self._per_epoch(per_batch)
         return f"epoch {format_duration(epoch_left)}, run {format_duration(run_left)}"
 
-    def start_validation(self, batches: int) -> None:
-        """Validation of ``batches`` batches (this rank's shard) begins."""
-        self.close()
-        self._val_total, self._val_done, self._val_logged_at = batches, 0, 0
-        self._val_start = self._clock()
-        if self.mode == "bar":
-            self._bar = tqdm(total=batches, desc=f"validate {self._epoch}/{self._epochs}", file=self.stream,
-                             dynamic_ncols=True, leave=False)
+    def start_phase(self, name: str, total: int, unit: str = "batch") -> None:
+        """Work of ``total`` ``unit``s outside the training batches begins (e.g. ``precise BN``, 50 batches).
 
-    def validation_step(self, n: int = 1) -> None:
-        """``n`` more validation batches done (a line every ``log_interval`` batches in log mode)."""
-        self._val_done += n
+        Log mode prints a line at the start, one every ``log_interval`` units with its ETA and
+        the run's, and one with the time it took; bar mode draws a bar.
+        """
+        self.close()
+        if self._batches_end is None and self._epoch_start is not None:
+            self._batches_end = self._clock()
+        self._phase, self._phase_unit, self._phase_total = name, unit, total
+        self._phase_done = self._phase_logged_at = 0
+        self._phase_start = self._clock()
+        if self.mode == "bar":
+            self._bar = tqdm(total=total, desc=name, unit=unit, file=self.stream, dynamic_ncols=True, leave=False)
+        elif self.mode == "log":
+            self._print(f"{name}: {total} {unit}(es)" if unit == "batch" else f"{name}: {total} {unit}(s)")
+
+    @property
+    def in_phase(self) -> bool:
+        """Whether a phase is open (started and not ended)."""
+        return bool(self._phase)
+
+    def phase_step(self, n: int = 1) -> None:
+        """``n`` more units of the current phase done."""
+        self._phase_done += n
         if self._bar is not None:
             self._bar.update(n)
-        elif self.mode == "log" and self._val_done - self._val_logged_at >= self.log_interval \
-                and self._val_done < self._val_total:
-            elapsed = self._clock() - self._val_start
-            left = (self._val_total - self._val_done) * elapsed / self._val_done
-            self._print(f"validate epoch {self._epoch}/{self._epochs} batch {self._val_done}/{self._val_total} "
-                        f"| eta {format_duration(left)}")
-            self._val_logged_at = self._val_done
+        elif self.mode == "log" and self._phase_done - self._phase_logged_at >= self.log_interval \
+                and self._phase_done < self._phase_total:
+            elapsed = self._clock() - self._phase_start
+            left = (self._phase_total - self._phase_done) * elapsed / self._phase_done
+            line = f"{self._phase} {self._phase_unit} {self._phase_done}/{self._phase_total} | eta {format_duration(left)}"
+            if self._epochs and self._epoch < self._epochs:
+                trained = self._done - self._start_batch
+                now = self._clock()
+                ended = self._batches_end if self._batches_end is not None else now
+                batches_s = ended - (self._epoch_start if self._epoch_start is not None else now)
+                per_batch = batches_s / trained if trained else float("nan")
+                line += f", run {format_duration(left + (self._epochs - self._epoch) * self._per_epoch(per_batch))}"
+            self._print(line)
+            self._phase_logged_at = self._phase_done
 
-    def end_validation(self) -> None:
-        """Validation finished (or stopped): close its bar."""
+    def end_phase(self) -> None:
+        """The current phase finished (or stopped): close its bar, say how long it took."""
         self.close()
+        if self.mode == "log" and self._phase:
+            self._print(f"{self._phase}: done in {format_duration(self._clock() - self._phase_start)}")
+        self._phase = ""
 
     def end_epoch(self) -> None:
         """Close the epoch's bar (or print its last unprinted line)."""
         self.close()
         self._flush_pending()
+        self._batches_end = self._clock()
 
     def close(self) -> None:
         """Close an open bar."""

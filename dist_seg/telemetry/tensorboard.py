@@ -65,9 +65,11 @@ def _exact(tags: list[str]) -> list[str]:
 class RunWriter:
     """One TensorBoard run directory, written through ``torch.utils.tensorboard``."""
 
-    def __init__(self, log_dir: str | os.PathLike, flush_secs: int = 30) -> None:
+    def __init__(self, log_dir: str | os.PathLike, flush_secs: int = 30, purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run's first step; TensorBoard hides the points an earlier run wrote
+        at that step and later, so steps trained again do not appear twice."""
         self.log_dir = Path(log_dir)
-        self._writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=flush_secs)
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=flush_secs, purge_step=purge_step)
 
     def scalars(self, values: Mapping[str, float | None], step: int, walltime: float | None = None) -> None:
         """One point per tag at ``step``; None values are skipped rather than drawn as 0."""

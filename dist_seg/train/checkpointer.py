@@ -12,18 +12,19 @@ validated loading, the reader of version 1) is :mod:`dist_seg.checkpoint_file`'s
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..checkpoint_file import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state
 from ..config import Config, config_to_dict
 from ..data.palette import Palette
 from ..data.position import resume_batch, stream_seed
 from ..data.splits import Splits
 from ..errors import CheckpointError, DistSegError
-from ..checkpoint_file import capture_rng_state, load_checkpoint, load_model_state, restore_rng_state
 from ..runtime.distributed import DistContext
 from .ema import ModelEma
 from .metrics import TrainMetrics
@@ -92,6 +93,21 @@ class Checkpointer:
         self.metrics = metrics
         self.aug_generator = aug_generator
         self.ema = ema
+        self.last_save = time.monotonic()  # for training.checkpoint_interval_minutes
+
+    def interval_due(self, pos: TrainPosition, at_log_step: bool) -> bool:
+        """Whether ``training.checkpoint_interval_steps`` / ``_minutes`` asks for a checkpoint after this step.
+
+        Minutes are rank 0's clock, agreed by every rank with a collective at log steps only (where
+        the loop reads the device anyway), so all ranks save the same step.
+        """
+        tr = self.cfg.training
+        if tr.checkpoint_interval_steps and pos.global_step % tr.checkpoint_interval_steps == 0:
+            return True
+        if tr.checkpoint_interval_minutes is None or not at_log_step:
+            return False
+        late = self.ctx.is_main and time.monotonic() - self.last_save >= tr.checkpoint_interval_minutes * 60
+        return bool(self.ctx.all_reduce_max(torch.tensor([float(late)], device=self.ctx.device)).item())
 
     def parts(self) -> dict[str, Any]:
         """The stateful parts besides model and position, by their checkpoint key."""
@@ -123,6 +139,7 @@ class Checkpointer:
         except DistSegError as exc:  # a full disk: every rank stops here, not at its next collective
             failure = exc
         self.ctx.raise_if_any_failed(failure)
+        self.last_save = time.monotonic()
         if path is not None:
             self.out.log(f"checkpoint: {path}" + (" (new best)" if is_best else ""))
 

@@ -1,5 +1,8 @@
 """The test split scored at the end of training: the best checkpoint, native resolution, no TTA.
 
+It runs in the precision ``dist_seg.evaluate`` defaults to (float32 on a CPU, see
+:func:`~dist_seg.runtime.device.inference_runtime`), so its numbers match a later evaluate.
+
 A run that completes all its epochs (``training.final_eval: true``, the default) and has a
 test split evaluates its best checkpoint (the last one when it had no validation) with
 :func:`~dist_seg.eval.native.evaluate_checkpoint`, the same code as
@@ -20,6 +23,7 @@ from ..errors import DistSegError
 from ..runtime.distributed import DistContext
 from ..eval.native import NativeEvalResult, evaluate_checkpoint
 from .outputs import RunOutputs
+from ..telemetry.progress import Progress
 from .preemption import Preempted, preemption_raises
 from ..runtime.device import Runtime
 
@@ -32,8 +36,11 @@ def final_checkpoint(out: RunOutputs) -> Path | None:
 
 
 def evaluate_test_split(cfg: Config, ctx: DistContext, runtime: Runtime, out: RunOutputs,
-                        step: int) -> NativeEvalResult | None:
-    """Score the run's checkpoint on its test split and publish the report; None when there is nothing to score."""
+                        step: int, progress: Progress | None = None) -> NativeEvalResult | None:
+    """Score the run's checkpoint on its test split and publish the report; None when there is nothing to score.
+
+    ``progress`` (rank 0's) shows the evaluation as a phase, counting this rank's frames.
+    """
     if not cfg.training.final_eval:
         return None
     if not read_splits(cfg).get(SPLIT):
@@ -43,12 +50,21 @@ def evaluate_test_split(cfg: Config, ctx: DistContext, runtime: Runtime, out: Ru
     checkpoint = ctx.gather_objects(final_checkpoint(out))[0]
     if checkpoint is None:
         return None
-    out.log(f"final evaluation: {checkpoint.name} on the {SPLIT} split at native resolution")
+    out.log(f"final evaluation: {checkpoint.name} on the {SPLIT} split at native resolution, precision "
+            f"{runtime.precision} (what python -m dist_seg.evaluate uses by default here)")
     tr = cfg.training
+    phase = progress if progress is not None else Progress("none")
+
+    def on_frames(frames: int, total: int) -> None:
+        if not phase.in_phase:
+            phase.start_phase("final evaluation", total, unit="frame")
+        phase.phase_step(frames)
+
     try:
         with preemption_raises():  # training is saved: a signal only cuts the evaluation short
             result = evaluate_checkpoint(checkpoint, ctx, runtime, config=cfg, split=SPLIT,
-                                         batch_size=tr.val_batch_size, num_workers=tr.num_workers, log=out.log)
+                                         batch_size=tr.val_batch_size, num_workers=tr.num_workers, log=out.log,
+                                         on_frames=on_frames)
     except Preempted as stop:
         out.log(f"final evaluation stopped on {stop.signal_name}; run it later with "
                 f"python -m dist_seg.evaluate --checkpoint {checkpoint}")
@@ -58,5 +74,7 @@ def evaluate_test_split(cfg: Config, ctx: DistContext, runtime: Runtime, out: Ru
         out.warn(f"final evaluation failed: {user_message(exc)}; the training itself completed and is saved. "
                  f"Fix that, then run python -m dist_seg.evaluate --checkpoint {checkpoint} {out.dir / 'config.yaml'}")
         return None
+    finally:
+        phase.end_phase()
     out.save_evaluation(result, SPLIT, step)
     return result

@@ -14,33 +14,30 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..checkpoint_file import unwrap_model
 from ..config import Config
 from ..data.loader import Loader, set_epoch
 from ..data.palette import Palette
+from ..eval.visualize import spread_indices
+from ..runtime.device import Runtime
+from ..runtime.distributed import DistContext
 from ..telemetry.history import EpochRecord
 from ..telemetry.progress import Progress
 from ..telemetry.samples import SampleLog
 from .augment import BatchPreparer
-from .precise_bn import check_bn_gap, refresh_bn_stats
-from ..checkpoint_file import unwrap_model
 from .checkpointer import Checkpointer, EpochPlan, TrainPosition
-from ..runtime.distributed import DistContext, StopVote
 from .ema import ModelEma, ema_weights
-from .validation import EvalResult, evaluate
-from ..eval.inference import forward_logits, upsample_argmax
 from .losses import SegmentationLoss
-from ..runtime.memory import memory_needed_by
 from .metrics import EpochTotals, TrainMetrics
 from .outputs import RunOutputs
-from .preemption import PreemptionWatch
-from ..runtime.device import Runtime
+from .precise_bn import prepare_batch_norm
+from .preemption import PreemptionWatch, Stoppable, stop_message
 from .schedule import lr_factor
 from .step import TrainStep
-from ..eval.visualize import comparison_panel, spread_indices
+from .validation import EvalResult, evaluate, visualization_panels
 
 
 class StopReason(enum.StrEnum):
@@ -50,10 +47,6 @@ class StopReason(enum.StrEnum):
     MAX_STEPS = "max_steps"
     PREEMPTED = "preempted"
     INTERRUPTED = "interrupted"  # Ctrl-C: saved like a preemption, but the command did not finish
-
-
-class _ValidationStopped(Exception):
-    """Raised between validation batches when the ranks agreed to stop on a preemption signal."""
 
 
 @dataclass
@@ -75,7 +68,8 @@ class Trainer:
     cfg: Config
     ctx: DistContext
     out: RunOutputs
-    runtime: Runtime
+    runtime: Runtime  # training and validation
+    inference_runtime: Runtime  # visualisations (and the final evaluation): the predict / evaluate precision
     step: TrainStep
     eval_model: torch.nn.Module  # bypasses DDP: evaluation needs no gradient sync and must not broadcast buffers
     prep: BatchPreparer
@@ -110,12 +104,8 @@ class Trainer:
                         self.out.log("Ctrl-C: saving a checkpoint before stopping (Ctrl-C again stops at once, "
                                      "unsaved)")
                     self.checkpointer.save(self.pos, mid_epoch=True)
-                # Only rank 0 logs, and it may be stopping because another rank (node) was signalled.
-                cause = preemption.received or "a preemption signal to another rank"
-                self.out.log(f"stopped on {cause} at epoch {self.pos.epoch + 1}, batch "
-                             f"{self.pos.batch_in_epoch}: resume with training.resume_from_checkpoint: auto")
-                if preemption.interrupted:
-                    stop = StopReason.INTERRUPTED
+                self.out.log(stop_message(preemption, self.pos.epoch + 1, self.pos.batch_in_epoch))
+                stop = StopReason.INTERRUPTED if preemption.interrupted else stop
             if stop is not None:
                 return self._summary(stop)
         return self._summary(StopReason.COMPLETED)
@@ -132,43 +122,41 @@ class Trainer:
         set_epoch(self.train_loader, pos.epoch, start_sample=pos.samples_in_epoch)
         self.step.model.train()
         remaining = plan.batches_per_epoch - pos.batch_in_epoch
-        progress.start_epoch(pos.epoch + 1, plan.epochs, remaining, plan.batches_per_epoch)
-        vote = StopVote(self.ctx)
+        progress.start_epoch(pos.epoch + 1, plan.epochs, plan.batches_per_epoch, start_batch=pos.batch_in_epoch)
         stop = None
         self.metrics.start_epoch()
-        batches = self.metrics.timed(itertools.islice(iter(self.train_loader), remaining))
-        with memory_needed_by(f"training.batch_size {tr.batch_size}: a training step of {tr.batch_size} samples "
-                              f"of {tr.image_size[0]}x{tr.image_size[1]}", self.ctx.device,
-                              "lower training.batch_size (raise training.grad_accum_steps to keep the global "
-                              "batch) or training.image_size"):
-            for images, masks, paths in batches:
-                x, y = self.prep.train_batch(images, masks, tr.augment, self.aug_generator)
-                last_micro = (pos.batch_in_epoch + 1) % tr.grad_accum_steps == 0
-                loss = self.step(x, y, step=pos.global_step + 1, accum=tr.grad_accum_steps, last_micro=last_micro,
-                                 lr_factor=lr_factor(pos.global_step, plan.total_steps, tr))
-                self.metrics.add(loss)
-                pos.batch_in_epoch += 1
-                pos.samples_in_epoch += tr.batch_size * self.ctx.world_size
-                if self.sample_log is not None:
-                    self.sample_log.write(pos.epoch + 1, pos.global_step + 1, paths)
-                if not last_micro:
-                    continue
-                pos.global_step += 1
-                if vote.poll(preemption.requested):
-                    stop = StopReason.PREEMPTED
-                elif tr.max_steps is not None and pos.global_step >= tr.max_steps:
-                    stop = StopReason.MAX_STEPS
-                if stop is not None or pos.global_step % tr.log_interval == 0:
-                    self._log_window(progress)
-                if stop is not None:
-                    break
-        vote.drain()
-
+        # The ranks vote on a preemption request at optimizer-step boundaries only.
+        batches = Stoppable(self.metrics.timed(itertools.islice(iter(self.train_loader), remaining)), self.ctx,
+                            preemption, votes_after=lambda: pos.batch_in_epoch % tr.grad_accum_steps == 0)
+        for images, masks, paths in batches:
+            x, y = self.prep.train_batch(images, masks, tr.augment, self.aug_generator)
+            last_micro = (pos.batch_in_epoch + 1) % tr.grad_accum_steps == 0
+            loss = self.step(x, y, step=pos.global_step + 1, accum=tr.grad_accum_steps, last_micro=last_micro,
+                             lr_factor=lr_factor(pos.global_step, plan.total_steps, tr))
+            self.metrics.add(loss)
+            pos.batch_in_epoch += 1
+            pos.samples_in_epoch += tr.batch_size * self.ctx.world_size
+            if self.sample_log is not None:
+                self.sample_log.write(pos.epoch + 1, pos.global_step + 1, paths)
+            if not last_micro:
+                continue
+            pos.global_step += 1
+            at_log_step = pos.global_step % tr.log_interval == 0
+            if tr.max_steps is not None and pos.global_step >= tr.max_steps:
+                stop = StopReason.MAX_STEPS
+                break
+            if at_log_step:
+                self._log_window(progress)
+            if pos.batch_in_epoch < plan.batches_per_epoch and self.checkpointer.interval_due(pos, at_log_step):
+                if self.metrics.window_batches:
+                    self._log_window(progress)  # the checkpoint holds the epoch's totals up to here
+                self.checkpointer.save(pos, mid_epoch=True)
+        stop = StopReason.PREEMPTED if batches.stopped else stop
+        if self.metrics.window_batches:
+            self._log_window(progress)  # into the epoch's totals, which a stop's checkpoint holds too
         if stop is StopReason.PREEMPTED and pos.batch_in_epoch < plan.batches_per_epoch:
             return stop  # the caller saves a mid-epoch checkpoint, with the epoch's totals so far
         # A stop on the epoch's last step finishes the epoch first (validation, epoch checkpoint).
-        if self.metrics.window_batches:
-            self._log_window(progress)
         progress.end_epoch()
         complete = pos.batch_in_epoch >= plan.batches_per_epoch
         if complete:
@@ -215,17 +203,22 @@ class Trainer:
         if not stopped and self.val_loader is not None and (epoch % tr.visualization_interval == 0
                                                             or epoch == tr.epochs):
             with self.validated_weights():
-                self.visualize(epoch)
+                self.visualize(epoch, progress)
         global_batch = self.metrics.global_batch
+        # After a mid-epoch resume the throughput is this process's: the killed one ran on other terms.
+        resumed = self.metrics.take_resumed() if not partial else self.metrics.resumed
         record = EpochRecord(
             epoch=epoch, global_step=pos.global_step, train_loss=totals.train_loss(ctx.world_size),
-            lr=self._scheduled_lr(), train_images_per_s=totals.images_per_s(global_batch),
+            lr=self._scheduled_lr(), train_images_per_s=totals.images_per_s(global_batch, since=resumed),
             data_wait_frac=totals.epoch_wait_frac, epoch_time_s=totals.epoch_elapsed_s, world_size=ctx.world_size,
             global_batch_size=global_batch * tr.grad_accum_steps,
             val_loss=result.loss if result else None, val_mIoU=result.mean_iou if result else None,
             val_pixel_acc=result.pixel_acc if result else None, val_iou=result.iou if result else None)
         self.out.record_epoch(record)
         summary = f"epoch {epoch}/{tr.epochs} | loss {record.train_loss:.4f} | {record.train_images_per_s:.1f} img/s"
+        if resumed is not None:
+            summary += (f" (this process only: batches {resumed.epoch_batches + 1}-{totals.epoch_batches} of the "
+                        "epoch; it resumed mid-epoch)")
         if result is not None:
             summary += f" | val loss {result.loss:.4f} | mIoU {result.mean_iou:.4f} | acc {result.pixel_acc:.4f}"
         if stopped:
@@ -241,33 +234,29 @@ class Trainer:
         all stop together when one was signalled: None is returned, within a batch or two.
         """
         assert self.val_loader is not None
-        vote = StopVote(self.ctx)
+        tr, phase = self.cfg.training, progress if progress is not None else Progress("none")
         # Shards differ by at most one batch; votes are collectives, so only batches every rank has vote.
-        tr = self.cfg.training
         voting_batches = -(-(len(self.val_loader.dataset) // self.ctx.world_size) // tr.val_batch_size)
-
-        def between_batches(i: int) -> None:
-            if progress is not None:
-                progress.validation_step()
-            if preemption is not None and i < voting_batches and vote.poll(preemption.requested):
-                raise _ValidationStopped
-
-        try:
-            with self.validated_weights() as model:
-                self._prepare_batch_norm(model)
-                if progress is not None:
-                    progress.start_validation(len(self.val_loader))
-                with memory_needed_by(f"training.val_batch_size {tr.val_batch_size}: a validation batch",
-                                      self.ctx.device, "lower training.val_batch_size"):
-                    result = evaluate(self.eval_model, self.val_loader, self.prep, self.runtime,
-                                      self.val_criterion or self.step.criterion, self.ctx, self.palette.names,
-                                      self.cfg.dataset.void_index, on_batch=between_batches)
-        except _ValidationStopped:
+        served = itertools.count(1)
+        batches = Stoppable(self.val_loader, self.ctx, preemption, votes_after=lambda: next(served) <= voting_batches)
+        with self.validated_weights() as model:
+            if self.train_data is not None:
+                prepare_batch_norm(model, self.train_data, self.prep, self.runtime, self.ctx, tr, self._epoch_label(),
+                                   phase, self.out.warn)
+                if tr.precise_bn_batches and self.ema is not None:
+                    # The statistics belong to the averaged weights: keep them with the EMA (and its checkpoint).
+                    self.ema.module.load_state_dict(model.state_dict())
+            phase.start_phase(f"validate epoch {self._epoch_label()}", len(self.val_loader))
+            try:
+                result = evaluate(self.eval_model, batches, self.prep, self.runtime,
+                                  self.val_criterion or self.step.criterion, self.ctx, self.palette.names,
+                                  self.cfg.dataset.void_index, on_batch=lambda _i: phase.phase_step(),
+                                  out_of_memory=(f"training.val_batch_size {tr.val_batch_size}: a validation batch",
+                                                 "lower training.val_batch_size"))
+            finally:
+                phase.end_phase()
+        if batches.stopped:
             return None
-        finally:
-            vote.drain()
-            if progress is not None:
-                progress.end_validation()
         values = {"val/loss": result.loss, "val/mIoU": result.mean_iou, "val/pixel_acc": result.pixel_acc}
         if not math.isnan(result.flicker):
             values["val/flicker"] = result.flicker
@@ -281,39 +270,22 @@ class Trainer:
         model = unwrap_model(self.eval_model)
         return ema_weights(model, self.ema) if self.ema is not None else contextlib.nullcontext(model)
 
-    def _prepare_batch_norm(self, model: torch.nn.Module) -> None:
-        """Precise BN (``training.precise_bn_batches``), or else the eval/train gap check (``training.bn_check``)."""
-        tr = self.cfg.training
-        if self.train_data is None:
-            return
-        if tr.precise_bn_batches:
-            refresh_bn_stats(model, self.train_data, self.prep, self.runtime, self.ctx, tr.batch_size,
-                             tr.precise_bn_batches)
-            if self.ema is not None:
-                # The statistics belong to the averaged weights: keep them with the EMA (and its checkpoint).
-                self.ema.module.load_state_dict(model.state_dict())
-        elif tr.bn_check:
-            check_bn_gap(model, self.train_data, self.prep, self.runtime, self.ctx, tr.batch_size, self.out.warn)
+    def _epoch_label(self) -> str:
+        """``3/80``: the epoch being finished (the position counts it once it is complete)."""
+        epoch = self.pos.epoch if self.pos.batch_in_epoch == 0 else self.pos.epoch + 1
+        return f"{max(epoch, 1)}/{self.plan.epochs}"
 
-    def visualize(self, epoch: int) -> None:
+    def visualize(self, epoch: int, progress: Progress | None = None) -> None:
         """Titled panels of a fixed, spread-out choice of validation frames (rank 0 only; no collectives)."""
         if not self.out.active or self.val_data is None:
             return
         chosen = spread_indices(len(self.val_data), self.cfg.training.num_visualizations)
         if not chosen:
             return
-        panels = []
-        model = unwrap_model(self.eval_model)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            for i in chosen:
-                image, mask, path = self.val_data[i]
-                x, y = self.prep.eval_batch(image.unsqueeze(0), mask.unsqueeze(0))
-                pred = upsample_argmax(forward_logits(model, x, self.runtime), y.shape[-2:])[0]
-                stem = Path(path).stem
-                panels.append((stem, comparison_panel(image.permute(1, 2, 0).numpy(), mask.numpy(),
-                                                      pred.cpu().numpy().astype(np.uint8), self.palette,
-                                                      name=stem, void_index=self.cfg.dataset.void_index)))
-        model.train(was_training)
+        phase = progress if progress is not None else Progress("none")
+        phase.start_phase(f"visualisations epoch {epoch}/{self.plan.epochs}", len(chosen), unit="frame")
+        panels = visualization_panels(unwrap_model(self.eval_model), chosen, self.val_data, self.prep,
+                                      self.inference_runtime, self.palette, self.cfg.dataset.void_index,
+                                      on_frame=phase.phase_step)
         self.out.save_visualizations(epoch, panels, self.pos.global_step)
+        phase.end_phase()

@@ -48,8 +48,11 @@ class EpochTotals:
     def train_loss(self, world_size: int) -> float:
         return self.epoch_loss_total / max(self.epoch_batches * world_size, 1)
 
-    def images_per_s(self, global_batch: int) -> float:
-        return self.epoch_batches * global_batch / max(self.epoch_elapsed_s, 1e-9)
+    def images_per_s(self, global_batch: int, since: "EpochTotals | None" = None) -> float:
+        """Training throughput of the epoch, or only of what came after ``since`` (the totals a resume loaded)."""
+        batches = self.epoch_batches - (since.epoch_batches if since else 0)
+        elapsed = self.epoch_elapsed_s - (since.epoch_elapsed_s if since else 0.0)
+        return batches * global_batch / max(elapsed, 1e-9)
 
 
 class TrainMetrics:
@@ -59,6 +62,8 @@ class TrainMetrics:
         self.ctx = ctx
         self.global_batch = global_batch
         self.epoch = EpochTotals()
+        # The epoch totals a resume loaded: trained by an earlier process, not counted in this one's img/s.
+        self.resumed: EpochTotals | None = None
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         self._open_window()
 
@@ -118,9 +123,15 @@ class TrainMetrics:
         totals, self.epoch = self.epoch, EpochTotals()
         return totals
 
+    def take_resumed(self) -> EpochTotals | None:
+        """The totals a resume loaded into the epoch that just ended (None if it started in this process)."""
+        resumed, self.resumed = self.resumed, None
+        return resumed
+
     def state_dict(self) -> dict[str, Any]:
         return asdict(self.epoch)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Epoch totals from a checkpoint's ``metrics`` part (zeros where a key is missing)."""
         self.epoch = EpochTotals(**{k: state.get(k, v) for k, v in asdict(EpochTotals()).items()})
+        self.resumed = EpochTotals(**asdict(self.epoch)) if self.epoch.epoch_batches else None

@@ -61,6 +61,13 @@ class RunOutputs:
             self.writer.custom_scalars_layout(class_names, world_size)
 
     @_main_rank_only
+    def purge_tensorboard_from(self, step: int) -> None:
+        """After a resume: reopen TensorBoard so that the points an earlier run wrote at ``step`` and later are hidden."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = RunWriter(self.dir / "tensorboard", purge_step=step)
+
+    @_main_rank_only
     def log(self, message: str) -> None:
         print(message, flush=True)
 

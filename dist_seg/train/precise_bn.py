@@ -18,12 +18,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import IGNORE_INDEX
-from ..models.batchnorm import batch_norms, batch_statistics
-from .augment import BatchPreparer
-from ..runtime.distributed import DistContext
-from ..runtime.device import Runtime
+from ..config import IGNORE_INDEX, TrainingConfig
 from ..eval.visualize import spread_indices
+from ..models.batchnorm import batch_norms, batch_statistics
+from ..runtime.device import Runtime
+from ..runtime.distributed import DistContext
+from ..telemetry.progress import Progress
+from .augment import BatchPreparer
 
 # Below this eval/train argmax agreement the trainer should warn.
 BN_GAP_WARN_AGREEMENT = 0.8
@@ -31,7 +32,8 @@ BN_GAP_WARN_AGREEMENT = 0.8
 
 @torch.no_grad()
 def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], num_batches: int,
-                       reduce_mean: Callable[[torch.Tensor], None] | None = None) -> int:
+                       reduce_mean: Callable[[torch.Tensor], None] | None = None,
+                       on_batch: Callable[[], None] | None = None) -> int:
     """Re-estimate every BatchNorm's running mean / variance over up to ``num_batches`` input batches.
 
     ``batches`` yields model inputs ready for the forward pass (on the device, normalised).
@@ -39,7 +41,7 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], num_ba
     size. ``reduce_mean`` (e.g. an all-reduce divided by the world size) averages the new
     statistics across ranks so every replica keeps identical buffers. Weights, momenta and
     the model's train/eval mode are restored; returns the number of batches used. Dropout
-    and other layers run in eval mode.
+    and other layers run in eval mode. ``on_batch`` is called after each batch (progress).
     """
     layers = batch_norms(model)
     if not layers or num_batches <= 0:
@@ -64,6 +66,8 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], num_ba
                 m.momentum = 1.0 / (used + 1)
             model(x)
             used += 1
+            if on_batch is not None:
+                on_batch()
     finally:
         for m, momentum in zip(layers, momenta):
             m.momentum = momentum
@@ -138,8 +142,7 @@ def training_batches(data: Dataset, prep: BatchPreparer, batch_size: int, num_ba
     pooled features (ASPP's image pooling), so a remainder is dropped.
     """
     chosen = spread_indices(len(data), num_batches * batch_size * ctx.world_size)
-    per_rank = len(chosen) // ctx.world_size
-    usable = per_rank - per_rank % batch_size if per_rank >= batch_size else per_rank
+    usable = _usable_per_rank(len(chosen), batch_size, ctx.world_size)
     if usable < 2:
         return
     indices = chosen[ctx.rank::ctx.world_size][:usable]
@@ -150,8 +153,21 @@ def training_batches(data: Dataset, prep: BatchPreparer, batch_size: int, num_ba
         yield prep.eval_batch(images, masks)
 
 
+def _usable_per_rank(chosen: int, batch_size: int, world_size: int) -> int:
+    """Frames each rank uses of ``chosen``: whole batches (or one batch, if fewer frames), never one frame."""
+    per_rank = chosen // world_size
+    return per_rank - per_rank % batch_size if per_rank >= batch_size else per_rank
+
+
+def bn_batch_count(frames: int, batch_size: int, num_batches: int, world_size: int) -> int:
+    """How many batches :func:`training_batches` yields on each rank (for progress)."""
+    chosen = min(frames, num_batches * batch_size * world_size)
+    usable = _usable_per_rank(chosen, batch_size, world_size)
+    return 0 if usable < 2 else -(-usable // batch_size)
+
+
 def refresh_bn_stats(model: nn.Module, data: Dataset, prep: BatchPreparer, runtime: Runtime, ctx: DistContext,
-                     batch_size: int, num_batches: int) -> int:
+                     batch_size: int, num_batches: int, on_batch: Callable[[], None] | None = None) -> int:
     """Re-estimate ``model``'s BatchNorm statistics on ``num_batches`` training batches per rank, averaged over ranks."""
     world = ctx.world_size
 
@@ -160,7 +176,8 @@ def refresh_bn_stats(model: nn.Module, data: Dataset, prep: BatchPreparer, runti
 
     inputs = (x for x, _y in training_batches(data, prep, batch_size, num_batches, ctx))
     with runtime.autocast():
-        return recompute_bn_stats(model, inputs, num_batches, reduce_mean=reduce_mean if world > 1 else None)
+        return recompute_bn_stats(model, inputs, num_batches, reduce_mean=reduce_mean if world > 1 else None,
+                                  on_batch=on_batch)
 
 
 def check_bn_gap(model: nn.Module, data: Dataset, prep: BatchPreparer, runtime: Runtime, ctx: DistContext,
@@ -177,3 +194,23 @@ def check_bn_gap(model: nn.Module, data: Dataset, prep: BatchPreparer, runtime: 
         warn(f"BatchNorm: {gap.describe()} on training frames: the running statistics do not describe the "
              "current weights, so validation scores are too low. Set training.precise_bn_batches (e.g. 50) to "
              "re-estimate them before each validation")
+
+
+def prepare_batch_norm(model: nn.Module, data: Dataset, prep: BatchPreparer, runtime: Runtime, ctx: DistContext,
+                       tr: TrainingConfig, epoch_label: str, progress: Progress, warn: Callable[[str], None]) -> None:
+    """Before a validation: precise BN (``training.precise_bn_batches``), else the gap check (``training.bn_check``)."""
+    if tr.precise_bn_batches:
+        batches = bn_batch_count(len(data), tr.batch_size, tr.precise_bn_batches, ctx.world_size)
+        progress.start_phase(f"precise BN epoch {epoch_label} (re-estimating BatchNorm statistics)", batches)
+        try:
+            refresh_bn_stats(model, data, prep, runtime, ctx, tr.batch_size, tr.precise_bn_batches,
+                             on_batch=progress.phase_step)
+        finally:
+            progress.end_phase()
+    elif tr.bn_check:
+        progress.start_phase(f"BN check epoch {epoch_label} (eval vs batch statistics)", 1)
+        try:
+            check_bn_gap(model, data, prep, runtime, ctx, tr.batch_size, warn)
+            progress.phase_step()
+        finally:
+            progress.end_phase()

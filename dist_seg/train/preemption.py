@@ -13,7 +13,11 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Iterator
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
+
+from ..runtime.distributed import DistContext, StopVote
+
+T = TypeVar("T")
 
 PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
 # Under torchrun a Ctrl-C reaches a rank twice within moments (from the terminal and forwarded by
@@ -61,6 +65,13 @@ class PreemptionWatch:
         self._previous.clear()
 
 
+def stop_message(watch: PreemptionWatch, epoch: int, batch: int) -> str:
+    """The log line of a run stopped by a signal at one-based ``epoch``, ``batch`` of it."""
+    # Only rank 0 logs, and it may be stopping because another rank (node) was signalled.
+    cause = watch.received or "a preemption signal to another rank"
+    return f"stopped on {cause} at epoch {epoch}, batch {batch}: resume with training.resume_from_checkpoint: auto"
+
+
 class Preempted(Exception):
     """A preemption signal arrived during work that has no step boundary to stop at."""
 
@@ -90,3 +101,30 @@ def preemption_raises(signals: tuple[int, ...] = PREEMPTION_SIGNALS) -> Iterator
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class Stoppable(Generic[T]):
+    """Iterates ``batches`` until the ranks agree to stop on a preemption request; owns the votes.
+
+    After each batch for which ``votes_after()`` is true (a step boundary in training, a batch
+    every rank has in validation) the ranks vote without stalling the device
+    (:class:`~dist_seg.runtime.distributed.StopVote`); iteration ends at the same batch on every
+    rank once one of them was signalled, and :attr:`stopped` says so. Leaving the loop early
+    (``break``) is fine: the vote in flight is drained either way.
+    """
+
+    def __init__(self, batches: Iterable[T], ctx: DistContext, watch: PreemptionWatch | None,
+                 votes_after: Callable[[], bool] = lambda: True) -> None:
+        self.batches, self.ctx, self.watch, self.votes_after = batches, ctx, watch, votes_after
+        self.stopped = False
+
+    def __iter__(self) -> Iterator[T]:
+        vote = StopVote(self.ctx)
+        try:
+            for batch in self.batches:
+                yield batch
+                if self.watch is not None and self.votes_after() and vote.poll(self.watch.requested):
+                    self.stopped = True
+                    return
+        finally:
+            vote.drain()

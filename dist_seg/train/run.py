@@ -45,7 +45,8 @@ from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
 from .preflight import batch_norm_samples, check_fresh_output, check_model_output, check_run_paths, check_trainable
-from ..runtime.device import Runtime, resolve_runtime, without_compile_for_sync_bn
+from ..runtime.device import Runtime, inference_runtime, resolve_runtime, without_compile_for_sync_bn
+from .schedule import warmup_note
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
 from ..runtime.threads import apply_compile_threads, apply_cpu_threads
@@ -87,6 +88,7 @@ def run_training(cfg: Config) -> RunSummary:
         out.start(trainer.palette.names, ctx.world_size)
         if resume_from is not None:
             trainer.resume(resume_from)
+            out.purge_tensorboard_from(trainer.pos.global_step + 1)
         elif cfg.training.resume_from_checkpoint == "auto":
             out.log("resume_from_checkpoint: auto found no checkpoint; starting fresh")
 
@@ -94,13 +96,13 @@ def run_training(cfg: Config) -> RunSummary:
         progress = Progress(cfg.telemetry.progress if ctx.is_main else "none", cfg.training.log_interval)
         with PreemptionWatch() as preemption, sampler:
             summary = trainer.fit(preemption, progress)
-        progress.close()
         try:
             memory_log.write_summary(sampler.peaks())
         except OSError as exc:  # a full disk at the end must not fail a finished, saved training
             out.warn(f"cannot write the memory summary to {memory_log.path} ({exc})")
-        test = (evaluate_test_split(cfg, ctx, trainer.runtime, out, trainer.pos.global_step)
+        test = (evaluate_test_split(cfg, ctx, trainer.inference_runtime, out, trainer.pos.global_step, progress)
                 if summary.status is StopReason.COMPLETED else None)
+        progress.close()
         final, tr = summary.final, cfg.training
         out.finish(
             hparams={"model": cfg.model.type, "backbone": cfg.model.backbone, "lr": tr.learning_rate,
@@ -123,6 +125,8 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
     tr = cfg.training
     runtime = without_compile_for_sync_bn(resolve_runtime(cfg.backend, ctx.device, log=out.log),
                                           _syncs_batch_norm(cfg, ctx), log=out.log)
+    # Visualisations and the final evaluation label frames as predict / evaluate would.
+    inference = inference_runtime(ctx.device)
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -169,12 +173,19 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
             parameters=parameter_count(model), flops=flops, train_frames=len(data.train),
             val_frames=len(data.val) if data.val is not None else 0, steps_per_epoch=plan.steps_per_epoch,
             total_steps=plan.total_steps, world_size=ctx.world_size, loader=describe_loader(train_loader),
-            threads=threads)):
+            threads=threads, inference_precision=inference.precision)):
         out.log(line)
     _log_training_notes(cfg, out, data, palette, weight)
+    capped = warmup_note(plan.total_steps, tr)
+    if capped:
+        out.log(capped)
     return Trainer(
-        cfg=cfg, ctx=ctx, out=out, runtime=runtime,
-        step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm, ema=ema),
+        cfg=cfg, ctx=ctx, out=out, runtime=runtime, inference_runtime=inference,
+        step=TrainStep(train_model, criterion, optimizer, scaler, runtime.autocast, tr.grad_clip_norm, ema=ema,
+                       out_of_memory=(f"training.batch_size {tr.batch_size}: a training step of {tr.batch_size} "
+                                      f"samples of {tr.image_size[0]}x{tr.image_size[1]}",
+                                      "lower training.batch_size (raise training.grad_accum_steps to keep the "
+                                      "global batch) or training.image_size")),
         eval_model=eval_model,
         prep=BatchPreparer(ctx.device, runtime.memory_format, tuple(tr.image_size), cfg.dataset.void_index),
         aug_generator=aug_generator, train_loader=train_loader, val_loader=val_loader, val_data=data.val,
@@ -274,7 +285,9 @@ def _start_vram_sampler(cfg: Config, ctx: DistContext, out: RunOutputs, trainer:
         if ctx.is_main and out.writer is not None:
             writer = out.writer
         else:
-            writer = RunWriter(rank_log_dir(output_dir / "tensorboard", ctx.rank))
+            # A resumed run hides what the killed one wrote after its checkpoint (steps are trained again).
+            writer = RunWriter(rank_log_dir(output_dir / "tensorboard", ctx.rank),
+                               purge_step=trainer.pos.global_step + 1 if trainer.pos.global_step else None)
             cleanup.callback(writer.close)
         sinks.append(TensorBoardVramSink(writer))
     sampler = VramSampler(ctx.rank, ctx.device, cfg.telemetry.vram_interval_s, cfg.telemetry.vram_sampler,

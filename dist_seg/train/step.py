@@ -16,10 +16,11 @@ from typing import Callable, Iterable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checkpoint_file import unwrap_model
 from ..config import TrainingConfig
 from ..errors import DistSegError
-from ..checkpoint_file import unwrap_model
 from ..runtime.distributed import DistContext
+from ..runtime.memory import memory_needed_by
 from .ema import ModelEma
 
 
@@ -41,8 +42,11 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scaler: torch.amp.GradScaler, autocast: Callable[[], contextlib.AbstractContextManager],
-                 grad_clip_norm: float | None = None, ema: ModelEma | None = None) -> None:
+                 grad_clip_norm: float | None = None, ema: ModelEma | None = None,
+                 out_of_memory: tuple[str, str] | None = None) -> None:
         self.model = model
+        # (what, fix): running out of memory in a step is then a ConfigError naming the setting to lower.
+        self.out_of_memory = out_of_memory
         self.ema = ema  # updated after every optimizer step that changed the weights
         self.criterion = criterion
         self.optimizer = optimizer
@@ -57,10 +61,13 @@ class TrainStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, step: int, accum: int = 1, last_micro: bool = True,
                  lr_factor: float = 1.0) -> torch.Tensor:
         """Train on one micro-batch of optimizer step ``step``; returns its detached loss (no host sync)."""
-        loss = self.forward(x, y, sync=last_micro)
-        self.backward(loss, step, accum)
-        if last_micro:
-            self.optimizer_step(lr_factor)
+        guard = (memory_needed_by(self.out_of_memory[0], x.device, self.out_of_memory[1])
+                 if self.out_of_memory is not None else contextlib.nullcontext())
+        with guard:
+            loss = self.forward(x, y, sync=last_micro)
+            self.backward(loss, step, accum)
+            if last_micro:
+                self.optimizer_step(lr_factor)
         return loss.detach()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, sync: bool = True) -> torch.Tensor:

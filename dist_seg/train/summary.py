@@ -71,6 +71,7 @@ class StartupFacts:
     world_size: int
     loader: str
     threads: ThreadChoice
+    inference_precision: str  # Runtime.precision of the visualisations and the final evaluation
 
 
 def startup_summary(cfg: Config, runtime: Runtime, facts: StartupFacts) -> list[str]:
@@ -91,7 +92,8 @@ def startup_summary(cfg: Config, runtime: Runtime, facts: StartupFacts) -> list[
         f"{facts.total_steps} in total",
         f"  batch     {tr.batch_size} per rank x {facts.world_size} rank(s) x {tr.grad_accum_steps} accumulation "
         f"= global batch {global_batch}",
-        f"  precision {precision} | channels_last {'on' if runtime.channels_last else 'off'} | compile {compile_}",
+        f"  precision training {precision} | visualisations, final evaluation {facts.inference_precision} "
+        f"(the predict / evaluate default) | channels_last {'on' if runtime.channels_last else 'off'} | compile {compile_}",
         f"  loader    {facts.loader}",
         f"  threads   torch intra-op {facts.threads.describe()}",
         f"  device    {device} ({device_name(device)}) x {facts.world_size} rank(s)",

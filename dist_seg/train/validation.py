@@ -8,21 +8,26 @@ native-resolution evaluation of a checkpoint is :mod:`dist_seg.eval.native`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
-from .augment import BatchPreparer
-from ..runtime.distributed import DistContext
-from ..eval.inference import forward_logits, upsample_logits
-from .losses import SegmentationLoss
-from ..runtime.device import Runtime
-from ..eval.video_metrics import VideoMetricsAccumulator
+from ..data.palette import Palette
+from ..eval.inference import forward_logits, upsample_argmax, upsample_logits
 from ..eval.metrics import metrics_from_confusion, update_confusion
+from ..eval.video_metrics import VideoMetricsAccumulator
+from ..eval.visualize import comparison_panel
+from ..runtime.device import Runtime
+from ..runtime.distributed import DistContext
+from ..runtime.memory import memory_needed_by
+from .augment import BatchPreparer
+from .losses import SegmentationLoss
 
 
 @dataclass
@@ -44,7 +49,8 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable, prep: BatchPreparer, runtime: Runtime,
              criterion: SegmentationLoss, ctx: DistContext, class_names: list[str],
-             void_index: int | None, on_batch: Callable[[int], None] | None = None) -> EvalResult:
+             void_index: int | None, on_batch: Callable[[int], None] | None = None,
+             out_of_memory: tuple[str, str] | None = None) -> EvalResult:
     """Evaluate ``model`` on this rank's shard and combine with the other ranks.
 
     The flicker rate treats two frames served one after the other from the same folder as
@@ -53,7 +59,8 @@ def evaluate(model: torch.nn.Module, batches: Iterable, prep: BatchPreparer, run
     With a compiled model (``runtime.compile``) a batch smaller than the first (a shard's last)
     is padded to the first's size and the padding's outputs are dropped before any metric: in
     eval mode samples do not interact, and the graph compiled for the full batch is reused
-    instead of compiling another for one batch.
+    instead of compiling another for one batch. ``out_of_memory`` (what, fix) turns running out of
+    memory into a ConfigError naming the setting to lower.
     """
     num_classes = len(class_names)
     device = prep.device
@@ -63,20 +70,23 @@ def evaluate(model: torch.nn.Module, batches: Iterable, prep: BatchPreparer, run
     was_training = model.training
     model.eval()
     full_batch = None
+    guard = (memory_needed_by(out_of_memory[0], device, out_of_memory[1]) if out_of_memory is not None
+             else contextlib.nullcontext())
     try:
-        for i, (images, masks, paths) in enumerate(batches):
-            x, y = prep.eval_batch(images, masks)
-            full_batch = full_batch or x.shape[0]
-            logits = upsample_logits(forward_logits(model, _padded(x, full_batch) if runtime.compile else x,
-                                                    runtime)[:x.shape[0]], y.shape[-2:])
-            loss_sum, weight_sum = criterion.sum_and_weight(logits, y)
-            sums[:2] += torch.stack([loss_sum.double(), weight_sum.double()])
-            sums[2] += x.shape[0]  # a host number: no blocking host -> device copy
-            pred = logits.argmax(1)
-            update_confusion(confusion, pred, y, num_classes)
-            video.update(pred, y, [str(Path(p).parent) for p in paths])
-            if on_batch is not None:
-                on_batch(i)
+        with guard:
+            for i, (images, masks, paths) in enumerate(batches):
+                x, y = prep.eval_batch(images, masks)
+                full_batch = full_batch or x.shape[0]
+                logits = upsample_logits(forward_logits(model, _padded(x, full_batch) if runtime.compile else x,
+                                                        runtime)[:x.shape[0]], y.shape[-2:])
+                loss_sum, weight_sum = criterion.sum_and_weight(logits, y)
+                sums[:2] += torch.stack([loss_sum.double(), weight_sum.double()])
+                sums[2] += x.shape[0]  # a host number: no blocking host -> device copy
+                pred = logits.argmax(1)
+                update_confusion(confusion, pred, y, num_classes)
+                video.update(pred, y, [str(Path(p).parent) for p in paths])
+                if on_batch is not None:
+                    on_batch(i)
     finally:
         model.train(was_training)
     sums[3:] = video.flicker_counts()
@@ -100,3 +110,26 @@ def _padded(x: torch.Tensor, batch: int) -> torch.Tensor:
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+@torch.no_grad()
+def visualization_panels(model: torch.nn.Module, frames: Sequence[int], data: Dataset, prep: BatchPreparer,
+                         runtime: Runtime, palette: Palette, void_index: int | None,
+                         on_frame: Callable[[], None] = lambda: None) -> list[tuple[str, np.ndarray]]:
+    """Titled image | labels | prediction panels of ``data``'s frames at indices ``frames`` (no collectives)."""
+    panels = []
+    was_training = model.training
+    model.eval()
+    try:
+        for i in frames:
+            image, mask, path = data[i]
+            x, y = prep.eval_batch(image.unsqueeze(0), mask.unsqueeze(0))
+            pred = upsample_argmax(forward_logits(model, x, runtime), y.shape[-2:])[0]
+            stem = Path(path).stem
+            panels.append((stem, comparison_panel(image.permute(1, 2, 0).numpy(), mask.numpy(),
+                                                  pred.cpu().numpy().astype(np.uint8), palette, name=stem,
+                                                  void_index=void_index)))
+            on_frame()
+    finally:
+        model.train(was_training)
+    return panels

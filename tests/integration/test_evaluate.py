@@ -58,15 +58,15 @@ def evaluate(*args: str) -> int:
 
 
 def direct_predictions(model, cfg, frames):
-    """Labels and ids straight from the PNGs: own resize, own normalisation, own colour lookup."""
+    """Labels and ids straight from the PNGs: PIL resize (as the cache resizes), own normalisation, own colour lookup."""
     colour_to_id = {tuple(c.color): i for i, c in enumerate(cfg.dataset.classes)}
     void = cfg.dataset.void_index
     preds, targets = [], []
     for image_path in frames:
         rgb = np.array(Image.open(image_path).convert("RGB"))
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+        resized = np.asarray(Image.fromarray(rgb).resize(NETWORK[::-1], Image.BILINEAR))
+        x = torch.from_numpy(resized.copy()).permute(2, 0, 1)[None].float()
         x = (x - torch.tensor(MEAN).view(1, 3, 1, 1) * 255) / (torch.tensor(STD).view(1, 3, 1, 1) * 255)
-        x = F.interpolate(x, size=NETWORK, mode="bilinear", align_corners=False, antialias=True)
         with torch.no_grad():
             logits = model(x)["out"]
         logits = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
@@ -145,12 +145,16 @@ def test_the_second_evaluation_decodes_no_mask(run, capsys):
     assert ensure_native_masks([seq], run["cfg"], log=lambda _m: None, progress=False).built == ["Video_001"]
 
 
-def test_tta_and_sliding_window_are_reported(run):
+def test_tta_and_sliding_window_are_reported(run, capsys):
     out = run["base"] / "report_tta"
     assert evaluate("--checkpoint", str(run["ckpt"]), "--split", "test", "--out", str(out),
                     "--tta", "flip,scales=0.75,1.0", "--mode", "slide", "--crop", "16x24", "--stride", "10x16") == 0
     report = read_json(out / "metrics.json")
-    assert report["inference"] == "slide 16x24/10x16, flip, scales 0.75,1"
+    described = "slide crop 16x24 stride 10x16, flip, scales 0.75,1, precision fp32"
+    assert report["inference"] == described
+    assert described in (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert f"frames, {described}, 1 process(es)" in printed and "evaluate: precision fp32 (the CPU default" in printed
     assert 0 < report["mean_iou"] <= 1 and report["frames"] == 6
 
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config
+from support.helpers import PYTHON, REPO_ROOT, subprocess_env
 from dist_seg.config import DatasetConfig
 from dist_seg.data.palette import Palette
-from dist_seg.train.run import run_training
 from dist_seg.predict import collect_inputs
 from dist_seg.predict import main as predict_main
 
@@ -20,10 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def checkpoint(synth_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict_run") / "run"
-    run_training(tiny_config(synth_root, out, training__epochs=1))
-    return out / "best_model.pth"
+def checkpoint(trained_checkpoint):
+    return trained_checkpoint
 
 
 def test_overlay_is_the_frame_over_a_legend_of_the_predicted_classes(checkpoint, synth_root, tmp_path):

@@ -366,9 +366,11 @@ def test_cpu_threads_auto_leaves_the_loader_processes_and_other_ranks_cores_free
     from dist_seg.parallel import usable_cores
 
     cores = usable_cores()
-    assert choose_cpu_threads("auto", loader_processes=1, env={}).threads == max(1, cores - 1)
-    assert choose_cpu_threads("auto", loader_processes=0, local_processes=2, env={}).threads == max(1, cores // 2)
-    assert choose_cpu_threads("auto", loader_processes=cores + 4, env={}).threads == 1
+    # An idle host (load 0): tests/unit/test_cpu_threads_load.py covers a busy one.
+    assert choose_cpu_threads("auto", loader_processes=1, env={}, load=0.0).threads == max(1, cores - 1)
+    assert choose_cpu_threads("auto", loader_processes=0, local_processes=2, env={},
+                              load=0.0).threads == max(1, cores // 2)
+    assert choose_cpu_threads("auto", loader_processes=cores + 4, env={}, load=0.0).threads == 1
     assert choose_cpu_threads("auto", loader_processes=0, env={"OMP_NUM_THREADS": "3"}).threads == 3
     explicit = choose_cpu_threads(5, loader_processes=1, env={"OMP_NUM_THREADS": "3"})
     assert (explicit.threads, explicit.reason) == (5, "backend.cpu_threads")

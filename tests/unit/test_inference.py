@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from dist_seg.config import BackendConfig, config_from_dict, config_to_dict
@@ -62,8 +63,10 @@ def test_upsample_argmax_is_interpolate_then_argmax_and_identity_at_size():
 def test_whole_mode_is_the_network_size_forward_upsampled_to_the_frame():
     model = MirrorSymmetricConv().eval()
     batch = images(h=30, w=50)
-    x = normalise(batch, torch.device("cpu"), torch.contiguous_format)
-    small = F.interpolate(x, size=(12, 20), mode="bilinear", align_corners=False, antialias=True)
+    # Resized as the cache resizes training frames: PIL bilinear on the uint8 pixels.
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((20, 12), Image.BILINEAR))
+                        for f in batch.permute(0, 2, 3, 1).numpy()])
+    small = normalise(torch.from_numpy(resized).permute(0, 3, 1, 2), torch.device("cpu"), torch.contiguous_format)
     expected = F.interpolate(model(small)["out"], size=(30, 50), mode="bilinear", align_corners=False)
     got = class_scores(model, batch, InferenceSettings(), CPU, (12, 20))
     assert got.shape == (2, 4, 30, 50)

@@ -70,7 +70,8 @@ def test_log_mode_prints_an_unfinished_epochs_last_window():
 
 
 def test_run_eta_uses_the_last_whole_epochs_wall_time():
-    """Validation and checkpoints take time between epochs: the run ETA counts whole epochs start to start."""
+    """Validation and checkpoints take time between epochs: the run ETA counts whole epochs start to start,
+    and this epoch's time after its batches as the last epoch's."""
     stream, clock = io.StringIO(), Clock()
     progress = Progress("log", log_interval=10, stream=stream, clock=clock)
     progress.start_epoch(1, 3, 10)
@@ -82,31 +83,38 @@ def test_run_eta_uses_the_last_whole_epochs_wall_time():
     clock.now = 45.0
     progress.update(5, loss=1.0, lr=0.1, images_per_s=1.0)
     progress.end_epoch()
-    assert stream.getvalue().splitlines()[-1].endswith("| eta epoch 0:05, run 0:45")  # 5 s + one 40 s epoch
+    # 5 s of batches + 30 s of validation + one 40 s epoch
+    assert stream.getvalue().splitlines()[-1].endswith("| eta epoch 0:05, run 1:15")
 
 
 def test_validation_prints_progress_lines_in_log_mode():
     stream, clock = io.StringIO(), Clock()
     progress = Progress("log", log_interval=4, stream=stream, clock=clock)
     progress.start_epoch(3, 5, 2)
-    progress.start_validation(10)
+    clock.now = 2.0
+    progress.update(2, loss=1.0, lr=0.1, images_per_s=1.0)
+    progress.end_epoch()
+    progress.start_phase("validate epoch 3/5", 10)
     for _ in range(10):
         clock.now += 0.5
-        progress.validation_step()
-    progress.end_validation()
-    assert stream.getvalue().splitlines() == ["validate epoch 3/5 batch 4/10 | eta 0:03",
-                                              "validate epoch 3/5 batch 8/10 | eta 0:01"]
+        progress.phase_step()
+    progress.end_phase()
+    # The run's ETA: the phase's rest + two more epochs of 2 s batches (no validation measured yet).
+    assert stream.getvalue().splitlines()[1:] == ["validate epoch 3/5: 10 batch(es)",
+                                                  "validate epoch 3/5 batch 4/10 | eta 0:03, run 0:07",
+                                                  "validate epoch 3/5 batch 8/10 | eta 0:01, run 0:05",
+                                                  "validate epoch 3/5: done in 0:05"]
 
 
 def test_validation_draws_a_bar_on_a_tty():
     stream = Tty()
     progress = Progress("auto", stream=stream)
     progress.start_epoch(1, 2, 5)
-    progress.start_validation(3)
+    progress.start_phase("validate epoch 1/2", 3)
     for _ in range(3):
-        progress.validation_step()
-    progress.end_validation()
-    assert "validate 1/2" in stream.getvalue() and "0/3" in stream.getvalue()
+        progress.phase_step()
+    progress.end_phase()
+    assert "validate epoch 1/2" in stream.getvalue() and "0/3" in stream.getvalue()
 
 
 def test_format_duration():
