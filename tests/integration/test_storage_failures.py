@@ -114,7 +114,7 @@ def test_checkpoint_on_a_full_disk_is_refused_before_writing(synth_root, tmp_pat
     out = tmp_path / "run"
     with small_tmpfs(out, "3M"):
         cfg = tiny_run(synth_root, out, training__epochs=1, telemetry__tensorboard=False,
-                       model={"type": "hardening_models:BigState", "megabytes": 8})
+                       model={"type": "misshapen_models:BigState", "megabytes": 8})
         with pytest.raises(DiskSpaceError, match=r"checkpoint epoch_0001\.pth needs .* MiB in .*checkpoints"):
             run_training(cfg)
         assert temporaries(out, out / "checkpoints") == []
@@ -145,7 +145,7 @@ def _train_until_a_checkpoint_is_being_written(config: Path, checkpoints: Path) 
 def test_sigkill_during_checkpoint_writes_leaves_no_temporaries_after_a_resume(synth_root, tmp_path):
     out = tmp_path / "run"
     raw = tiny_raw_config(synth_root, out)
-    raw["model"] = {"type": "hardening_models:BigState", "megabytes": 48}
+    raw["model"] = {"type": "misshapen_models:BigState", "megabytes": 48}
     raw["training"].update({"epochs": 50, "resume_from_checkpoint": "auto", "max_checkpoints": 1})
     raw["telemetry"]["tensorboard"] = False
     config = write_config(tmp_path / "c.yaml", raw)
@@ -259,9 +259,9 @@ def _nothing_prepared(cfg) -> bool:
     ({"dataset__split__test": ["nope"], "dataset__split__val": []}, ConfigError, "dataset.split.test"),
     ({"training__resume_from_checkpoint": "/nonexistent/epoch_0001.pth"}, CheckpointError,
      "training.resume_from_checkpoint: /nonexistent/epoch_0001.pth does not exist"),
-    ({"model": {"type": "hardening_models:WrongClassCount"}}, ConfigError, r"logits of shape \[1, 14, 48, 64\]"),
-    ({"model": {"type": "hardening_models:HalfSize"}}, ConfigError, r"logits of shape \[1, 13, 24, 32\]"),
-    ({"model": {"type": "hardening_models:RaisesInInit"}}, ConfigError, "raised KeyError"),
+    ({"model": {"type": "misshapen_models:WrongClassCount"}}, ConfigError, r"logits of shape \[1, 14, 48, 64\]"),
+    ({"model": {"type": "misshapen_models:HalfSize"}}, ConfigError, r"logits of shape \[1, 13, 24, 32\]"),
+    ({"model": {"type": "misshapen_models:RaisesInInit"}}, ConfigError, "raised KeyError"),
 ])
 def test_mistakes_are_caught_before_the_cache_build(synth_root, tmp_path, overrides, error, message):
     cfg = tiny_run(synth_root, tmp_path / "run", **overrides)

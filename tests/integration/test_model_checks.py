@@ -26,7 +26,7 @@ from dist_seg.models import build_model, check_model_config
 pytestmark = pytest.mark.slow
 
 TINY = {"type": "fixtures_custom_model:TinyNet"}
-FIXTURES = "hardening_model_fixtures"
+FIXTURES = "faulty_models"
 
 
 def tiny_run(root: Path, out: Path, **overrides):
@@ -195,8 +195,8 @@ def _validate_cases(tmp_path: Path, synth_root: Path) -> list[tuple[dict, str]]:
         ({"model": {"init_from": str(tmp_path / "missing.pth")}}, "model.init_from: file .*missing.pth does not exist"),
         ({"model": {"init_from": str(_garbage(tmp_path / "garbage_init.pth"))}},
          "model.init_from: cannot read .*garbage_init.pth as a torch weights file"),
-        ({"model": {"type": "hardening_models:RaisesInInit"}}, "raised KeyError: 'pretrained_path'"),
-        ({"model": {"type": "hardening_models:WrongClassCount"}}, r"logits of shape \[1, 14, 48, 64\]"),
+        ({"model": {"type": "misshapen_models:RaisesInInit"}}, "raised KeyError: 'pretrained_path'"),
+        ({"model": {"type": "misshapen_models:WrongClassCount"}}, r"logits of shape \[1, 14, 48, 64\]"),
         ({"model": {"type": f"{FIXTURES}:ForwardRaises"}}, "fails on a .*ValueError"),
         ({"model": {"type": f"{FIXTURES}:Frozen"}}, "has no trainable parameters"),
         ({"training": {"batch_size": 25}}, "the training split has 24 frames, fewer than one optimizer step"),

@@ -20,7 +20,7 @@ from dist_seg.paths import check_writable_folder
 from dist_seg.errors import ConfigError
 from dist_seg.models.batchnorm import batch_statistics
 
-from hardening_model_fixtures import CPU_OOM, PooledBatchNorm, SpatialBatchNorm
+from faulty_models import CPU_OOM, PooledBatchNorm, SpatialBatchNorm
 from test_data_support import make_config, make_dataset
 
 CPU = torch.device("cpu")
