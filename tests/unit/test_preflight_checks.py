@@ -21,7 +21,7 @@ from dist_seg.errors import ConfigError
 from dist_seg.models.batchnorm import batch_statistics
 
 from faulty_models import CPU_OOM, PooledBatchNorm, SpatialBatchNorm
-from test_data_support import make_config, make_dataset
+from support.data_files import make_config, make_dataset
 
 CPU = torch.device("cpu")
 
