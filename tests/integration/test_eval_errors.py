@@ -1,4 +1,4 @@
-"""Issue 14 on the evaluation path: read-only caches, full disks, torchrun shards, moved data, report folders.
+"""Evaluation when things go wrong: read-only caches, full disks, torchrun shards, moved data, report folders.
 
 ``dist_seg.evaluate`` and the final evaluation after training, with real files, real
 checkpoints, real mounts (read-only binds, small tmpfs) and real torchrun ranks.
@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
-from support.tmpfs import small_tmpfs
-from test_storage_failures import read_only_bind, tiny_run, write_config
+from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config, tiny_run, write_config
+from support.tmpfs import read_only_bind, small_tmpfs
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.data.pipeline import prepare
 from dist_seg.checkpoint_file import save_checkpoint

@@ -1,4 +1,4 @@
-"""Issue 14, the parts of model / pre-flight / config hardening that need no training run."""
+"""Pre-flight checks that need no training run: BatchNorm and a batch of one, memory, parallelism, split names."""
 
 from __future__ import annotations
 
