@@ -16,6 +16,20 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def deeplab_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output folder of one finished 1-epoch DeepLabV3+ ResNet-18 run of :func:`tiny_config` (test split Video_002).
+
+    Shared by the tests that only read what a finished run leaves (TensorBoard events, the final
+    test report, best_model.pth for predict and resume errors), instead of each training the same
+    model again. Tests must write elsewhere: the folder is the same for the whole session.
+    """
+    from support.helpers import tiny_config
+    from dist_seg.train.run import run_training
+
+    out = tmp_path_factory.mktemp("deeplab_run") / "run"
+    run_training(tiny_config(synth_root, out, training__epochs=1, dataset__split__test=["Video_002"]))
+    return out
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -21,10 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def checkpoint(synth_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict_run") / "run"
-    run_training(tiny_config(synth_root, out, training__epochs=1))
-    return out / "best_model.pth"
+def checkpoint(deeplab_run):
+    return deeplab_run / "best_model.pth"
 
 
 def test_overlay_is_the_frame_over_a_legend_of_the_predicted_classes(checkpoint, synth_root, tmp_path):

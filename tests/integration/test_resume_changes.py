@@ -20,12 +20,20 @@ from dist_seg.train.run import run_training
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def trained_once(synth_root, tmp_path_factory) -> Path:
+    """A finished one-epoch TinyNet run (val = Video_003) in ``run/``, its cache in ``run_cache/``."""
+    base = tmp_path_factory.mktemp("trained")
+    run_training(tiny_run(synth_root, base / "run", training__epochs=1))
+    return base
+
+
 @pytest.fixture
-def trained(synth_root, tmp_path) -> Path:
-    """Output folder of a finished one-epoch TinyNet run (val = Video_003)."""
-    out = tmp_path / "run"
-    run_training(tiny_run(synth_root, out, training__epochs=1))
-    return out
+def trained(trained_once, tmp_path) -> Path:
+    """This test's own copy of :func:`trained_once`'s run and cache (resumes change them): one training, many tests."""
+    for name in ("run", "run_cache"):
+        shutil.copytree(trained_once / name, tmp_path / name)
+    return tmp_path / "run"
 
 
 def resume(synth_root, out: Path, **overrides):
