@@ -17,16 +17,25 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``best_model.pth`` of a real one-epoch training run on :func:`synth_root` (shared: training costs seconds)."""
-    from dist_seg.train.run import run_training
+def deeplab_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output folder of one finished 1-epoch DeepLabV3+ ResNet-18 run of :func:`tiny_config` (test split Video_002).
+
+    Shared by the tests that only read what a finished run leaves (TensorBoard events, the final
+    test report, best_model.pth for predict and resume errors), instead of each training the same
+    model again. Tests must write elsewhere: the folder is the same for the whole session.
+    """
     from support.helpers import tiny_config
+    from dist_seg.train.run import run_training
 
-    out = tmp_path_factory.mktemp("trained") / "run"
-    run_training(tiny_config(synth_root, out, training__epochs=1))
-    return out / "best_model.pth"
+    out = tmp_path_factory.mktemp("deeplab_run") / "run"
+    run_training(tiny_config(synth_root, out, training__epochs=1, dataset__split__test=["Video_002"]))
+    return out
 
 
+@pytest.fixture(scope="session")
+def trained_checkpoint(deeplab_run: Path) -> Path:
+    """``best_model.pth`` of the shared :func:`deeplab_run` (a real one-epoch training)."""
+    return deeplab_run / "best_model.pth"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

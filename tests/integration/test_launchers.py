@@ -27,12 +27,12 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
+
+from dist_seg.checkpoint_file import list_checkpoints
 from dist_seg.config import apply_overrides, config_from_dict
-from dist_seg.engine.checkpoint import list_checkpoints
-from dist_seg.engine.run import run_training
 from dist_seg.synth import generate_dataset
+from dist_seg.train.run import run_training
 
 LAUNCH = REPO_ROOT / "launch"
 ENTRYPOINT = "/opt/dist_seg/launch/entrypoint.sh"

@@ -7,20 +7,22 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from support.helpers import PYTHON, REPO_ROOT, run_module, subprocess_env, tiny_config
 
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env
 from dist_seg.config import DatasetConfig
 from dist_seg.data.palette import Palette
 from dist_seg.predict import collect_inputs
 from dist_seg.predict import main as predict_main
+from dist_seg.train.run import run_training
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def checkpoint(trained_checkpoint):
-    return trained_checkpoint
+def checkpoint(deeplab_run):
+    return deeplab_run / "best_model.pth"
 
 
 def test_overlay_is_the_frame_over_a_legend_of_the_predicted_classes(checkpoint, synth_root, tmp_path):
@@ -70,3 +72,21 @@ def test_predicting_into_the_input_folder_leaves_a_second_run_the_same_inputs(ch
     assert len(list((seq / "Video_001").glob("*_overlay.png"))) == len(before)
     assert collect_inputs([str(seq)]) == before  # outputs went to a subfolder the listing does not read
     assert predict_main(["--checkpoint", str(checkpoint), str(seq), "--out", str(tmp_path), "--device", "cpu"]) == 1
+
+
+def test_predict_loads_a_model_whose_backbone_weights_file_is_gone(synth_root, tmp_path):
+    weights = tmp_path / "backbone.pth"
+    model = {"type": "deeplabv3plus", "backbone": "resnet18"}
+    from dist_seg.config import ModelConfig
+    from dist_seg.models import build_model
+
+    torch.save(build_model(ModelConfig(**model), 13).state_dict(), weights)
+    out = tmp_path / "run"
+    run_training(tiny_config(synth_root, out, training__epochs=1, training__max_steps=1,
+                             model={**model, "backbone_weights": str(weights)}))
+    weights.unlink()
+    frame = next((synth_root / "Images").rglob("*.png"))
+    proc = run_module("dist_seg.predict", "--checkpoint", str(out / "best_model.pth"), str(frame), "--out",
+                   str(tmp_path / "pred"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list((tmp_path / "pred").rglob("*.png"))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config
+from support.helpers import PYTHON, REPO_ROOT, TINY_NET, subprocess_env, tiny_config
 from dist_seg.data.loader import build_loader
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.train.augment import BatchPreparer
@@ -104,11 +104,10 @@ def test_short_training_learns_and_writes_every_output(synth_root, tmp_path):
     assert not any("VRAM: n/a" in line for line in log)
 
 
-def test_training_writes_tensorboard_tags(synth_root, tmp_path):
+def test_training_writes_tensorboard_tags(synth_root, deeplab_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = tmp_path / "run"
-    run_training(tiny_config(synth_root, out, training__epochs=1))
+    out = deeplab_run
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -123,11 +122,10 @@ def test_training_writes_tensorboard_tags(synth_root, tmp_path):
     assert shown == [val_frames[i] for i in spread_indices(len(val_frames), 2)] and shown != val_frames[:2]
 
 
-def test_end_of_training_scores_the_best_checkpoint_on_the_test_split(synth_root, tmp_path):
+def test_end_of_training_scores_the_best_checkpoint_on_the_test_split(deeplab_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = tmp_path / "run"
-    run_training(tiny_config(synth_root, out, training__epochs=1, dataset__split__test=["Video_002"]))
+    out = deeplab_run
     folder = out / "eval" / "test"
     assert sorted(p.name for p in folder.iterdir()) == sorted(REPORT_FILES)
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -143,14 +141,21 @@ def test_end_of_training_scores_the_best_checkpoint_on_the_test_split(synth_root
 
 def test_final_eval_switch_off_writes_no_test_report(synth_root, tmp_path):
     out = tmp_path / "run"
+    # The switch, not the model, decides: the two-conv TinyNet trains in a fraction of DeepLab's time.
     summary = run_training(tiny_config(synth_root, out, training__epochs=1, training__final_eval=False,
-                                       dataset__split__test=["Video_002"]))
+                                       dataset__split__test=["Video_002"], model=TINY_NET))
     assert summary.status == "completed" and not (out / "eval").exists()
 
 
-def test_resume_equivalence_epoch_boundary(synth_root, tmp_path):
-    straight = tmp_path / "straight"
-    run_training(tiny_config(synth_root, straight, training__epochs=2))
+@pytest.fixture(scope="module")
+def straight(synth_root, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run, the reference both resume-equivalence tests compare with."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    run_training(tiny_config(synth_root, out, training__epochs=2))
+    return out
+
+
+def test_resume_equivalence_epoch_boundary(synth_root, tmp_path, straight):
     split = tmp_path / "split"
     run_training(tiny_config(synth_root, split, training__epochs=2, training__max_steps=6))
     resumed = run_training(tiny_config(synth_root, split, training__epochs=2,
@@ -164,10 +169,8 @@ def test_resume_equivalence_epoch_boundary(synth_root, tmp_path):
     assert [r["epoch"] for r in history] == [1, 2]
 
 
-def test_resume_equivalence_mid_epoch(synth_root, tmp_path):
+def test_resume_equivalence_mid_epoch(synth_root, tmp_path, straight):
     """A run stopped inside an epoch (as by preemption) continues exactly where it stopped."""
-    straight = tmp_path / "straight"
-    run_training(tiny_config(synth_root, straight, training__epochs=2))
     split = tmp_path / "split"
     first = run_training(tiny_config(synth_root, split, training__epochs=2, training__max_steps=4))
     assert first.status == "max_steps"
@@ -293,13 +296,12 @@ def test_model_config_errors_stop_the_run_before_any_data_work(synth_root, tmp_p
     assert not cfg.dataset.cache_dir.exists() and not out.exists()
 
 
-def test_resume_errors_are_clear(synth_root, tmp_path):
-    good = tmp_path / "good"
-    run_training(tiny_config(synth_root, good, training__epochs=1))
+def test_resume_errors_are_clear(synth_root, tmp_path, deeplab_run):
+    good = deeplab_run
     ckpt = good / "best_model.pth"
     # a fresh run must not rotate away another run's checkpoints
     with pytest.raises(DistSegError, match="already holds checkpoints of an earlier run"):
-        run_training(tiny_config(synth_root, good, training__epochs=1))
+        run_training(tiny_config(synth_root, good, training__epochs=1, dataset__split__test=["Video_002"]))
     assert (good / "checkpoints" / "epoch_0001.pth").is_file()
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(ckpt.read_bytes()[:1000])
@@ -310,9 +312,8 @@ def test_resume_errors_are_clear(synth_root, tmp_path):
                                  model__backbone="resnet34"))
 
 
-def test_predict_round_trip(synth_root, tmp_path):
-    out = tmp_path / "run"
-    run_training(tiny_config(synth_root, out, training__epochs=1))
+def test_predict_round_trip(synth_root, tmp_path, deeplab_run):
+    out = deeplab_run
     pred_dir = tmp_path / "pred"
     sequence = synth_root / "Images" / "Video_003"
     assert predict_main(["--checkpoint", str(out / "best_model.pth"), str(sequence), "--out", str(pred_dir),
@@ -404,7 +405,8 @@ def test_sigterm_during_the_cache_build_stops_cleanly(synth_root, tmp_path, caps
 
     monkeypatch.setattr(cache, "_decode_for_cache", decode_then_signal)
     out = tmp_path / "run"
-    cfg = tiny_config(synth_root, out, dataset__cache_workers=1, training__max_steps=1)
+    # The signal lands in the cache build, before any model runs: TinyNet keeps the run that follows short.
+    cfg = tiny_config(synth_root, out, dataset__cache_workers=1, training__max_steps=1, model=TINY_NET)
     summary = run_training(cfg)
     assert summary.status == "preempted" and summary.global_step == 0
     assert len(decoded) == 3  # stopped at once, not after the other 29 frames

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from dist_seg.config import Config, apply_overrides, config_from_dict
 
@@ -40,6 +43,33 @@ def tiny_config(data_root: Path, out_dir: Path, **overrides: Any) -> Config:
     raw = tiny_raw_config(data_root, out_dir)
     apply_overrides(raw, [(k.replace("__", "."), v) for k, v in overrides.items()])
     return config_from_dict(raw)
+
+
+TINY_NET = {"type": "fixtures_custom_model:TinyNet"}
+
+
+def tiny_run(data_root: Path, out_dir: Path, **overrides: Any) -> Config:
+    """:func:`tiny_config` with the two-conv TinyNet (seconds per run) unless ``model`` is given."""
+    overrides.setdefault("model", TINY_NET)
+    return tiny_config(data_root, out_dir, **overrides)
+
+
+def nothing_prepared(cfg: Config) -> bool:
+    """True while a run has built no cache: its checks came before the data work."""
+    return not Path(cfg.dataset.cache_dir).exists()
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    """``raw`` written to ``path`` as a YAML config file."""
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_module(module: str, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m module args`` in a child process from the repository root; output captured as text."""
+    return subprocess.run([PYTHON, "-m", module, *args], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env=env or subprocess_env(), timeout=timeout)
 
 
 def subprocess_env() -> dict[str, str]:

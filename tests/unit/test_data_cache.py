@@ -22,7 +22,7 @@ from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.synth import generate_dataset
 from dist_seg.data.checks import check_dataset
 from dist_seg.errors import DataError
-from test_data_support import REPO_ROOT, make_config, make_dataset
+from support.data_files import REPO_ROOT, make_config, make_dataset
 
 SEQUENCES = {"Video_000": 3, "Video_001": 2, "Video_002": 2}
 
@@ -132,7 +132,7 @@ def test_build_killed_before_its_manifest_leaves_nothing_valid(tmp_path, dataset
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO_ROOT / 'tests' / 'unit')!r})
-        from test_data_support import make_config
+        from support.data_files import make_config
         from dist_seg import atomic
         from dist_seg.data.pipeline import prepare
         from pathlib import Path

@@ -15,7 +15,7 @@ from dist_seg.data.cache_loader import CacheLoader
 from dist_seg.data.dataset import collate_samples
 from dist_seg.data.loader import ShardSampler, describe_loader, loader_processes, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
-from test_data_support import make_config, make_dataset
+from support.data_files import make_config, make_dataset
 
 
 @pytest.fixture(scope="module")

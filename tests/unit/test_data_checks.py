@@ -10,7 +10,7 @@ from dist_seg.data.discovery import discover
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.data.checks import check_dataset
 from dist_seg.errors import DataError
-from test_data_support import (COLORS, make_config, make_dataset, run_module, write_config_file,
+from support.data_files import (COLORS, make_config, make_dataset, run_module, write_config_file,
                                write_frame)
 
 

@@ -10,7 +10,7 @@ from dist_seg.data.checks import check_dataset
 from dist_seg.data.decode import LabelSpec, load_image, load_mask
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.errors import DataError
-from test_data_support import COLORS, make_config, make_dataset, run_module, write_config_file
+from support.data_files import COLORS, make_config, make_dataset, run_module, write_config_file
 
 
 def test_16_bit_greyscale_frames_are_scaled_not_clipped(tmp_path):

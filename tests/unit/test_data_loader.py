@@ -11,7 +11,7 @@ from dist_seg.data.dataset import Batch
 from dist_seg.data.loader import ShardSampler, SingleProcess, build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.errors import DataError
-from test_data_support import make_config, make_dataset
+from support.data_files import make_config, make_dataset
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.data_files import make_config, make_dataset
 from torch.utils.data import BatchSampler
 
 from dist_seg.config import AugmentConfig, PhotometricConfig
@@ -14,7 +15,6 @@ from dist_seg.data.loader import TrainingSampler, describe_loader, loader_proces
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.errors import ConfigError
 from dist_seg.train.augment import BatchPreparer
-from test_data_support import make_config, make_dataset
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""Issue 14 on the evaluation path: read-only caches, full disks, torchrun shards, moved data, report folders.
+"""Evaluation when things go wrong: read-only caches, full disks, torchrun shards, moved data, report folders.
 
 ``dist_seg.evaluate`` and the final evaluation after training, with real files, real
 checkpoints, real mounts (read-only binds, small tmpfs) and real torchrun ranks.
@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
-from support.tmpfs import small_tmpfs
-from test_hardening import read_only_bind, tiny_run, write_config
+from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config, tiny_run, write_config
+from support.tmpfs import read_only_bind, small_tmpfs
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.data.pipeline import prepare
 from dist_seg.checkpoint_file import save_checkpoint
@@ -34,7 +33,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """3 sequences of 6 frames (test split: Video_002), prepared, and a checkpoint with the config it names."""
-    base = tmp_path_factory.mktemp("eval_hardening")
+    base = tmp_path_factory.mktemp("eval_errors")
     root = base / "data"
     generate_dataset(root, sequences=3, frames=6, size=(30, 40), seed=11)
     raw = tiny_raw_config(root, base / "run", cache_dir=base / "cache")

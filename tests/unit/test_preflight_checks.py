@@ -1,4 +1,4 @@
-"""Issue 14, the parts of model / pre-flight / config hardening that need no training run."""
+"""Pre-flight checks that need no training run: BatchNorm and a batch of one, memory, parallelism, split names."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from dist_seg.paths import check_writable_folder
 from dist_seg.errors import ConfigError
 from dist_seg.models.batchnorm import batch_statistics
 
-from hardening_model_fixtures import CPU_OOM, PooledBatchNorm, SpatialBatchNorm
-from test_data_support import make_config, make_dataset
+from faulty_models import CPU_OOM, PooledBatchNorm, SpatialBatchNorm
+from support.data_files import make_config, make_dataset
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""Custom models that fail the way user models do, for tests/integration/test_hardening_model.py (by import path)."""
+"""Custom models that fail the way user models do, for tests/integration/test_model_checks.py (by import path)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Custom models that misbehave on purpose, for the hardening tests (imported by import path)."""
+"""Custom models that misbehave on purpose, for the pre-flight and storage tests (imported by import path)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 14, model building, pre-flight and config checks: each mistake is one clear line, found before the data work.
+"""Model building, pre-flight and config checks: each mistake is one clear line, found before the data work.
 
 A batch of one against BatchNorm, custom model modules and forwards that raise, split
 settings and batch sizes the data cannot satisfy, out-of-memory batches, and what
@@ -9,44 +9,21 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_config, tiny_raw_config
+from support.helpers import nothing_prepared, run_module, subprocess_env, tiny_raw_config, tiny_run, write_config
 from dist_seg import validate
 from dist_seg.config import ModelConfig
 from dist_seg.train.run import run_training
-from dist_seg.errors import ConfigError, DataError
+from dist_seg.errors import CheckpointError, ConfigError, DataError
 from dist_seg.models import build_model, check_model_config
 
 pytestmark = pytest.mark.slow
 
-TINY = {"type": "fixtures_custom_model:TinyNet"}
-FIXTURES = "hardening_model_fixtures"
-
-
-def tiny_run(root: Path, out: Path, **overrides):
-    """A tiny config with the two-conv TinyNet (seconds per run)."""
-    overrides.setdefault("model", TINY)
-    return tiny_config(root, out, **overrides)
-
-
-def nothing_prepared(cfg) -> bool:
-    return not Path(cfg.dataset.cache_dir).exists()
-
-
-def run_cli(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", module, *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                          env=env or subprocess_env(), timeout=300)
-
-
-def write_config(path: Path, raw: dict) -> Path:
-    path.write_text(yaml.safe_dump(raw))
-    return path
+FIXTURES = "faulty_models"
 
 
 # ----------------------------------------------------------------------------- a batch of one
@@ -102,10 +79,10 @@ def test_import_failure_is_one_line_in_validate_and_train_with_the_traceback_und
     config = write_config(tmp_path / "c.yaml", raw)
     env = {**subprocess_env(), "PYTHONPATH": f"{tmp_path}:{subprocess_env()['PYTHONPATH']}"}
     for module in ("dist_seg.validate", "dist_seg.train"):
-        proc = run_cli(module, str(config), env=env)
+        proc = run_module(module, str(config), env=env)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert "importing module 'badmod' for 'badmod:Net' raised SyntaxError" in proc.stdout + proc.stderr
-    debug = run_cli("dist_seg.train", str(config), "--debug", env=env)
+    debug = run_module("dist_seg.train", str(config), "--debug", env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "raised SyntaxError" in debug.stderr
 
 
@@ -195,8 +172,8 @@ def _validate_cases(tmp_path: Path, synth_root: Path) -> list[tuple[dict, str]]:
         ({"model": {"init_from": str(tmp_path / "missing.pth")}}, "model.init_from: file .*missing.pth does not exist"),
         ({"model": {"init_from": str(_garbage(tmp_path / "garbage_init.pth"))}},
          "model.init_from: cannot read .*garbage_init.pth as a torch weights file"),
-        ({"model": {"type": "hardening_models:RaisesInInit"}}, "raised KeyError: 'pretrained_path'"),
-        ({"model": {"type": "hardening_models:WrongClassCount"}}, r"logits of shape \[1, 14, 48, 64\]"),
+        ({"model": {"type": "misshapen_models:RaisesInInit"}}, "raised KeyError: 'pretrained_path'"),
+        ({"model": {"type": "misshapen_models:WrongClassCount"}}, r"logits of shape \[1, 14, 48, 64\]"),
         ({"model": {"type": f"{FIXTURES}:ForwardRaises"}}, "fails on a .*ValueError"),
         ({"model": {"type": f"{FIXTURES}:Frozen"}}, "has no trainable parameters"),
         ({"training": {"batch_size": 25}}, "the training split has 24 frames, fewer than one optimizer step"),
@@ -224,3 +201,31 @@ def test_validate_passes_a_good_config_and_a_batch_of_one_where_batchnorm_allows
     raw["training"]["batch_size"] = 1
     assert validate.main([str(write_config(tmp_path / "c.yaml", raw))]) == 0, capsys.readouterr().out
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- late checks: what used to fail after the cache build
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"dataset__split__val": ["Video_0003"]}, ConfigError, "dataset.split.val: 'Video_0003' is not one"),
+    ({"dataset__split__test": ["nope"], "dataset__split__val": []}, ConfigError, "dataset.split.test"),
+    ({"training__resume_from_checkpoint": "/nonexistent/epoch_0001.pth"}, CheckpointError,
+     "training.resume_from_checkpoint: /nonexistent/epoch_0001.pth does not exist"),
+    ({"model": {"type": "misshapen_models:WrongClassCount"}}, ConfigError, r"logits of shape \[1, 14, 48, 64\]"),
+    ({"model": {"type": "misshapen_models:HalfSize"}}, ConfigError, r"logits of shape \[1, 13, 24, 32\]"),
+    ({"model": {"type": "misshapen_models:RaisesInInit"}}, ConfigError, "raised KeyError"),
+])
+def test_mistakes_are_caught_before_the_cache_build(synth_root, tmp_path, overrides, error, message):
+    cfg = tiny_run(synth_root, tmp_path / "run", **overrides)
+    with pytest.raises(error, match=message):
+        run_training(cfg)
+    assert nothing_prepared(cfg)
+
+
+def test_validate_reports_config_only_mistakes(synth_root, tmp_path):
+    raw = tiny_raw_config(synth_root, tmp_path / "run")
+    raw["model"]["backbone"] = "resnet999"
+    raw["dataset"]["split"]["val"] = ["Video_0003"]
+    proc = run_module("dist_seg.validate", str(write_config(tmp_path / "c.yaml", raw)))
+    assert proc.returncode == 1
+    assert "resnet999" in proc.stdout + proc.stderr and "Video_0003" in proc.stdout + proc.stderr

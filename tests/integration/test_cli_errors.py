@@ -1,4 +1,4 @@
-"""Issue 14, the commands: predict, evaluate and export refuse bad output folders before any work, name
+"""The commands predict, evaluate and export refuse bad output folders before any work, name
 the option the user gave (--checkpoint, --device, --cache-dir), and survive full disks and killed exports.
 
 The commands run in-process through their ``main`` (exit status and stderr as a user sees them),

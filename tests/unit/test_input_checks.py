@@ -1,4 +1,4 @@
-"""Issue 14, command-line and config hardening that needs no model run: bad values are one clear line.
+"""Command-line and config values that need no model run to refuse: each bad value is one clear line.
 
 Damaged splits.json records, a test root that is the training root, image/label folders outside
 the root, numbers too large for the RNGs and timers, slide windows that leave pixels unpredicted,

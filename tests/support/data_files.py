@@ -1,6 +1,6 @@
 """Helpers shared by the data tests: tiny DAVID-layout datasets written as real PNG files.
 
-Holds no tests itself; the ``test_data_*`` name keeps it next to the tests that use it.
+Holds no tests itself (tests/unit/test_data_* import it).
 """
 
 from __future__ import annotations
