@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli_common import add_inference_arguments, inference_settings, run_cli
+from .cli_common import add_custom_model_argument, add_inference_arguments, inference_settings, run_cli
 from .data.splits import SPLIT_NAMES
 from .errors import CheckpointError, ConfigError
 
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--root", help="score every sequence of this DAVID-layout folder instead")
     parser.add_argument("--out", help="report folder (default <output_dir>/eval/<split or root name>)")
     add_inference_arguments(parser)
+    add_custom_model_argument(parser)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="image-decoding processes per rank (0 = inline)")
     parser.add_argument("--mask-format", choices=["rgb", "index"],
@@ -61,6 +62,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from .runtime.device import resolve_runtime
 
     config = load_config(args.config) if args.config else None
+    # The user's own config may name the custom model's code; the checkpoint's copy never does.
+    custom_model = args.custom_model or (config.model.type if config is not None and config.model.is_custom else None)
     if not Path(args.checkpoint).is_file():
         raise CheckpointError(f"--checkpoint {args.checkpoint} does not exist; pass a .pth written by dist_seg.train")
     # Before the evaluation, not after it: a report folder that cannot be written would lose its work.
@@ -80,7 +83,7 @@ def _main(argv: Sequence[str] | None) -> int:
                                      settings=settings, batch_size=args.batch_size, num_workers=args.workers,
                                      mask_format=args.mask_format, cache_dir=args.cache_dir,
                                      cache_key="--cache-dir" if args.cache_dir else CACHE_DIR_KEY, log=log,
-                                     progress=ctx.is_main and sys.stderr.isatty())
+                                     progress=ctx.is_main and sys.stderr.isatty(), custom_model=custom_model)
         if ctx.is_main:
             write_report(result, out)
             print(format_table(result))

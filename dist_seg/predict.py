@@ -24,7 +24,7 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from .cli_common import add_inference_arguments, inference_settings, run_cli
+from .cli_common import add_custom_model_argument, add_inference_arguments, inference_settings, run_cli
 from .config import expand_user
 from .data.discovery import IMAGE_SUFFIXES, list_files
 from .errors import DataError
@@ -170,11 +170,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-every", type=int, default=50, metavar="N",
                         help="when stderr is not a terminal, print a progress line every N frames (default 50)")
     add_inference_arguments(parser)
+    add_custom_model_argument(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     if args.log_every < 1:
         parser.error("--log-every must be >= 1")
+    if args.model and args.custom_model:
+        parser.error("--custom-model applies to --checkpoint only (an exported --model runs without Python code)")
     args.settings = inference_settings(parser, args)
     if args.model and not (args.settings.is_plain and args.settings.mode == "whole"):
         # Found now, not at the first batch after the model is loaded.
@@ -207,7 +210,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         device = select_device(BackendConfig(target=args.device), local_rank=0, key="--device")
         runtime = resolve_runtime(BackendConfig(target=args.device, compile=False), device, log=lambda _m: None)
-        predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime, custom_model=args.custom_model)
     palette = predictor.palette
 
     def save_png(array: np.ndarray, path: Path) -> None:

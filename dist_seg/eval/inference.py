@@ -246,6 +246,31 @@ def class_scores(model: torch.nn.Module, images: torch.Tensor, settings: Inferen
 
 # ----------------------------------------------------------------------------- from a checkpoint
 
+CUSTOM_MODEL_OPTION = "--custom-model"
+
+
+def trusted_model_config(cfg: Config, checkpoint: Path, custom_model: str | None) -> Config:
+    """``cfg`` (a checkpoint's config) with the model type the user vouches for.
+
+    A checkpoint is data: anyone can write ``model.type: "os:system"`` into one, so an import
+    path stored in it is never imported. A custom model is rebuilt only from ``custom_model``,
+    the import path given on the command line (or in the user's own config); a checkpoint of a
+    built-in model needs none and refuses one, so a stray option cannot swap the network.
+    """
+    if not cfg.model.is_custom:
+        if custom_model is not None:
+            raise ConfigError(f"{CUSTOM_MODEL_OPTION} {custom_model}: checkpoint {checkpoint} holds the built-in "
+                              f"model {cfg.model.type!r}, not a custom one; drop {CUSTOM_MODEL_OPTION}")
+        return cfg
+    if custom_model is None:
+        raise CheckpointError(f"checkpoint {checkpoint} holds a custom model ({cfg.model.type!r}); a checkpoint is "
+                              "data, so dist_seg does not import code named inside it. If you trust that code, "
+                              f"name it yourself: {CUSTOM_MODEL_OPTION} {cfg.model.type}")
+    if ":" not in custom_model:
+        raise ConfigError(f"{CUSTOM_MODEL_OPTION} {custom_model!r} is not an import path; write it as "
+                          f"'package.module:ClassName' (the checkpoint names {cfg.model.type!r})")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, type=custom_model))
+
 
 @dataclass
 class Predictor:
@@ -259,16 +284,19 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device, runtime: Runtime,
-                        key: str = "--checkpoint") -> "Predictor":
+                        key: str = "--checkpoint", custom_model: str | None = None) -> "Predictor":
         """Rebuild the model described by the checkpoint's config and load its weights.
 
         ``key`` is the option or config key that named ``path``, for the message when it does not exist.
+        ``custom_model`` is the import path the user gave for a checkpoint of a custom model: the
+        one named inside the checkpoint is never imported (see :func:`trusted_model_config`).
         """
         state = load_checkpoint(path, key)
         try:
             cfg = config_from_dict(state["config"], base_dir=None, source=f"{path} (embedded config)")
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {path} holds a config this dist_seg cannot read: {exc}") from exc
+        cfg = trusted_model_config(cfg, Path(path), custom_model)
         palette = Palette.from_config(cfg.dataset)
         # The checkpoint holds every weight: the backbone_weights file it started from may be gone.
         model = build_model(dataclasses.replace(cfg.model, backbone_weights=None), palette.num_classes)

@@ -282,18 +282,19 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
                         settings: InferenceSettings = InferenceSettings(), batch_size: int = 4,
                         num_workers: int = 2, mask_format: str | None = None, cache_dir: str | Path | None = None,
                         cache_key: str = CACHE_DIR_KEY, log: Callable[[str], None] = print,
-                        progress: bool = False) -> NativeEvalResult:
+                        progress: bool = False, custom_model: str | None = None) -> NativeEvalResult:
     """Evaluate ``checkpoint`` on ``split`` (from splits.json) or on every sequence under ``root``.
 
     The checkpoint alone is enough: its embedded config gives the classes, the model and
     (for ``split``) the output folder holding splits.json. ``config`` (e.g. the training
     run's) replaces the embedded one for the data and must have the same classes.
     ``cache_key`` names the setting that chose the cache folder (the option that gave
-    ``cache_dir``), for its error messages. Every rank calls this; the result is the same on
+    ``cache_dir``), for its error messages. ``custom_model`` is the user's import path for a
+    checkpoint of a custom model (the one inside the checkpoint is never imported). Every rank calls this; the result is the same on
     every rank, and a user error stops every rank, reported once by rank 0.
     """
     def setup() -> tuple[Predictor, Config, list[FrameSequence], str]:
-        predictor = Predictor.from_checkpoint(checkpoint, ctx.device, runtime)
+        predictor = Predictor.from_checkpoint(checkpoint, ctx.device, runtime, custom_model=custom_model)
         return (predictor, *_data_to_evaluate(predictor, config, split, root, mask_format, cache_dir))
 
     predictor, data_cfg, sequences, source = ctx.fail_together(setup)

@@ -144,7 +144,8 @@ def test_predictor_from_checkpoint_labels_frames_of_any_size(tmp_path):
     model = build_model(cfg.model, cfg.dataset.num_classes)
     path = save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": 1, "config": config_to_dict(cfg)},
                            tmp_path, "model.pth", keep=1)
-    predictor = Predictor.from_checkpoint(path, torch.device("cpu"), CPU)
+    predictor = Predictor.from_checkpoint(path, torch.device("cpu"), CPU,
+                                          custom_model="fixtures_custom_model:LinearPixelNet")
     frames = [np.asarray(images(1, 30, 40, seed=s)[0].permute(1, 2, 0)) for s in range(3)]
     frames.insert(1, np.asarray(images(1, 17, 23, seed=9)[0].permute(1, 2, 0)))
     ids = predictor.predict(frames)
