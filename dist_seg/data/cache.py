@@ -4,6 +4,7 @@ Layout (one folder per dataset root and cache resolution)::
 
     <cache root>/<root name>-<hash of resolved root>/<H>x<W>/
         .lock                                 held while checking / building
+        .in_use                               held (shared) by each run reading these caches
         <sequence>/manifest.json              written LAST: its presence means "valid"
         <sequence>/masks-<fingerprint>.npy    [N, H, W] uint8 class ids (255 = ignore)
         <sequence>/images-<fingerprint>.npy   [N, 3, H, W] uint8, channels-first (optional)
@@ -78,13 +79,15 @@ def dataset_cache_dir(root: Path, cfg: Config) -> Path:
 # Setting folders, and the plain HxW folders of caches built before they had a settings digest.
 _SETTING_FOLDER = re.compile(r"^\d+x\d+(-[0-9a-f]{8})?$")
 LAST_USED = ".last_used"
+# Shared-locked by every run that reads a setting folder, for its whole life: pruning skips it.
+IN_USE = ".in_use"
 
 
 def prune_setting_folders(current: Path, keep: int, log: Callable[[str], None]) -> list[Path]:
     """Mark ``current`` as used now and delete all but the ``keep`` most recently used setting folders beside it.
 
-    A folder another process holds locked (it is being built or prepared right now) is left
-    alone. Returns the folders deleted.
+    A folder another process holds locked (it is being built or prepared right now, or a run
+    reads it: :data:`IN_USE`) is left alone. Returns the folders deleted.
     """
     marker = current / LAST_USED
     marker.touch()
@@ -99,8 +102,9 @@ def prune_setting_folders(current: Path, keep: int, log: Callable[[str], None]) 
     for folder in sorted(others, key=last_used, reverse=True)[max(keep - 1, 0):]:
         with contextlib.ExitStack() as stack:
             try:
-                handle = stack.enter_context(open(folder / ".lock", "a+b"))
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                for name in (".lock", IN_USE):
+                    handle = stack.enter_context(open(folder / name, "a+b"))
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # in use, or not ours to lock: keep it
             shutil.rmtree(folder, ignore_errors=True)
@@ -385,9 +389,26 @@ class CacheOutcome:
     checks: list[FrameCheck] = field(default_factory=list)
 
 
+def hold_in_use(directories: Sequence[Path], hold: contextlib.ExitStack) -> None:
+    """Shared-lock :data:`IN_USE` of each setting folder until ``hold`` closes, so no prune removes it meanwhile.
+
+    Called with the folders' build lock held: a pruner, which takes both locks, cannot slip in
+    between. A folder that cannot be locked (no flock on this filesystem) is used unprotected.
+    """
+    for directory in sorted(set(directories)):
+        try:
+            handle = hold.enter_context(open(directory / IN_USE, "a+b"))
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            continue
+
+
 def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Callable[[str], None] = print,
-                  progress: bool = True) -> CacheOutcome:
+                  progress: bool = True, hold: contextlib.ExitStack | None = None) -> CacheOutcome:
     """Reuse every fresh sequence cache and rebuild the stale ones in one parallel pass.
+
+    With ``hold`` the setting folders stay shared-locked against pruning until it closes
+    (a training run reads them for its whole life).
 
     Fresh caches are detected from file names, sizes and mtimes alone (no PNG is opened).
     Building decodes each frame once with the same checks as the validator; the frame
@@ -419,6 +440,8 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
             for writer in writers:
                 writer.abort()
             raise
+        if hold is not None:
+            hold_in_use(outcome.directories, hold)
         for directory in sorted(set(outcome.directories)):
             prune_setting_folders(directory, cfg.dataset.cache_keep_settings, log)
     return outcome

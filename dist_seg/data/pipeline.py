@@ -9,6 +9,7 @@ image file.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,13 +88,14 @@ def _sum_counts(caches: Sequence[SequenceCache], num_classes: int) -> np.ndarray
 
 
 def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool = True,
-            world_size: int = 1) -> PrepareSummary:
+            world_size: int = 1, hold: contextlib.ExitStack | None = None) -> PrepareSummary:
     """Discover, validate, split and cache the dataset; raise DataError listing every problem.
 
     With ``dataset.use_cache`` the frame checks happen while building stale caches
     (one decode per frame); fresh caches are reused without opening any image. Without
     the cache every frame is checked on each call. ``world_size``: the processes that will
     train, each on its own full batches (the training split must give every one a step).
+    ``hold``: keep the caches locked against pruning until it closes (see :func:`ensure_caches`).
     """
     start = time.perf_counter()
     ds = cfg.dataset
@@ -108,7 +110,7 @@ def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool =
         check_training_frames(splits.counts()["train"][1], cfg.training, world_size)
     cache_outcome = None
     if ds.use_cache and names_ok:
-        cache_outcome = ensure_caches(listings, cfg, log=log, progress=progress)
+        cache_outcome = ensure_caches(listings, cfg, log=log, progress=progress, hold=hold)
         checks = cache_outcome.checks
     else:
         # Bad file layout: check contents too (all problems in one report), but build nothing.

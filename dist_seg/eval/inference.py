@@ -281,6 +281,8 @@ class Predictor:
     palette: Palette
     runtime: Runtime
     checkpoint: Path
+    # Names of the sequences the checkpoint trained on (None: a checkpoint that predates the record).
+    trained_sequences: tuple[str, ...] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device, runtime: Runtime,
@@ -302,7 +304,8 @@ class Predictor:
         model = build_model(dataclasses.replace(cfg.model, backbone_weights=None), palette.num_classes)
         load_model_state(model, state, path)
         model = model.to(device, memory_format=runtime.memory_format).eval()
-        return cls(model, cfg, palette, runtime, Path(path))
+        trained = state.get("train_sequences")
+        return cls(model, cfg, palette, runtime, Path(path), tuple(trained) if trained is not None else None)
 
     @property
     def network_size(self) -> tuple[int, int]:

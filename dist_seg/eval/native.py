@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -71,6 +71,8 @@ class NativeEvalResult:
     world_size: int = 1
     device: str = "cpu"
     mask_format: str = "rgb"
+    # Scored sequences the checkpoint was trained on (by name): their scores are inflated.
+    train_overlap: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -298,12 +300,18 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
         return (predictor, *_data_to_evaluate(predictor, config, split, root, mask_format, cache_dir))
 
     predictor, data_cfg, sequences, source = ctx.fail_together(setup)
+    overlap = sorted({seq.name for seq in sequences} & set(predictor.trained_sequences or ()))
+    if overlap:
+        log(f"WARNING: {len(overlap)} scored sequence(s) were trained on by this checkpoint "
+            f"({', '.join(overlap)}): their scores are inflated and say nothing about new data. Score a held-out "
+            "split (--split test / val) or a --root of other footage; the report lists them under train_overlap")
     log(f"evaluate: {source}: {len(sequences)} sequences, {sum(len(s.frames) for s in sequences)} frames, "
         f"{settings.describe()}, {ctx.world_size} process(es)")
     result = evaluate_sequences(predictor, sequences, data_cfg, ctx, settings=settings, batch_size=batch_size,
                                 num_workers=num_workers, source=source, log=log, progress=progress,
                                 cache_key=cache_key)
     result.mask_format = data_cfg.dataset.mask_format
+    result.train_overlap = overlap
     return result
 
 

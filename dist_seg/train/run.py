@@ -31,7 +31,12 @@ from ..telemetry.progress import Progress
 from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
 from ..telemetry.vram import VramSampler
 from .augment import BatchPreparer
-from ..checkpoint_file import unwrap_model
+from ..checkpoint_file import load_checkpoint, unwrap_model
+from ..data.checks import listing_problems
+from ..data.discovery import discover_all
+from ..data.splits import planned_splits
+from ..paths import exclusive_output_folder
+from .resume_check import check_resume
 from .checkpointer import Checkpointer, EpochPlan
 from ..runtime.distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
 from .ema import ModelEma
@@ -73,20 +78,26 @@ def run_training(cfg: Config) -> RunSummary:
         hazard = restart_hazard()
         if hazard is not None:
             out.warn(hazard)
+        # Rank 0 holds the output folder for the run's life; a second run into it stops here,
+        # before it writes anything.
+        ctx.fail_together(lambda: _hold_output_folder(cfg, ctx, out, cleanup))
         # Every rank resumes from rank 0's choice: another node's listing of the shared output
         # directory can lag behind, and ranks resuming from different checkpoints would diverge.
         resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
+        if resume_from is not None:
+            ctx.fail_together(lambda: _check_resume_first(cfg, ctx, resume_from))
         try:
             trainer = _build_trainer(cfg, ctx, out, cleanup, fresh=resume_from is None)
         except Preempted as stop:
             out.log(f"stopped on {stop.signal_name} while preparing the data: sequences cached so far are kept; "
                     "run again to continue")
             return RunSummary(StopReason.PREEMPTED, 0, 0, None, None, out.dir)
-        out.start(trainer.palette.names, ctx.world_size)
         if resume_from is not None:
             trainer.resume(resume_from)
         elif cfg.training.resume_from_checkpoint == "auto":
             out.log("resume_from_checkpoint: auto found no checkpoint; starting fresh")
+        # After the resume: a refused one leaves config.yaml as the checkpoint's run wrote it.
+        out.start(trainer.palette.names, ctx.world_size)
 
         memory_log, sampler = _start_vram_sampler(cfg, ctx, out, trainer, cleanup)
         progress = Progress(cfg.telemetry.progress if ctx.is_main else "none", cfg.training.log_interval)
@@ -135,7 +146,7 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
         init_from(model, cfg.model.init_from, log=out.log)
 
     with preemption_raises():  # a cache build has no step boundary to stop at
-        data = _prepare_data(cfg, ctx, out)
+        data = _prepare_data(cfg, ctx, out, cleanup)
     train_loader = build_loader(data.train, tr, ctx, train=True)
     cleanup.callback(_close_loader, train_loader)
     val_loader = None
@@ -178,13 +189,16 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
         val_criterion=SegmentationLoss(weight).to(ctx.device), ema=ema, train_data=data.train)
 
 
-def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:
-    """Decode and cache once per node (local rank 0), then every rank opens the caches."""
+def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> DataBundle:
+    """Decode and cache once per node (local rank 0), then every rank opens the caches.
+
+    Local rank 0 keeps the node's caches locked against pruning until ``cleanup`` closes.
+    """
     failure = None
     if ctx.is_local_main:
         try:
             prepare(cfg, log=out.log if ctx.is_main else (lambda _m: None), progress=ctx.is_main,
-                    world_size=ctx.world_size)
+                    world_size=ctx.world_size, hold=cleanup)
         except DistSegError as exc:
             failure = exc
     # Also the barrier the other ranks wait at: a data error stops every rank here, reported once.
@@ -251,6 +265,30 @@ def _start_vram_sampler(cfg: Config, ctx: DistContext, out: RunOutputs, trainer:
                           sinks=sinks, step_fn=lambda: trainer.pos.global_step, log=out.log)
     cleanup.callback(sampler.stop)
     return memory_log, sampler
+
+
+def _hold_output_folder(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> None:
+    """Rank 0 locks ``training.output_dir`` until ``cleanup`` closes (the end of the run)."""
+    if ctx.is_main:
+        cleanup.enter_context(exclusive_output_folder(Path(cfg.training.output_dir), "training.output_dir",
+                                                      log=out.log))
+
+
+def _check_resume_first(cfg: Config, ctx: DistContext, resume_from: Path) -> None:
+    """Refuse an incompatible resume before the data is prepared, so splits.json, config.yaml and history stay as they were.
+
+    The split is planned (not written) from the file listing, as prepare will write it; with
+    problems in the file layout there is no split to compare, and prepare reports them.
+    """
+    if not ctx.is_main:
+        return
+    listings = discover_all(cfg.dataset)
+    if any(listing_problems(listing, cfg.dataset) for listing in listings):
+        return
+    splits = planned_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg, log=lambda _m: None)
+    state = load_checkpoint(resume_from, mmap=True)
+    check_resume(state, resume_from, cfg, splits, Palette.from_config(cfg.dataset).names,
+                 warn=lambda _m: None, log=lambda _m: None)
 
 
 def _resume_path(cfg: Config, out: RunOutputs) -> Path | None:
