@@ -432,7 +432,9 @@ class Config:
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config, apply ``KEY=VALUE`` overrides, validate, resolve relative paths.
 
-    Relative paths resolve from the config file's directory.
+    Relative paths in the file resolve from the folder of the file as named (a symlinked
+    config's own folder is not looked up: ``abspath``, not ``resolve``); relative paths given
+    as overrides resolve from the current directory, like every other path on a command line.
     """
     path = expand_user(path, "the config file path")
     if not path.is_file():
@@ -447,8 +449,10 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping with dataset:, training:, ... sections, not {type(raw).__name__}")
-    apply_overrides(raw, parse_overrides(overrides))
-    return config_from_dict(raw, base_dir=path.resolve().parent, source=str(path))
+    parsed = parse_overrides(overrides)
+    apply_overrides(raw, parsed)
+    return config_from_dict(raw, base_dir=Path(os.path.abspath(path)).parent, source=str(path),
+                            command_line_keys=[key for key, _ in parsed])
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -512,9 +516,14 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[tuple[str, Any]]) -> N
         node[parts[-1]] = value
 
 
-def config_from_dict(raw: dict, base_dir: Path | None = None, source: str = "config") -> Config:
-    """Build and validate a :class:`Config` from plain data (a parsed YAML file or a checkpoint)."""
-    return _Builder(base_dir=base_dir, source=source).build(Config, raw, "")
+def config_from_dict(raw: dict, base_dir: Path | None = None, source: str = "config",
+                     command_line_keys: typing.Sequence[str] = ()) -> Config:
+    """Build and validate a :class:`Config` from plain data (a parsed YAML file or a checkpoint).
+
+    Relative paths resolve from ``base_dir`` (None: left relative), except those under
+    ``command_line_keys`` (``--set`` overrides), which resolve from the current directory.
+    """
+    return _Builder(base_dir=base_dir, source=source, command_line_keys=command_line_keys).build(Config, raw, "")
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -568,9 +577,10 @@ def _type_name(tp: Any) -> str:
 class _Builder:
     """Turns plain data into dataclasses, checking keys and types, resolving paths."""
 
-    def __init__(self, base_dir: Path | None, source: str) -> None:
+    def __init__(self, base_dir: Path | None, source: str, command_line_keys: typing.Sequence[str] = ()) -> None:
         self.base_dir = base_dir
         self.source = source
+        self.command_line_keys = tuple(command_line_keys)
         # Defaults that a referenced file supplies for a sibling key (a class list file's
         # void_class): dotted key -> (value, file name). Used only where the key is absent.
         self.file_defaults: dict[str, tuple[Any, str]] = {}
@@ -709,7 +719,11 @@ class _Builder:
 
     def path(self, value: str | Path, key: str) -> Path:
         p = expand_user(value, f"{self.source}: {key}")
-        if not p.is_absolute() and self.base_dir is not None:
+        if p.is_absolute():
+            return p
+        if any(key == k or key.startswith(k + ".") for k in self.command_line_keys):
+            return Path(os.path.abspath(p))  # typed in a shell: relative to where it was typed
+        if self.base_dir is not None:
             # normpath, not resolve(): drop "configs/../" without following symlinks.
             p = Path(os.path.normpath(self.base_dir / p))
         return p
