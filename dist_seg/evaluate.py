@@ -11,6 +11,7 @@ folder (``--root``). Under torchrun every rank takes whole sequences; rank 0 wri
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--split", choices=SPLIT_NAMES, default="test",
                        help="split of <output_dir>/splits.json to score (default test)")
     where.add_argument("--root", help="score every sequence of this DAVID-layout folder instead")
-    parser.add_argument("--out", help="report folder (default <output_dir>/eval/<split or root name>)")
+    parser.add_argument("--out", help="report folder (default: with CONFIG <output_dir>/eval/<split or root name>, "
+                                      "else eval/<split or root name> next to the checkpoint)")
     add_inference_arguments(parser)
     add_custom_model_argument(parser)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -58,7 +60,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from .runtime.distributed import setup_distributed, teardown_distributed
     from .eval.report import format_table, write_report
     from .eval.native import evaluate_checkpoint
-    from .paths import check_writable_folder
+    from .paths import check_outside_dataset, check_writable_folder, output_option
     from .runtime.device import resolve_runtime
 
     config = load_config(args.config) if args.config else None
@@ -67,11 +69,20 @@ def _main(argv: Sequence[str] | None) -> int:
     if not Path(args.checkpoint).is_file():
         raise CheckpointError(f"--checkpoint {args.checkpoint} does not exist; pass a .pth written by dist_seg.train")
     # Before the evaluation, not after it: a report folder that cannot be written would lose its work.
-    out = Path(args.out) if args.out else _default_out(args, config)
-    check_writable_folder(out, "--out" if args.out else f"--out (default {out})")
+    out = output_option(args.out, "--out") if args.out is not None else _default_out(args, config)
+    out_key = "--out" if args.out is not None else f"--out (default {out})"
+    check_writable_folder(out, out_key)
+    cache_dir = output_option(args.cache_dir, "--cache-dir") if args.cache_dir is not None else None
+    data_root = Path(args.root) if args.root else (config.dataset.root if config is not None else None)
+    if data_root is not None:
+        labels = config.dataset.labels if config is not None else "Labels"
+        images = config.dataset.images if config is not None else "Images"
+        check_outside_dataset(out, data_root, (images, labels), out_key)
+        if cache_dir is not None:
+            check_outside_dataset(cache_dir, data_root, (images, labels), "--cache-dir")
     atomic.remove_stale_temporaries(out)  # what a killed earlier evaluation left
     # Only a file is refused here: a read-only cache folder still serves fresh native masks.
-    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
         raise ConfigError(f"--cache-dir: {args.cache_dir} is a file, not a folder; choose a folder path (or move "
                           "the file)")
     backend = BackendConfig(target=args.device, compile=False)
@@ -87,20 +98,25 @@ def _main(argv: Sequence[str] | None) -> int:
         if ctx.is_main:
             write_report(result, out)
             print(format_table(result))
-            print(f"report: {out}/report.md (metrics.json, confusion.csv, confusion.png)")
+            chosen = "" if args.out is not None else " (the default; choose another folder with --out)"
+            print(f"report: {out}/report.md (metrics.json, confusion.csv, confusion.png){chosen}")
     finally:
         teardown_distributed(ctx)
     return 0
 
 
 def _default_out(args: argparse.Namespace, config) -> Path:
-    if config is None:
-        from .checkpoint_file import load_checkpoint
+    """``eval/<split or root name>`` in the config's output folder, else next to the checkpoint.
 
-        output_dir = Path(load_checkpoint(args.checkpoint, "--checkpoint")["config"]["training"]["output_dir"])
-    else:
-        output_dir = Path(config.training.output_dir)
-    return output_dir / "eval" / (Path(args.root).resolve().name if args.root else args.split)
+    Never a folder named inside the checkpoint: that is where its run wrote, on a machine that
+    may not be this one (or a path someone chose for this file to write to).
+    """
+    name = Path(os.path.abspath(args.root)).name if args.root else args.split
+    if config is not None:
+        return Path(config.training.output_dir) / "eval" / name
+    folder = Path(os.path.abspath(args.checkpoint)).parent
+    # checkpoints/epoch_0003.pth belongs to the run folder above it, as best_model.pth does.
+    return (folder.parent if folder.name == "checkpoints" else folder) / "eval" / name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,9 +58,10 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--opset applies to --format onnx only")
 
     from .deploy.artifact import ExportRequest, export_artifact
-    from .paths import check_writable_folder
+    from .paths import check_writable_folder, output_option
 
-    check_writable_folder(Path(args.out), "--out")
+    args.out = output_option(args.out, "--out")
+    check_writable_folder(args.out, "--out")
 
     export_artifact(ExportRequest(
         checkpoint=Path(args.checkpoint), format=args.fmt, out_dir=Path(args.out), height=args.height,

@@ -3,16 +3,84 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import os
 import re
 import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from .errors import ConfigError
+
+
+# Longest file name (bytes) on the filesystems dist_seg writes to (ext4, xfs, btrfs, NFS...).
+NAME_MAX = 255
+
+
+def output_option(text: str, key: str) -> Path:
+    """The folder an ``--out``-style option names; an empty value (which would mean the current directory) is refused."""
+    if not text.strip():
+        raise ConfigError(f"{key} is empty; name the output folder (use {key} . to write into the current directory)")
+    return Path(text)
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or below it, by their absolute, normalised spelling (``..`` applied)."""
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
+
+
+def check_outside_dataset(folder: Path, root: Path, subfolders: Sequence[str], key: str) -> None:
+    """Refuse a folder dist_seg would write into that lies inside the dataset's frame or label folders.
+
+    Files written there would be discovered as frames (or masks) by the next run.
+    """
+    for name in subfolders:
+        data = root / name
+        # Also through symlinks: resolve() follows the part of the path that exists.
+        if is_inside(folder, data) or is_inside(folder.resolve(), data.resolve()):
+            raise ConfigError(f"{key}: {folder} is inside the dataset's {name}/ folder ({data}); files written there "
+                              f"would be taken for frames or masks by the next run: choose a folder outside {root / name}")
+
+
+def fit_name(stem: str, reserve: int) -> str:
+    """``stem``, or its start tagged with a hash of the whole, so that it plus ``reserve`` more bytes (the
+    suffixes the caller adds, a temporary name's decoration) fits in :data:`NAME_MAX` bytes.
+
+    The hash keeps two long names that share a prefix apart.
+    """
+    limit = NAME_MAX - reserve
+    if len(stem.encode()) <= limit:
+        return stem
+    tag = "~" + hashlib.sha256(stem.encode()).hexdigest()[:12]
+    short = stem.encode()[:limit - len(tag)].decode(errors="ignore")  # never half a UTF-8 character
+    return short + tag
+
+
+def open_for_append(path: Path) -> int:
+    """A write-only, appending descriptor of ``path`` (created if missing); a symlink there is refused (ELOOP).
+
+    Appending through a link someone planted in a shared output folder would write into any
+    file the user can write.
+    """
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, f"{path} is a symbolic link; dist_seg does not append through links: "
+                                     "remove it", str(path)) from exc
+        raise
+
+
+def check_not_symlink(path: Path, key: str) -> None:
+    """Refuse, before a run starts, a symlink where dist_seg will append a log."""
+    if path.is_symlink():
+        raise ConfigError(f"{key}: {path} is a symbolic link (to {os.readlink(path)}); dist_seg appends to this "
+                          "file and does not follow links there: remove the link")
 
 
 def check_writable_folder(folder: Path, key: str) -> None:

@@ -20,9 +20,11 @@ def _main(argv: Sequence[str] | None) -> int:
     # Imported after the config is known good: a config typo should not wait for torch to import.
     from .data.pipeline import prepare
     from .paths import check_writable_folder, exclusive_output_folder
+    from .train.preflight import check_dataset_untouched
 
     # splits.json goes there: found unwritable now, not after the cache build.
     check_writable_folder(Path(cfg.training.output_dir), "training.output_dir")
+    check_dataset_untouched(cfg)
     # A running training owns its splits.json: a prepare with another split must not rewrite it.
     with exclusive_output_folder(Path(cfg.training.output_dir), "training.output_dir"):
         summary = prepare(cfg, log=lambda line: print(line, flush=True), progress=True)

@@ -15,7 +15,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ..paths import open_for_append
 from .vram import PeakSummary, VramSample
+
+FILE_NAME = "memory_diagnostics.log"
 
 def _mb(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
@@ -71,7 +74,7 @@ class MemoryLog:
         self._append(format_summary(peaks, time.time()))
 
     def _append(self, line: str) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_for_append(self.path)
         try:
             os.write(fd, (line + "\n").encode("utf-8"))
         finally:

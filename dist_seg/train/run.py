@@ -26,7 +26,7 @@ from ..data.pipeline import DataBundle, load_datasets, prepare
 from ..errors import DistSegError
 from ..models import build_model, check_model_config, describe_model
 from ..models.init_from import init_from
-from ..telemetry.memlog import MemoryLog
+from ..telemetry.memlog import FILE_NAME as MEMORY_LOG, MemoryLog
 from ..telemetry.progress import Progress
 from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
 from ..telemetry.vram import VramSampler
@@ -252,7 +252,7 @@ def _start_vram_sampler(cfg: Config, ctx: DistContext, out: RunOutputs, trainer:
                         cleanup: contextlib.ExitStack) -> tuple[MemoryLog, VramSampler]:
     """The per-rank VRAM sampler thread; each rank samples its own device into its own event files."""
     output_dir = Path(cfg.training.output_dir)
-    memory_log = MemoryLog(output_dir / "memory_diagnostics.log", ctx.rank)
+    memory_log = MemoryLog(output_dir / MEMORY_LOG, ctx.rank)
     sinks: list = [memory_log]
     if cfg.telemetry.tensorboard:
         if ctx.is_main and out.writer is not None:

@@ -107,7 +107,7 @@ def test_read_only_out_is_refused_before_any_work(checkpoint, synth_root, tmp_pa
 
 
 def test_evaluate_default_report_folder_is_checked_before_the_evaluation(checkpoint, synth_root, tmp_path, capsys):
-    """Without --out the report goes to <output_dir>/eval/<name>: a file in the way is found first."""
+    """Without --out the report goes to eval/<name> in the run folder of the checkpoint: a file in the way is found first."""
     run = checkpoint.parent.parent
     (run / "eval").write_text("in the way")
     try:
