@@ -18,7 +18,11 @@ from typing import Sequence
 
 from .cli_common import add_custom_model_argument, add_inference_arguments, inference_settings, run_cli
 from .data.splits import SPLIT_NAMES
+from .config.schema import MAX_WORKERS
 from .errors import CheckpointError, ConfigError
+
+# Decoding processes per rank: more than a few per core only adds memory and start-up time.
+WORKERS_PER_CORE = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,8 +54,10 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
-    if args.workers < 0:
-        parser.error("--workers must be >= 0")
+    most = min(MAX_WORKERS, WORKERS_PER_CORE * (os.cpu_count() or 1))
+    if not 0 <= args.workers <= most:
+        parser.error(f"--workers must be from 0 to {most} ({WORKERS_PER_CORE} per core of this machine's "
+                     f"{os.cpu_count()}, at most {MAX_WORKERS}), got {args.workers}")
     settings = inference_settings(parser, args)
 
     from . import atomic

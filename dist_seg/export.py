@@ -58,8 +58,10 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--opset applies to --format onnx only")
 
     from .deploy.artifact import ExportRequest, export_artifact
+    from .deploy.onnx_export import check_opset
     from .paths import check_writable_folder, output_option
 
+    check_opset(args.opset)
     args.out = output_option(args.out, "--out")
     check_writable_folder(args.out, "--out")
 

@@ -22,12 +22,13 @@ from ..config import Config
 from ..errors import DataError
 from .cache import SequenceCache, dataset_cache_dir, ensure_caches, load_sequence_cache, output_size
 from .dataset import CachedDataset, DecodeDataset
-from .checks import check_frames, listing_problems, report_for
+from .checks import check_frames, check_training_labels, listing_problems, report_for
 from .decode import LabelSpec, load_mask
 from .discovery import Frame, discover_all
 from .loader import check_training_frames
 from .problems import Problem
-from .splits import SPLIT_NAMES, Splits, check_split_names, read_splits, resolve_splits, splits_path
+from .splits import (SPLIT_NAMES, Splits, check_split_names, planned_splits, read_splits, resolve_splits,
+                     splits_path)
 
 # Masks decoded to estimate class frequencies when there is no cache: evenly spaced over
 # the training frames, enough for stable class weights, cheap enough for every rank.
@@ -106,8 +107,12 @@ def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool =
     check_split_names(listings[0].sequence_names, ds.split, test_from_root=len(listings) > 1)
     splits = None
     if names_ok:
-        splits = resolve_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg, log=log)
-        check_training_frames(splits.counts()["train"][1], cfg.training, world_size)
+        test_listing = listings[1] if len(listings) > 1 else None
+        planned = planned_splits(listings[0], test_listing, cfg, log=lambda _m: None)
+        check_training_frames(planned.counts()["train"][1], cfg.training, world_size)
+        # Before splits.json and the caches are written: all-void labels end the run here.
+        check_training_labels([f for seq in planned.train for f in seq.frame_records()], ds)
+        splits = resolve_splits(listings[0], test_listing, cfg, log=log)
     cache_outcome = None
     if ds.use_cache and names_ok:
         cache_outcome = ensure_caches(listings, cfg, log=log, progress=progress, hold=hold)

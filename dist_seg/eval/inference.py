@@ -39,6 +39,14 @@ DEFAULT_STRIDE_FRACTION = 2 / 3
 # Largest TTA scale: scales are factors of the network input (0.5-2 is usual); one like 75
 # (a percentage) would ask for an input thousands of times larger and fail in an allocation.
 MAX_TTA_SCALE = 4.0
+# Smallest TTA scale: below a quarter of the network input a frame is a few pixels wide at the
+# output stride, and its scores are noise averaged into the others.
+MIN_TTA_SCALE = 0.25
+# Smallest slide window side: below it the backbone's output (stride 8-32) is a pixel or two.
+MIN_CROP = 16
+# Most slide windows that may cover one pixel along each axis (crop / stride): beyond it each
+# frame costs dozens of forward passes for no measurable gain.
+MAX_WINDOW_OVERLAP = 8
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,15 @@ class InferenceSettings:
     stride: tuple[int, int] | None = None  # slide step (H, W); None = 2/3 of the crop
 
     def __post_init__(self) -> None:
-        if not self.scales or any(not (0 < s <= MAX_TTA_SCALE) for s in self.scales):
-            raise ConfigError(f"--tta scales must be positive factors of the network input size, at most "
+        if not self.scales or any(not (MIN_TTA_SCALE <= s <= MAX_TTA_SCALE) for s in self.scales):
+            raise ConfigError(f"--tta scales must be factors of the network input size from {MIN_TTA_SCALE:g} to "
                               f"{MAX_TTA_SCALE:g} (e.g. scales=0.75,1.0,1.25), got {list(self.scales)}")
         for name, size in (("crop", self.crop), ("stride", self.stride)):
             if size is not None and (len(size) != 2 or min(size) < 1):
                 raise ConfigError(f"--{name} must be HxW with positive sizes, got {size}")
+        if self.crop is not None and min(self.crop) < MIN_CROP:
+            raise ConfigError(f"--crop {_hw(self.crop)}: each side must be at least {MIN_CROP} pixels (the model "
+                              "sees the window at its output stride of 8-32 pixels)")
         if self.mode not in ("whole", "slide"):
             raise ConfigError(f"--mode must be whole or slide, got {self.mode!r}")
         if self.crop and self.stride:
@@ -88,7 +99,13 @@ class InferenceSettings:
 
 
 def _check_window(crop: Sequence[int], stride: Sequence[int]) -> None:
-    """A stride longer than the window would leave pixels between windows without a prediction."""
+    """A stride longer than the window would leave pixels between windows without a prediction; a tiny one
+    would run the model dozens of times per pixel."""
+    if any(c > MAX_WINDOW_OVERLAP * s for c, s in zip(crop, stride)):
+        shortest = (-(-crop[0] // MAX_WINDOW_OVERLAP), -(-crop[1] // MAX_WINDOW_OVERLAP))
+        raise ConfigError(f"--stride {_hw(stride)} is under 1/{MAX_WINDOW_OVERLAP} of the slide window {_hw(crop)}: "
+                          f"each pixel would be labelled more than {MAX_WINDOW_OVERLAP ** 2} times; use a stride "
+                          f"of at least {_hw(shortest)} (default: 2/3 of the crop)")
     if stride[0] > crop[0] or stride[1] > crop[1]:
         raise ConfigError(f"--stride {_hw(stride)} is longer than the slide window {_hw(crop)} (--crop, default the "
                           "network input size): pixels between windows would get no prediction; use a stride no "
