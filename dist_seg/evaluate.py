@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="image-decoding processes per rank (0 = inline)")
     parser.add_argument("--mask-format", choices=["rgb", "index"],
-                        help="how masks store labels (default: the config's; with --root, detected from the files)")
+                        help="how masks store labels (default: the config's, else the checkpoint's)")
     parser.add_argument("--cache-dir", help="where to keep the native-resolution mask cache "
                                             "(default dataset.cache_dir, $DIST_SEG_CACHE or ~/.cache/dist_seg)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "rocm"],

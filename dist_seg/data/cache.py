@@ -9,7 +9,7 @@ Layout (one folder per dataset root and cache resolution)::
         <sequence>/masks-<fingerprint>.npy    [N, H, W] uint8 class ids (255 = ignore)
         <sequence>/images-<fingerprint>.npy   [N, 3, H, W] uint8, channels-first (optional)
 
-The fingerprint covers the frame files (names, sizes, mtimes) and every setting that
+The fingerprint covers the frame files (names, sizes, mtimes, ctimes) and every setting that
 changes the arrays. Array files are named by it, so a rebuild never overwrites the
 arrays an older manifest points to, and two nodes building the same cache write the
 same names and bytes. A build killed at any point leaves at worst temporary or
@@ -29,7 +29,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -42,7 +42,8 @@ from .decode import DecodedFrame, FrameCheck, LabelSpec, decode_frame
 from .discovery import DatasetListing, Frame, SequenceListing
 
 # 2: frames with an EXIF orientation are decoded upright (caches of such frames built before were wrong).
-CACHE_FORMAT_VERSION = 2
+# 3: the file list records each file's ctime too (a rewrite that keeps size and mtime is noticed).
+CACHE_FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 PREPARE_FIX = "run python -m dist_seg.prepare CONFIG (training runs it for you) with this config"
 # The settings that choose the cache root, as messages name them (a command may pass its own option).
@@ -157,12 +158,33 @@ class SequenceCache:
 
 
 def file_entries(root: Path, frames: Sequence[Frame]) -> list[list]:
+    """Name, size, mtime and ctime of each frame's image and mask: what says a file is unchanged, without reading it.
+
+    The ctime is set by the kernel on every write (and cannot be set back the way ``cp -p``,
+    ``rsync -t`` or ``touch -r`` restore an mtime), so content rewritten at the same size and
+    mtime is noticed too. Copying or moving the dataset to another filesystem gives new
+    ctimes and therefore one rebuild.
+    """
     entries = []
     for frame in frames:
         image, mask = frame.image.stat(), frame.mask.stat()
         entries.append([str(frame.image.relative_to(root)), image.st_size, image.st_mtime_ns,
-                        str(frame.mask.relative_to(root)), mask.st_size, mask.st_mtime_ns])
+                        str(frame.mask.relative_to(root)), mask.st_size, mask.st_mtime_ns,
+                        image.st_ctime_ns, mask.st_ctime_ns])
     return entries
+
+
+def fresh_class_pixel_counts(sequences: Sequence[Any], cfg: Config) -> np.ndarray | None:
+    """Summed class pixel counts of ``sequences`` (split sequences) from their cache manifests, when every one
+    is fresh; else None. Reads manifests and file stats only, no frame."""
+    settings = CacheSettings.from_config(cfg).as_json()
+    total = None
+    for seq in sequences:
+        cache, data, _ = _read_manifest(dataset_cache_dir(seq.root, cfg) / seq.name, seq.root, settings)
+        if cache is None or data["files"] != file_entries(seq.root, seq.frame_records()):
+            return None
+        total = cache.class_pixel_counts if total is None else total + cache.class_pixel_counts
+    return total
 
 
 def fingerprint_digest(settings: dict, files: list[list]) -> str:

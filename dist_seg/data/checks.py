@@ -248,30 +248,35 @@ def check_dataset(ds: DatasetConfig, *, progress: bool = True) -> DatasetReport:
     return report
 
 
-def check_training_labels(frames: Sequence[Frame], ds: DatasetConfig) -> None:
+def check_training_labels(frames: Sequence[Frame], ds: DatasetConfig, counts: np.ndarray | None = None) -> None:
     """Refuse training masks in which every pixel is void (``dataset.void_class``) or ignored: nothing to learn.
 
-    Such a run would train on a loss of zero (or NaN) for its whole length. Masks are decoded
-    in an evenly spread order until a pixel of a learnable class appears, so a usual dataset
-    costs one decode; only one that really is all void is read in full, and then refused
-    before any cache is built. An unreadable mask is skipped here (the frame checks report it).
+    Such a run would train on a loss of zero (or NaN) for its whole length. ``counts`` (class
+    pixel counts from fresh cache manifests) decide without reading a file. Otherwise masks
+    are decoded in an evenly spread order until a pixel of a learnable class appears, so a
+    usual dataset costs one decode; only one that really is all void is read in full, and
+    then refused before any cache is built. An unreadable mask is skipped here (the frame
+    checks report it).
     """
     if not frames:
         return
-    spec = LabelSpec.from_config(ds)
     unlearnable = np.zeros(256, dtype=bool)
     unlearnable[IGNORE_INDEX] = True
     if ds.void_index is not None:
         unlearnable[ds.void_index] = True
-    step = max(1, len(frames) // 16)
-    order = [*range(0, len(frames), step), *(i for i in range(len(frames)) if i % step)]
-    for i in order:
-        try:
-            ids = load_mask(frames[i].mask, spec, None)
-        except DataError:
-            continue
-        if not unlearnable[ids].all():
+    if counts is not None:
+        if counts[~unlearnable[: len(counts)]].sum() > 0:
             return
+    else:
+        spec = LabelSpec.from_config(ds)
+        step = max(1, len(frames) // 16)
+        for i in [*range(0, len(frames), step), *(i for i in range(len(frames)) if i % step)]:
+            try:
+                ids = load_mask(frames[i].mask, spec, None)
+            except DataError:
+                continue
+            if not unlearnable[ids].all():
+                return
     void = f"the void class {ds.void_class!r} or " if ds.void_class is not None else ""
     raise DataError(f"every pixel of the {len(frames)} training masks is {void}ignored ({IGNORE_INDEX}): there is "
                     "nothing to learn. Check dataset.mask_format and dataset.classes against the masks (a grey-scale "

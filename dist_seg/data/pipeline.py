@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 
 from ..config import Config
 from ..errors import DataError
-from .cache import SequenceCache, dataset_cache_dir, ensure_caches, load_sequence_cache, output_size
+from .cache import (SequenceCache, dataset_cache_dir, ensure_caches, fresh_class_pixel_counts, load_sequence_cache,
+                    output_size)
 from .dataset import CachedDataset, DecodeDataset
 from .checks import check_frames, check_training_labels, listing_problems, report_for
 from .decode import LabelSpec, load_mask
@@ -111,7 +112,8 @@ def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool =
         planned = planned_splits(listings[0], test_listing, cfg, log=lambda _m: None)
         check_training_frames(planned.counts()["train"][1], cfg.training, world_size)
         # Before splits.json and the caches are written: all-void labels end the run here.
-        check_training_labels([f for seq in planned.train for f in seq.frame_records()], ds)
+        counts = fresh_class_pixel_counts(planned.train, cfg) if ds.use_cache else None
+        check_training_labels([f for seq in planned.train for f in seq.frame_records()], ds, counts)
         splits = resolve_splits(listings[0], test_listing, cfg, log=log)
     cache_outcome = None
     if ds.use_cache and names_ok:

@@ -297,7 +297,7 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
     """
     def setup() -> tuple[Predictor, Config, list[FrameSequence], str]:
         predictor = Predictor.from_checkpoint(checkpoint, ctx.device, runtime, custom_model=custom_model)
-        return (predictor, *_data_to_evaluate(predictor, config, split, root, mask_format, cache_dir))
+        return (predictor, *_data_to_evaluate(predictor, config, split, root, mask_format, cache_dir, log))
 
     predictor, data_cfg, sequences, source = ctx.fail_together(setup)
     overlap = sorted({seq.name for seq in sequences} & set(predictor.trained_sequences or ()))
@@ -316,7 +316,7 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
 
 
 def _data_to_evaluate(predictor: Predictor, config: Config | None, split: str, root: str | Path | None,
-                      mask_format: str | None, cache_dir: str | Path | None
+                      mask_format: str | None, cache_dir: str | Path | None, log: Callable[[str], None] = print
                       ) -> tuple[Config, list[FrameSequence], str]:
     """The data config, the sequences and their description (``source``) that :func:`evaluate_checkpoint` scores."""
     data_cfg = predictor.config if config is None else config
@@ -333,8 +333,14 @@ def _data_to_evaluate(predictor: Predictor, config: Config | None, split: str, r
         if not sequences:
             raise DataError(f"{root} holds no sequence with paired frames: expected "
                             f"{root}/{dataset.images}/<sequence>/*.png and {root}/{dataset.labels}/<sequence>/*.png")
-        detected = mask_format or detect_mask_format(sequences, dataset.mask_format)
-        data_cfg = replace(data_cfg, dataset=replace(dataset, mask_format=detected))
+        # The format the model was trained with (or the config's) unless told: a grey-scale (mode L) PNG
+        # may hold RGB-format labels whose colours are greys, so the file mode only prompts a note.
+        chosen = mask_format or dataset.mask_format
+        looks = detect_mask_format(sequences, chosen)
+        if mask_format is None and looks != chosen:
+            log(f"note: the masks under {root} look like {looks} masks, but the checkpoint's dataset.mask_format "
+                f"is {chosen} and they are read as such; pass --mask-format {looks} if they hold {looks} labels")
+        data_cfg = replace(data_cfg, dataset=replace(dataset, mask_format=chosen))
         return data_cfg, sequences, f"root {Path(root).resolve()}"
     if mask_format is not None:
         data_cfg = replace(data_cfg, dataset=replace(dataset, mask_format=mask_format))

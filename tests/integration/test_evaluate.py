@@ -161,7 +161,7 @@ def test_root_with_index_masks_equals_the_same_data_with_rgb_masks(run, tmp_path
     rgb_out, index_out = tmp_path / "rgb_report", tmp_path / "index_report"
     assert evaluate("--checkpoint", str(run["ckpt"]), "--root", str(run["root"]), "--out", str(rgb_out)) == 0
     assert evaluate("--checkpoint", str(run["ckpt"]), "--root", str(index_root), "--out", str(index_out),
-                    "--cache-dir", str(tmp_path / "cache")) == 0
+                    "--cache-dir", str(tmp_path / "cache"), "--mask-format", "index") == 0
     rgb, index = read_json(rgb_out / "metrics.json"), read_json(index_out / "metrics.json")
     assert (rgb["mask_format"], index["mask_format"]) == ("rgb", "index")
     assert rgb["frames"] == index["frames"] == 18
