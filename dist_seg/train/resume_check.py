@@ -56,11 +56,12 @@ class ResumeChanges:
     optimizer_changed: bool = False
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config data as ``{"section.key": value}``."""
     if isinstance(value, dict):
         flat: dict[str, Any] = {}
         for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return flat
     return {prefix: value}
 
@@ -78,7 +79,7 @@ def compare_resume(saved: dict[str, Any], cfg: Config, *, saved_classes: Sequenc
     checkpoints that predate them); ``held_out_sequences`` this run's val and test sequences.
     """
     changes = ResumeChanges()
-    old, new = _flatten(saved), _flatten(config_to_dict(cfg))
+    old, new = flatten(saved), flatten(config_to_dict(cfg))
     refused: dict[str, list[str]] = {}
     for key in sorted(old.keys() | new.keys()):
         before, after = old.get(key, _UNSET), new.get(key, _UNSET)

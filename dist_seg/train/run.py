@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import Config
+from ..config import Config, config_to_dict
 from ..data.cache_loader import CacheLoader
 from ..data.loader import Loader, build_loader, describe_loader, loader_processes
 from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
-from ..errors import DistSegError
+from ..errors import ConfigError, DistSegError
 from ..models import build_model, check_model_config, describe_model
 from ..models.init_from import init_from
 from ..telemetry.memlog import FILE_NAME as MEMORY_LOG, MemoryLog
@@ -36,7 +36,7 @@ from ..data.checks import listing_problems
 from ..data.discovery import discover_all
 from ..data.splits import planned_splits
 from ..paths import exclusive_output_folder
-from .resume_check import check_resume
+from .resume_check import check_resume, flatten
 from .checkpointer import Checkpointer, EpochPlan
 from ..runtime.distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
 from .ema import ModelEma
@@ -78,6 +78,7 @@ def run_training(cfg: Config) -> RunSummary:
         hazard = restart_hazard()
         if hazard is not None:
             out.warn(hazard)
+        ctx.fail_together(lambda: check_same_config(cfg, ctx))
         # Rank 0 holds the output folder for the run's life; a second run into it stops here,
         # before it writes anything.
         ctx.fail_together(lambda: _hold_output_folder(cfg, ctx, out, cleanup))
@@ -265,6 +266,27 @@ def _start_vram_sampler(cfg: Config, ctx: DistContext, out: RunOutputs, trainer:
                           sinks=sinks, step_fn=lambda: trainer.pos.global_step, log=out.log)
     cleanup.callback(sampler.stop)
     return memory_log, sampler
+
+
+def check_same_config(cfg: Config, ctx: DistContext) -> None:
+    """Every rank runs the config rank 0 runs; otherwise ConfigError (on every rank) naming the keys that differ.
+
+    Ranks with another learning rate, split or model would train something no single config
+    describes (and DDP would average gradients of different losses) without any error.
+    """
+    if not ctx.is_distributed:
+        return
+    flat = [flatten(c) for c in ctx.gather_objects(config_to_dict(cfg))]
+    differing = sorted({k for rank in flat[1:] for k in rank.keys() | flat[0].keys() if rank.get(k) != flat[0].get(k)})
+    if not differing:
+        return
+    shown = []
+    for key in differing[:5]:
+        values = ", ".join(f"rank {r}: {f.get(key)!r}" for r, f in enumerate(flat))
+        shown.append(f"{key} ({values})")
+    more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
+    raise ConfigError(f"the {ctx.world_size} ranks were started with different configs: {'; '.join(shown)}{more}. "
+                      "Start every rank with the same config file and --set overrides")
 
 
 def _hold_output_folder(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> None:
