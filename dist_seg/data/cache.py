@@ -38,6 +38,7 @@ from ..config import Config, DatasetConfig
 from ..errors import DataError, DiskSpaceError
 from ..parallel import map_in_pool, usable_cores
 from ..config.classes import IGNORE_INDEX
+from ..limits import ensure_open_files, map_failure
 from .decode import DecodedFrame, FrameCheck, LabelSpec, decode_frame
 from .discovery import DatasetListing, Frame, SequenceListing
 
@@ -145,13 +146,29 @@ class SequenceCache:
     class_pixel_counts: np.ndarray  # [num_classes] int64, at cache resolution
     ignored_pixels: int
 
+    @property
+    def arrays(self) -> int:
+        """Memory-mapped arrays (and so open files) this cache takes while read."""
+        return 1 if self.images_file is None else 2
+
     def open_masks(self) -> np.ndarray:
         """Read-only ``[N, H, W]`` uint8 memmap."""
-        return np.load(self.directory / self.masks_file, mmap_mode="r")
+        return _map(self.directory / self.masks_file)
 
     def open_images(self) -> np.ndarray | None:
         """Read-only ``[N, 3, H, W]`` uint8 memmap, or None when images are not cached."""
-        return None if self.images_file is None else np.load(self.directory / self.images_file, mmap_mode="r")
+        return None if self.images_file is None else _map(self.directory / self.images_file)
+
+
+def _map(path: Path) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")``; a mapping refused by a process limit is a DataError naming it."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except OSError as exc:
+        failure = map_failure(exc, path, path.stat().st_size)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -510,6 +527,8 @@ def _allocate(writers: list[_SequenceWriter]) -> None:
         needed[writer.directory.parent] = needed.get(writer.directory.parent, 0) + writer.nbytes
     for directory, size in needed.items():
         atomic.ensure_free_space(directory, size, f"the cache build ({CACHE_DIR_KEY})")
+    if writers:
+        ensure_open_files(sum(2 if w.settings.cache_images else 1 for w in writers), "the cache build")
     for writer in writers:
         writer.allocate()
 

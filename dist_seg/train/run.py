@@ -93,12 +93,11 @@ def run_training(cfg: Config) -> RunSummary:
             out.log(f"stopped on {stop.signal_name} while preparing the data: sequences cached so far are kept; "
                     "run again to continue")
             return RunSummary(StopReason.PREEMPTED, 0, 0, None, None, out.dir)
+        out.start(trainer.palette.names, ctx.world_size)
         if resume_from is not None:
             trainer.resume(resume_from)
         elif cfg.training.resume_from_checkpoint == "auto":
             out.log("resume_from_checkpoint: auto found no checkpoint; starting fresh")
-        # After the resume: a refused one leaves config.yaml as the checkpoint's run wrote it.
-        out.start(trainer.palette.names, ctx.world_size)
 
         memory_log, sampler = _start_vram_sampler(cfg, ctx, out, trainer, cleanup)
         progress = Progress(cfg.telemetry.progress if ctx.is_main else "none", cfg.training.log_interval)
