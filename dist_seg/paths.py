@@ -146,10 +146,26 @@ def exclusive_output_folder(folder: Path, key: str, log: Callable[[str], None] =
     ``flock``, so the kernel drops it when its holder dies (SIGKILL, OOM, node reboot) and the
     next run simply takes it; the file names the holder (host, PID, start) for the refusal.
     On filesystems without ``flock`` the named holder is checked instead: a dead process on
-    this host is taken over, a live one (or any on another host) refuses. Creates ``folder``.
+    this host is taken over, a live one (or any on another host) refuses. Creates ``folder``;
+    a folder created here that holds nothing but the lock at the end (a run refused before
+    writing anything) is removed again.
     """
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / OUTPUT_LOCK
+    try:
+        with _locked(folder, path, key, log):
+            yield
+    finally:
+        if created and [p.name for p in folder.iterdir()] == [OUTPUT_LOCK]:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+@contextlib.contextmanager
+def _locked(folder: Path, path: Path, key: str, log: Callable[[str], None]) -> Iterator[None]:
+    """The flock of :func:`exclusive_output_folder`."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
