@@ -173,17 +173,19 @@ def mirror_best(source: Path, best_path: Path) -> None:
     os.replace(temporary, best_path)
 
 
-def load_checkpoint(path: str | Path, key: str = "training.resume_from_checkpoint") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, key: str = "training.resume_from_checkpoint", mmap: bool = False
+                    ) -> dict[str, Any]:
     """Load and check a dist_seg checkpoint; every failure is a CheckpointError saying what to do.
 
     ``key`` is the config key or command-line option that named ``path``, for the message when it does not exist.
+    ``mmap`` maps the tensors instead of reading them: for a look at the config and metadata only.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{key}: checkpoint {path} does not exist; give the path of a checkpoint file "
                               "written by dist_seg.train")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError... for damaged files
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it is truncated, "
                               "corrupt or not a torch file: use an earlier checkpoint from the same directory") from exc

@@ -20,6 +20,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. --set training.epochs=2 (repeatable)")
 
 
+def add_custom_model_argument(parser: argparse.ArgumentParser) -> None:
+    """``--custom-model PKG.MODULE:CLASS``: the code that rebuilds a checkpoint's custom model, named by the user."""
+    parser.add_argument("--custom-model", metavar="PKG.MODULE:CLASS",
+                        help="import path of the custom model class for a checkpoint trained with one (a "
+                             "checkpoint is data: the path stored inside it is never imported)")
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """``--tta``, ``--mode``, ``--crop``, ``--stride``, ``--precision``: how predict and evaluate label a frame."""
     from .runtime.device import PRECISIONS

@@ -11,13 +11,18 @@ folder (``--root``). Under torchrun every rank takes whole sequences; rank 0 wri
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli_common import add_inference_arguments, inference_settings, run_cli
+from .cli_common import add_custom_model_argument, add_inference_arguments, inference_settings, run_cli
 from .data.splits import SPLIT_NAMES
+from .config.schema import MAX_WORKERS
 from .errors import CheckpointError, ConfigError
+
+# Decoding processes per rank: more than a few per core only adds memory and start-up time.
+WORKERS_PER_CORE = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,12 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--split", choices=SPLIT_NAMES, default="test",
                        help="split of <output_dir>/splits.json to score (default test)")
     where.add_argument("--root", help="score every sequence of this DAVID-layout folder instead")
-    parser.add_argument("--out", help="report folder (default <output_dir>/eval/<split or root name>)")
+    parser.add_argument("--out", help="report folder (default: with CONFIG <output_dir>/eval/<split or root name>, "
+                                      "else eval/<split or root name> next to the checkpoint)")
     add_inference_arguments(parser)
+    add_custom_model_argument(parser)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="image-decoding processes per rank (0 = inline)")
     parser.add_argument("--mask-format", choices=["rgb", "index"],
-                        help="how masks store labels (default: the config's; with --root, detected from the files)")
+                        help="how masks store labels (default: the config's, else the checkpoint's)")
     parser.add_argument("--cache-dir", help="where to keep the native-resolution mask cache "
                                             "(default dataset.cache_dir, $DIST_SEG_CACHE or ~/.cache/dist_seg)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "rocm"],
@@ -47,8 +54,10 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
-    if args.workers < 0:
-        parser.error("--workers must be >= 0")
+    most = min(MAX_WORKERS, WORKERS_PER_CORE * (os.cpu_count() or 1))
+    if not 0 <= args.workers <= most:
+        parser.error(f"--workers must be from 0 to {most} ({WORKERS_PER_CORE} per core of this machine's "
+                     f"{os.cpu_count()}, at most {MAX_WORKERS}), got {args.workers}")
     settings = inference_settings(parser, args)
 
     from . import atomic
@@ -57,18 +66,29 @@ def _main(argv: Sequence[str] | None) -> int:
     from .runtime.distributed import setup_distributed, teardown_distributed
     from .eval.report import format_table, write_report
     from .eval.native import evaluate_checkpoint
-    from .paths import check_writable_folder
+    from .paths import check_outside_dataset, check_writable_folder, output_option
     from .runtime.device import describe_precision, inference_runtime
 
     config = load_config(args.config) if args.config else None
+    # The user's own config may name the custom model's code; the checkpoint's copy never does.
+    custom_model = args.custom_model or (config.model.type if config is not None and config.model.is_custom else None)
     if not Path(args.checkpoint).is_file():
         raise CheckpointError(f"--checkpoint {args.checkpoint} does not exist; pass a .pth written by dist_seg.train")
     # Before the evaluation, not after it: a report folder that cannot be written would lose its work.
-    out = Path(args.out) if args.out else _default_out(args, config)
-    check_writable_folder(out, "--out" if args.out else f"--out (default {out})")
+    out = output_option(args.out, "--out") if args.out is not None else _default_out(args, config)
+    out_key = "--out" if args.out is not None else f"--out (default {out})"
+    check_writable_folder(out, out_key)
+    cache_dir = output_option(args.cache_dir, "--cache-dir") if args.cache_dir is not None else None
+    data_root = Path(args.root) if args.root else (config.dataset.root if config is not None else None)
+    if data_root is not None:
+        labels = config.dataset.labels if config is not None else "Labels"
+        images = config.dataset.images if config is not None else "Images"
+        check_outside_dataset(out, data_root, (images, labels), out_key)
+        if cache_dir is not None:
+            check_outside_dataset(cache_dir, data_root, (images, labels), "--cache-dir")
     atomic.remove_stale_temporaries(out)  # what a killed earlier evaluation left
     # Only a file is refused here: a read-only cache folder still serves fresh native masks.
-    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
         raise ConfigError(f"--cache-dir: {args.cache_dir} is a file, not a folder; choose a folder path (or move "
                           "the file)")
     backend = BackendConfig(target=args.device, compile=False)
@@ -81,24 +101,29 @@ def _main(argv: Sequence[str] | None) -> int:
                                      settings=settings, batch_size=args.batch_size, num_workers=args.workers,
                                      mask_format=args.mask_format, cache_dir=args.cache_dir,
                                      cache_key="--cache-dir" if args.cache_dir else CACHE_DIR_KEY, log=log,
-                                     progress=ctx.is_main and sys.stderr.isatty())
+                                     progress=ctx.is_main and sys.stderr.isatty(), custom_model=custom_model)
         if ctx.is_main:
             write_report(result, out)
             print(format_table(result))
-            print(f"report: {out}/report.md (metrics.json, confusion.csv, confusion.png)")
+            chosen = "" if args.out is not None else " (the default; choose another folder with --out)"
+            print(f"report: {out}/report.md (metrics.json, confusion.csv, confusion.png){chosen}")
     finally:
         teardown_distributed(ctx)
     return 0
 
 
 def _default_out(args: argparse.Namespace, config) -> Path:
-    if config is None:
-        from .checkpoint_file import load_checkpoint
+    """``eval/<split or root name>`` in the config's output folder, else next to the checkpoint.
 
-        output_dir = Path(load_checkpoint(args.checkpoint, "--checkpoint")["config"]["training"]["output_dir"])
-    else:
-        output_dir = Path(config.training.output_dir)
-    return output_dir / "eval" / (Path(args.root).resolve().name if args.root else args.split)
+    Never a folder named inside the checkpoint: that is where its run wrote, on a machine that
+    may not be this one (or a path someone chose for this file to write to).
+    """
+    name = Path(os.path.abspath(args.root)).name if args.root else args.split
+    if config is not None:
+        return Path(config.training.output_dir) / "eval" / name
+    folder = Path(os.path.abspath(args.checkpoint)).parent
+    # checkpoints/epoch_0003.pth belongs to the run folder above it, as best_model.pth does.
+    return (folder.parent if folder.name == "checkpoints" else folder) / "eval" / name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

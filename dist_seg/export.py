@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli_common import run_cli
+from .cli_common import add_custom_model_argument, run_cli
 
 
 # Largest export height or width: 8K frames. The example batch and the trace grow with the
@@ -52,19 +52,23 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--ema", action="store_true", help="export the checkpoint's EMA weights")
     parser.add_argument("--logits", action="store_true", help="also output the logits [B, C, H, W] (float32)")
     parser.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
+    add_custom_model_argument(parser)
     args = parser.parse_args(argv)
     if args.opset is not None and args.fmt != "onnx":
         parser.error("--opset applies to --format onnx only")
 
     from .deploy.artifact import ExportRequest, export_artifact
-    from .paths import check_writable_folder
+    from .deploy.onnx_export import check_opset
+    from .paths import check_writable_folder, output_option
 
-    check_writable_folder(Path(args.out), "--out")
+    check_opset(args.opset)
+    args.out = output_option(args.out, "--out")
+    check_writable_folder(args.out, "--out")
 
     export_artifact(ExportRequest(
         checkpoint=Path(args.checkpoint), format=args.fmt, out_dir=Path(args.out), height=args.height,
         width=args.width, dynamic_size=args.dynamic, opset=args.opset, ema=args.ema, with_logits=args.logits,
-        check=not args.no_check,
+        check=not args.no_check, custom_model=args.custom_model,
     ))
     return 0
 

@@ -15,6 +15,7 @@ Progress is a bar on a terminal and a plain line every --log-every frames otherw
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import defaultdict
@@ -24,12 +25,15 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from .cli_common import add_inference_arguments, inference_settings, run_cli
+from .cli_common import add_custom_model_argument, add_inference_arguments, inference_settings, run_cli
 from .config import expand_user
 from .data.discovery import IMAGE_SUFFIXES, list_files
 from .errors import DataError
+from .paths import check_outside_dataset, fit_name, is_inside, output_option
 
 OUTPUT_SUFFIXES = ("_ids.png", "_color.png", "_overlay.png")
+# Bytes the atomic writer adds to a name for its temporary file: ".<name>.<host>-<pid>.<8 random>.tmp".
+TEMPORARY_NAME_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,13 @@ class PredictJob:
     relative_dir: Path
 
     def output_stem(self, out_dir: Path) -> Path:
-        """``<out_dir>/<relative_dir>/<stem>``; the output files add :data:`OUTPUT_SUFFIXES`."""
-        return out_dir / self.relative_dir / self.source.stem
+        """``<out_dir>/<relative_dir>/<stem>``; the output files add :data:`OUTPUT_SUFFIXES`.
+
+        A stem so long that an output file's name (or its temporary name while written) would
+        pass the filesystem's limit is shortened and tagged with a hash of the original.
+        """
+        longest = max(len(s.encode()) for s in OUTPUT_SUFFIXES)
+        return out_dir / self.relative_dir / fit_name(self.source.stem, longest + TEMPORARY_NAME_BYTES)
 
 
 def collect_inputs(inputs: Sequence[str], images_dir: str = "Images") -> list[PredictJob]:
@@ -61,7 +70,8 @@ def collect_inputs(inputs: Sequence[str], images_dir: str = "Images") -> list[Pr
             if not found:
                 raise DataError(f"{path} holds no .png/.jpg images and no {images_dir}/ folder; "
                                 "pass image files, a sequence folder or a dataset root")
-            jobs += [PredictJob(f, Path(path.name)) for f in found]
+            # The folder's own name, spelled out: "seq/.." or "." have no usable name of their own.
+            jobs += [PredictJob(f, Path(Path(os.path.abspath(path)).name or "root")) for f in found]
         else:
             raise DataError(f"input {path} does not exist")
     # The same file named twice (a root and one of its sequences, ./x and x) is one job.
@@ -75,6 +85,9 @@ def check_outputs(jobs: Sequence[PredictJob], out_dir: Path) -> None:
     """Refuse, before any work, an --out that cannot hold these jobs' outputs safely."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file; pass a directory (it is created if missing)")
+    for job in jobs:
+        if not is_inside(job.output_stem(out_dir).parent, out_dir):  # a bug, not user input: never write outside
+            raise DataError(f"the outputs of {job.source} would land outside --out {out_dir}")
     _check_clashes(jobs, out_dir)
     from .paths import check_writable_folder
 
@@ -163,18 +176,21 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--checkpoint", help="a dist_seg checkpoint (e.g. outputs/x/best_model.pth)")
     source.add_argument("--model", help="an exported model.onnx (its model.json beside it); runs on ONNX Runtime")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image, sequence folder or dataset root")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to run (auto: GPU when available)")
     parser.add_argument("--log-every", type=int, default=50, metavar="N",
                         help="when stderr is not a terminal, print a progress line every N frames (default 50)")
     add_inference_arguments(parser)
+    add_custom_model_argument(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
     if args.log_every < 1:
         parser.error("--log-every must be >= 1")
+    if args.model and args.custom_model:
+        parser.error("--custom-model applies to --checkpoint only (an exported --model runs without Python code)")
     args.settings = inference_settings(parser, args)
     if args.model and not (args.settings.is_plain and args.settings.mode == "whole"):
         # Found now, not at the first batch after the model is loaded.
@@ -188,7 +204,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parse_args(argv)
+    args.out = output_option(args.out, "--out")
     jobs = collect_inputs(args.inputs)
+    for item in args.inputs:
+        root = expand_user(item, "input path")
+        if (root / "Images").is_dir():  # a dataset root: the next run would take predictions there for frames
+            check_outside_dataset(args.out, root, ("Images", "Labels"), "--out")
     check_outputs(jobs, args.out)
 
     from PIL import Image
@@ -211,7 +232,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         device = select_device(BackendConfig(target=args.device), local_rank=0, key="--device")
         runtime = inference_runtime(device, args.precision)
-        predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime)
+        predictor = Predictor.from_checkpoint(args.checkpoint, device, runtime, custom_model=args.custom_model)
         print(f"predict: {describe_precision(runtime, args.precision)}", flush=True)
     palette = predictor.palette
 

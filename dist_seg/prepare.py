@@ -22,11 +22,15 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = load_config(args.config, args.overrides)
     # Imported after the config is known good: a config typo should not wait for torch to import.
     from .data.pipeline import prepare
-    from .paths import check_writable_folder
+    from .paths import check_writable_folder, exclusive_output_folder
+    from .train.preflight import check_dataset_untouched
 
     # splits.json goes there: found unwritable now, not after the cache build.
     check_writable_folder(Path(cfg.training.output_dir), "training.output_dir")
-    summary = prepare(cfg, log=lambda line: print(line, flush=True), progress=True)
+    check_dataset_untouched(cfg)
+    # A running training owns its splits.json: a prepare with another split must not rewrite it.
+    with exclusive_output_folder(Path(cfg.training.output_dir), "training.output_dir"):
+        summary = prepare(cfg, log=lambda line: print(line, flush=True), progress=True)
     print(summary.format())
     if args.shards is not None:
         from .data.pipeline import write_split_shards

@@ -36,7 +36,8 @@ def _main(argv: Sequence[str] | None) -> int:
     checks: list[tuple[Callable[[Config], None], str]] = [
         (_check_model, "fix the model section of the config (or the --set override)"),
         (_check_output, "fix training.output_dir / training.resume_from_checkpoint"),
-        (_check_training_split, "fix dataset.split or the training batch settings"),
+        (_check_training_split, "fix dataset.split or the training batch settings (or, for labels with nothing "
+                                "to learn, dataset.mask_format / dataset.classes)"),
     ]
     for check, fix in reversed(checks):  # each goes first in the report, in this order
         try:
@@ -88,8 +89,9 @@ def _check_output(cfg: Config) -> None:
 
 
 def _check_training_split(cfg: Config) -> None:
-    """The split settings leave a training split, and it holds one optimizer step (of one process)."""
-    from .data.checks import listing_problems, split_problems
+    """The split settings leave a training split, it holds one optimizer step (of one process), and its
+    masks hold a class to learn."""
+    from .data.checks import check_training_labels, listing_problems, split_problems
     from .data.discovery import discover_all
     from .data.loader import check_training_frames
     from .data.splits import check_split_names, planned_splits
@@ -101,6 +103,7 @@ def _check_training_split(cfg: Config) -> None:
     check_split_names(listings[0].sequence_names, ds.split, test_from_root=len(listings) > 1)
     splits = planned_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg)
     check_training_frames(splits.counts()["train"][1], cfg.training, world_size=1)
+    check_training_labels([f for seq in splits.train for f in seq.frame_records()], ds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -198,7 +198,11 @@ class Builder:
 
     def path(self, value: str | Path, key: str) -> Path:
         p = expand_user(value, f"{self.source}: {key}")
-        if not p.is_absolute() and self.base_dir is not None:
+        if p.is_absolute():
+            return p
+        if any(key == k or key.startswith(k + ".") for k in self.overrides):
+            return Path(os.path.abspath(p))  # typed in a shell (--set): relative to where it was typed
+        if self.base_dir is not None:
             # normpath, not resolve(): drop "configs/../" without following symlinks.
             p = Path(os.path.normpath(self.base_dir / p))
         return p

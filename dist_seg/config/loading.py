@@ -7,6 +7,7 @@ applied to that data, and :mod:`.builder` turns it into the :mod:`.schema` datac
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from .schema import Config
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config, apply ``KEY=VALUE`` overrides, validate, resolve relative paths.
 
-    Relative paths resolve from the config file's directory.
+    Relative paths in the file resolve from the folder of the file as named (a symlinked
+    config's own folder is not looked up: ``abspath``, not ``resolve``); relative paths given
+    as overrides resolve from the current directory, like every other path on a command line.
     """
     path = expand_user(path, "the config file path")
     if not path.is_file():
@@ -41,7 +44,9 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     apply_overrides(raw, parsed)
     # A problem with an overridden key is on the command line, not in the file: name the --set item.
     given = {key: item.strip() for (key, _), item in zip(parsed, overrides, strict=True)}
-    return Builder(base_dir=path.resolve().parent, source=str(path), overrides=given).build(Config, raw, "")
+    # The folder of the file as named: a symlinked config's target folder is not looked up (abspath, not resolve).
+    return Builder(base_dir=Path(os.path.abspath(path)).parent, source=str(path), overrides=given).build(Config, raw,
+                                                                                                        "")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

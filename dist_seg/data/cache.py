@@ -4,11 +4,12 @@ Layout (one folder per dataset root and cache resolution)::
 
     <cache root>/<root name>-<hash of resolved root>/<H>x<W>/
         .lock                                 held while checking / building
+        .in_use                               held (shared) by each run reading these caches
         <sequence>/manifest.json              written LAST: its presence means "valid"
         <sequence>/masks-<fingerprint>.npy    [N, H, W] uint8 class ids (255 = ignore)
         <sequence>/images-<fingerprint>.npy   [N, 3, H, W] uint8, channels-first (optional)
 
-The fingerprint covers the frame files (names, sizes, mtimes) and every setting that
+The fingerprint covers the frame files (names, sizes, mtimes, ctimes) and every setting that
 changes the arrays. Array files are named by it, so a rebuild never overwrites the
 arrays an older manifest points to, and two nodes building the same cache write the
 same names and bytes. A build killed at any point leaves at worst temporary or
@@ -28,7 +29,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -37,11 +38,13 @@ from ..config import Config, DatasetConfig
 from ..errors import DataError, DiskSpaceError
 from ..parallel import map_in_pool, usable_cores
 from ..config.classes import IGNORE_INDEX
+from ..limits import ensure_open_files, map_failure
 from .decode import DecodedFrame, FrameCheck, LabelSpec, decode_frame
 from .discovery import DatasetListing, Frame, SequenceListing
 
 # 2: frames with an EXIF orientation are decoded upright (caches of such frames built before were wrong).
-CACHE_FORMAT_VERSION = 2
+# 3: the file list records each file's ctime too (a rewrite that keeps size and mtime is noticed).
+CACHE_FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 PREPARE_FIX = "run python -m dist_seg.prepare CONFIG (training runs it for you) with this config"
 # The settings that choose the cache root, as messages name them (a command may pass its own option).
@@ -78,13 +81,15 @@ def dataset_cache_dir(root: Path, cfg: Config) -> Path:
 # Setting folders, and the plain HxW folders of caches built before they had a settings digest.
 _SETTING_FOLDER = re.compile(r"^\d+x\d+(-[0-9a-f]{8})?$")
 LAST_USED = ".last_used"
+# Shared-locked by every run that reads a setting folder, for its whole life: pruning skips it.
+IN_USE = ".in_use"
 
 
 def prune_setting_folders(current: Path, keep: int, log: Callable[[str], None]) -> list[Path]:
     """Mark ``current`` as used now and delete all but the ``keep`` most recently used setting folders beside it.
 
-    A folder another process holds locked (it is being built or prepared right now) is left
-    alone. Returns the folders deleted.
+    A folder another process holds locked (it is being built or prepared right now, or a run
+    reads it: :data:`IN_USE`) is left alone. Returns the folders deleted.
     """
     marker = current / LAST_USED
     marker.touch()
@@ -99,8 +104,9 @@ def prune_setting_folders(current: Path, keep: int, log: Callable[[str], None]) 
     for folder in sorted(others, key=last_used, reverse=True)[max(keep - 1, 0):]:
         with contextlib.ExitStack() as stack:
             try:
-                handle = stack.enter_context(open(folder / ".lock", "a+b"))
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                for name in (".lock", IN_USE):
+                    handle = stack.enter_context(open(folder / name, "a+b"))
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # in use, or not ours to lock: keep it
             shutil.rmtree(folder, ignore_errors=True)
@@ -140,25 +146,62 @@ class SequenceCache:
     class_pixel_counts: np.ndarray  # [num_classes] int64, at cache resolution
     ignored_pixels: int
 
+    @property
+    def arrays(self) -> int:
+        """Memory-mapped arrays (and so open files) this cache takes while read."""
+        return 1 if self.images_file is None else 2
+
     def open_masks(self) -> np.ndarray:
         """Read-only ``[N, H, W]`` uint8 memmap."""
-        return np.load(self.directory / self.masks_file, mmap_mode="r")
+        return _map(self.directory / self.masks_file)
 
     def open_images(self) -> np.ndarray | None:
         """Read-only ``[N, 3, H, W]`` uint8 memmap, or None when images are not cached."""
-        return None if self.images_file is None else np.load(self.directory / self.images_file, mmap_mode="r")
+        return None if self.images_file is None else _map(self.directory / self.images_file)
+
+
+def _map(path: Path) -> np.ndarray:
+    """``np.load(path, mmap_mode="r")``; a mapping refused by a process limit is a DataError naming it."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except OSError as exc:
+        failure = map_failure(exc, path, path.stat().st_size)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 # ----------------------------------------------------------------------------- fingerprints
 
 
 def file_entries(root: Path, frames: Sequence[Frame]) -> list[list]:
+    """Name, size, mtime and ctime of each frame's image and mask: what says a file is unchanged, without reading it.
+
+    The ctime is set by the kernel on every write (and cannot be set back the way ``cp -p``,
+    ``rsync -t`` or ``touch -r`` restore an mtime), so content rewritten at the same size and
+    mtime is noticed too. Copying or moving the dataset to another filesystem gives new
+    ctimes and therefore one rebuild.
+    """
     entries = []
     for frame in frames:
         image, mask = frame.image.stat(), frame.mask.stat()
         entries.append([str(frame.image.relative_to(root)), image.st_size, image.st_mtime_ns,
-                        str(frame.mask.relative_to(root)), mask.st_size, mask.st_mtime_ns])
+                        str(frame.mask.relative_to(root)), mask.st_size, mask.st_mtime_ns,
+                        image.st_ctime_ns, mask.st_ctime_ns])
     return entries
+
+
+def fresh_class_pixel_counts(sequences: Sequence[Any], cfg: Config) -> np.ndarray | None:
+    """Summed class pixel counts of ``sequences`` (split sequences) from their cache manifests, when every one
+    is fresh; else None. Reads manifests and file stats only, no frame."""
+    settings = CacheSettings.from_config(cfg).as_json()
+    total = None
+    for seq in sequences:
+        cache, data, _ = _read_manifest(dataset_cache_dir(seq.root, cfg) / seq.name, seq.root, settings)
+        if cache is None or data["files"] != file_entries(seq.root, seq.frame_records()):
+            return None
+        total = cache.class_pixel_counts if total is None else total + cache.class_pixel_counts
+    return total
 
 
 def fingerprint_digest(settings: dict, files: list[list]) -> str:
@@ -385,9 +428,26 @@ class CacheOutcome:
     checks: list[FrameCheck] = field(default_factory=list)
 
 
+def hold_in_use(directories: Sequence[Path], hold: contextlib.ExitStack) -> None:
+    """Shared-lock :data:`IN_USE` of each setting folder until ``hold`` closes, so no prune removes it meanwhile.
+
+    Called with the folders' build lock held: a pruner, which takes both locks, cannot slip in
+    between. A folder that cannot be locked (no flock on this filesystem) is used unprotected.
+    """
+    for directory in sorted(set(directories)):
+        try:
+            handle = hold.enter_context(open(directory / IN_USE, "a+b"))
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            continue
+
+
 def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Callable[[str], None] = print,
-                  progress: bool = True) -> CacheOutcome:
+                  progress: bool = True, hold: contextlib.ExitStack | None = None) -> CacheOutcome:
     """Reuse every fresh sequence cache and rebuild the stale ones in one parallel pass.
+
+    With ``hold`` the setting folders stay shared-locked against pruning until it closes
+    (a training run reads them for its whole life).
 
     Fresh caches are detected from file names, sizes and mtimes alone (no PNG is opened).
     Building decodes each frame once with the same checks as the validator; the frame
@@ -419,6 +479,8 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
             for writer in writers:
                 writer.abort()
             raise
+        if hold is not None:
+            hold_in_use(outcome.directories, hold)
         for directory in sorted(set(outcome.directories)):
             prune_setting_folders(directory, cfg.dataset.cache_keep_settings, log)
     return outcome
@@ -465,6 +527,8 @@ def _allocate(writers: list[_SequenceWriter]) -> None:
         needed[writer.directory.parent] = needed.get(writer.directory.parent, 0) + writer.nbytes
     for directory, size in needed.items():
         atomic.ensure_free_space(directory, size, f"the cache build ({CACHE_DIR_KEY})")
+    if writers:
+        ensure_open_files(sum(2 if w.settings.cache_images else 1 for w in writers), "the cache build")
     for writer in writers:
         writer.allocate()
 

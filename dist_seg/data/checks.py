@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
+import numpy as np
+
 from ..config import DatasetConfig
 from ..errors import DataError
 from ..parallel import map_in_pool, usable_cores
 from ..config.classes import IGNORE_INDEX
-from .decode import FrameCheck, LabelSpec, check_frame
-from .discovery import IMAGE_SUFFIXES, DatasetListing, discover_all
+from .decode import FrameCheck, LabelSpec, check_frame, load_mask
+from .discovery import IMAGE_SUFFIXES, DatasetListing, Frame, discover_all
 from .problems import Problem
 
 # How many examples a grouped problem names, and how many problems of one kind a report
@@ -244,3 +246,39 @@ def check_dataset(ds: DatasetConfig, *, progress: bool = True) -> DatasetReport:
     report = report_for(listings, ds, check_frames(listings, ds, progress=progress))
     report.problems += split_problems(listings[0], ds)
     return report
+
+
+def check_training_labels(frames: Sequence[Frame], ds: DatasetConfig, counts: np.ndarray | None = None) -> None:
+    """Refuse training masks in which every pixel is void (``dataset.void_class``) or ignored: nothing to learn.
+
+    Such a run would train on a loss of zero (or NaN) for its whole length. ``counts`` (class
+    pixel counts from fresh cache manifests) decide without reading a file. Otherwise masks
+    are decoded in an evenly spread order until a pixel of a learnable class appears, so a
+    usual dataset costs one decode; only one that really is all void is read in full, and
+    then refused before any cache is built. An unreadable mask is skipped here (the frame
+    checks report it).
+    """
+    if not frames:
+        return
+    unlearnable = np.zeros(256, dtype=bool)
+    unlearnable[IGNORE_INDEX] = True
+    if ds.void_index is not None:
+        unlearnable[ds.void_index] = True
+    if counts is not None:
+        if counts[~unlearnable[: len(counts)]].sum() > 0:
+            return
+    else:
+        spec = LabelSpec.from_config(ds)
+        step = max(1, len(frames) // 16)
+        for i in [*range(0, len(frames), step), *(i for i in range(len(frames)) if i % step)]:
+            try:
+                ids = load_mask(frames[i].mask, spec, None)
+            except DataError:
+                continue
+            if not unlearnable[ids].all():
+                return
+    void = f"the void class {ds.void_class!r} or " if ds.void_class is not None else ""
+    raise DataError(f"every pixel of the {len(frames)} training masks is {void}ignored ({IGNORE_INDEX}): there is "
+                    "nothing to learn. Check dataset.mask_format and dataset.classes against the masks (a grey-scale "
+                    "index mask read as rgb, or colours that match no class with dataset.unknown_colors: void, "
+                    "give exactly this), and dataset.labels")

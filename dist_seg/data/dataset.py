@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
+from ..limits import ensure_open_files
 from .cache import SequenceCache
 from .discovery import Frame
 from .decode import LabelSpec, load_image, load_mask
@@ -81,6 +82,7 @@ class CachedDataset(Dataset):
 
     def _open(self) -> list[tuple[np.ndarray | None, np.ndarray]]:
         if self._arrays is None:
+            ensure_open_files(sum(c.arrays for c in self.caches), f"reading {len(self.caches)} sequence caches")
             # Plain ndarray views of the memmaps: slicing them skips np.memmap's per-slice overhead.
             self._arrays = [(None if (images := c.open_images()) is None else images.view(np.ndarray),
                              c.open_masks().view(np.ndarray)) for c in self.caches]

@@ -9,6 +9,7 @@ image file.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +20,17 @@ from torch.utils.data import Dataset
 
 from ..config import Config
 from ..errors import DataError
-from .cache import SequenceCache, dataset_cache_dir, ensure_caches, load_sequence_cache, output_size
+from .cache import (SequenceCache, dataset_cache_dir, ensure_caches, fresh_class_pixel_counts, load_sequence_cache,
+                    output_size)
 from .dataset import CachedDataset, DecodeDataset
-from .checks import check_frames, listing_problems, report_for
+from .checks import check_frames, check_training_labels, listing_problems, report_for
 from .decode import LabelSpec, load_mask
 from .discovery import Frame, discover_all
 from .loader import check_training_frames
 from .problems import Problem
 from .shards import open_streamed, write_shards
-from .splits import SPLIT_NAMES, Splits, check_split_names, read_splits, resolve_splits, splits_path
+from .splits import (SPLIT_NAMES, Splits, check_split_names, planned_splits, read_splits, resolve_splits,
+                     splits_path)
 
 # Masks decoded to estimate class frequencies when there is no cache: evenly spaced over
 # the training frames, enough for stable class weights, cheap enough for every rank.
@@ -88,13 +91,14 @@ def _sum_counts(caches: Sequence[SequenceCache], num_classes: int) -> np.ndarray
 
 
 def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool = True,
-            world_size: int = 1) -> PrepareSummary:
+            world_size: int = 1, hold: contextlib.ExitStack | None = None) -> PrepareSummary:
     """Discover, validate, split and cache the dataset; raise DataError listing every problem.
 
     With ``dataset.use_cache`` the frame checks happen while building stale caches
     (one decode per frame); fresh caches are reused without opening any image. Without
     the cache every frame is checked on each call. ``world_size``: the processes that will
     train, each on its own full batches (the training split must give every one a step).
+    ``hold``: keep the caches locked against pruning until it closes (see :func:`ensure_caches`).
     """
     start = time.perf_counter()
     ds = cfg.dataset
@@ -105,11 +109,16 @@ def prepare(cfg: Config, *, log: Callable[[str], None] = print, progress: bool =
     check_split_names(listings[0].sequence_names, ds.split, test_from_root=len(listings) > 1)
     splits = None
     if names_ok:
-        splits = resolve_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg, log=log)
-        check_training_frames(splits.counts()["train"][1], cfg.training, world_size)
+        test_listing = listings[1] if len(listings) > 1 else None
+        planned = planned_splits(listings[0], test_listing, cfg, log=lambda _m: None)
+        check_training_frames(planned.counts()["train"][1], cfg.training, world_size)
+        # Before splits.json and the caches are written: all-void labels end the run here.
+        counts = fresh_class_pixel_counts(planned.train, cfg) if ds.use_cache else None
+        check_training_labels([f for seq in planned.train for f in seq.frame_records()], ds, counts)
+        splits = resolve_splits(listings[0], test_listing, cfg, log=log)
     cache_outcome = None
     if ds.use_cache and names_ok:
-        cache_outcome = ensure_caches(listings, cfg, log=log, progress=progress)
+        cache_outcome = ensure_caches(listings, cfg, log=log, progress=progress, hold=hold)
         checks = cache_outcome.checks
     else:
         # Bad file layout: check contents too (all problems in one report), but build nothing.

@@ -46,6 +46,7 @@ class ExportRequest:
     ema: bool = False
     with_logits: bool = False
     check: bool = True
+    custom_model: str | None = None  # the user's import path for a checkpoint of a custom model
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def export_artifact(request: ExportRequest, log: Callable[[str], None] = print) 
         require("onnxscript", "ONNX export")
         if request.check:
             require("onnxruntime", "the ONNX parity check")
-    source = load_export_source(request.checkpoint, request.ema)
+    source = load_export_source(request.checkpoint, request.ema, request.custom_model)
     cfg = source.config
     height = request.height or cfg.training.image_size[0]
     width = request.width or cfg.training.image_size[1]

@@ -80,8 +80,11 @@ class ExportSource:
         return describe_model(self.config.model)
 
 
-def load_export_source(path: str | Path, ema: bool = False) -> ExportSource:
+def load_export_source(path: str | Path, ema: bool = False, custom_model: str | None = None) -> ExportSource:
     """Rebuild a checkpoint's model on the CPU in float32; ``ema`` loads its EMA weights instead.
+
+    ``custom_model`` is the user's import path for a checkpoint of a custom model (the one
+    stored in the checkpoint is never imported).
 
     Raises :class:`CheckpointError` when ``ema`` is asked for and the checkpoint holds none.
     """
@@ -89,7 +92,7 @@ def load_export_source(path: str | Path, ema: bool = False) -> ExportSource:
     cpu = torch.device("cpu")
     # What predict runs on a CPU by default (float32, eager): the reference the artifact is compared with.
     runtime = inference_runtime(cpu)
-    predictor = Predictor.from_checkpoint(path, cpu, runtime, "--checkpoint")
+    predictor = Predictor.from_checkpoint(path, cpu, runtime, "--checkpoint", custom_model)
     state = load_checkpoint(path, "--checkpoint")
     if ema:
         if not isinstance(state.get("ema"), dict):

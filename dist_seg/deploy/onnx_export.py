@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.onnx import _constants as onnx_constants
 
 from ..errors import ExportError
 from .graph import IDS_NAME, INPUT_NAME, LOGITS_NAME, DeployableModel
@@ -16,6 +17,9 @@ from .requirements import require
 
 # The TorchScript exporter supports opsets up to 20; 17 is what its users most often target.
 TORCHSCRIPT_DEFAULT_OPSET = 17
+# Opsets torch.onnx.export accepts, by its own bounds (7 and 23 in torch 2.14).
+MIN_OPSET = onnx_constants.ONNX_MIN_OPSET
+MAX_OPSET = onnx_constants.ONNX_MAX_OPSET
 _OPERATOR = re.compile(r"\baten(?:::|\.)([A-Za-z0-9_]+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -45,14 +49,34 @@ def _opset_of(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def check_opset(opset: int | None) -> None:
+    """Refuse, before the model is loaded, an ``--opset`` that torch's exporters cannot write."""
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"--opset {opset}: torch {torch.__version__} exports ONNX opsets {MIN_OPSET} to "
+                          f"{MAX_OPSET}; choose one in that range (or leave --opset out for the exporter's default)")
+
+
 def export_onnx(wrapper: DeployableModel, example: torch.Tensor, path: Path, dynamic_size: bool,
                 opset: int | None, model_name: str, log: Callable[[str], None]) -> OnnxExportInfo:
     """Write ``wrapper`` as one self-contained ONNX file (no external data) at ``path``.
 
     The batch dimension is always dynamic; ``dynamic_size`` makes height and width dynamic
     too. ``opset`` None takes each exporter's default. Raises :class:`ExportError` naming the
-    operators and the model when neither exporter manages.
+    operators and the model when neither exporter manages, and when the file holds another opset
+    than ``opset`` (the dynamo exporter keeps its own when converting down fails).
     """
+    info = _export_onnx(wrapper, example, path, dynamic_size, opset, model_name, log)
+    if opset is not None and info.opset != opset:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"--opset {opset}: the {info.exporter} exporter could only write opset {info.opset} for "
+                          f"model {model_name} (converting it down failed); export with --opset {info.opset} "
+                          "(or leave --opset out), or use --format torch-export")
+    return info
+
+
+def _export_onnx(wrapper: DeployableModel, example: torch.Tensor, path: Path, dynamic_size: bool,
+                 opset: int | None, model_name: str, log: Callable[[str], None]) -> OnnxExportInfo:
+    """Both exporters in turn; see :func:`export_onnx`."""
     require("onnx", "ONNX export")
     require("onnxscript", "ONNX export")
     outputs = [IDS_NAME, LOGITS_NAME] if wrapper.with_logits else [IDS_NAME]

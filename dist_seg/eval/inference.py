@@ -41,6 +41,14 @@ DEFAULT_STRIDE_FRACTION = 2 / 3
 # Largest TTA scale: scales are factors of the network input (0.5-2 is usual); one like 75
 # (a percentage) would ask for an input thousands of times larger and fail in an allocation.
 MAX_TTA_SCALE = 4.0
+# Smallest TTA scale: below a quarter of the network input a frame is a few pixels wide at the
+# output stride, and its scores are noise averaged into the others.
+MIN_TTA_SCALE = 0.25
+# Smallest slide window side: below it the backbone's output (stride 8-32) is a pixel or two.
+MIN_CROP = 16
+# Most slide windows that may cover one pixel along each axis (crop / stride): beyond it each
+# frame costs dozens of forward passes for no measurable gain.
+MAX_WINDOW_OVERLAP = 8
 
 
 @dataclass(frozen=True)
@@ -54,12 +62,15 @@ class InferenceSettings:
     stride: tuple[int, int] | None = None  # slide step (H, W); None = 2/3 of the crop
 
     def __post_init__(self) -> None:
-        if not self.scales or any(not (0 < s <= MAX_TTA_SCALE) for s in self.scales):
-            raise ConfigError(f"--tta scales must be positive factors of the network input size, at most "
+        if not self.scales or any(not (MIN_TTA_SCALE <= s <= MAX_TTA_SCALE) for s in self.scales):
+            raise ConfigError(f"--tta scales must be factors of the network input size from {MIN_TTA_SCALE:g} to "
                               f"{MAX_TTA_SCALE:g} (e.g. scales=0.75,1.0,1.25), got {list(self.scales)}")
         for name, size in (("crop", self.crop), ("stride", self.stride)):
             if size is not None and (len(size) != 2 or min(size) < 1):
                 raise ConfigError(f"--{name} must be HxW with positive sizes, got {size}")
+        if self.crop is not None and min(self.crop) < MIN_CROP:
+            raise ConfigError(f"--crop {_hw(self.crop)}: each side must be at least {MIN_CROP} pixels (the model "
+                              "sees the window at its output stride of 8-32 pixels)")
         if self.mode not in ("whole", "slide"):
             raise ConfigError(f"--mode must be whole or slide, got {self.mode!r}")
         if self.crop and self.stride:
@@ -99,7 +110,13 @@ class InferenceSettings:
 
 
 def _check_window(crop: Sequence[int], stride: Sequence[int]) -> None:
-    """A stride longer than the window would leave pixels between windows without a prediction."""
+    """A stride longer than the window would leave pixels between windows without a prediction; a tiny one
+    would run the model dozens of times per pixel."""
+    if any(c > MAX_WINDOW_OVERLAP * s for c, s in zip(crop, stride)):
+        shortest = (-(-crop[0] // MAX_WINDOW_OVERLAP), -(-crop[1] // MAX_WINDOW_OVERLAP))
+        raise ConfigError(f"--stride {_hw(stride)} is under 1/{MAX_WINDOW_OVERLAP} of the slide window {_hw(crop)}: "
+                          f"each pixel would be labelled more than {MAX_WINDOW_OVERLAP ** 2} times; use a stride "
+                          f"of at least {_hw(shortest)} (default: 2/3 of the crop)")
     if stride[0] > crop[0] or stride[1] > crop[1]:
         raise ConfigError(f"--stride {_hw(stride)} is longer than the slide window {_hw(crop)} (--crop, default the "
                           "network input size): pixels between windows would get no prediction; use a stride no "
@@ -263,6 +280,31 @@ def class_scores(model: torch.nn.Module, images: torch.Tensor, settings: Inferen
 
 # ----------------------------------------------------------------------------- from a checkpoint
 
+CUSTOM_MODEL_OPTION = "--custom-model"
+
+
+def trusted_model_config(cfg: Config, checkpoint: Path, custom_model: str | None) -> Config:
+    """``cfg`` (a checkpoint's config) with the model type the user vouches for.
+
+    A checkpoint is data: anyone can write ``model.type: "os:system"`` into one, so an import
+    path stored in it is never imported. A custom model is rebuilt only from ``custom_model``,
+    the import path given on the command line (or in the user's own config); a checkpoint of a
+    built-in model needs none and refuses one, so a stray option cannot swap the network.
+    """
+    if not cfg.model.is_custom:
+        if custom_model is not None:
+            raise ConfigError(f"{CUSTOM_MODEL_OPTION} {custom_model}: checkpoint {checkpoint} holds the built-in "
+                              f"model {cfg.model.type!r}, not a custom one; drop {CUSTOM_MODEL_OPTION}")
+        return cfg
+    if custom_model is None:
+        raise CheckpointError(f"checkpoint {checkpoint} holds a custom model ({cfg.model.type!r}); a checkpoint is "
+                              "data, so dist_seg does not import code named inside it. If you trust that code, "
+                              f"name it yourself: {CUSTOM_MODEL_OPTION} {cfg.model.type}")
+    if ":" not in custom_model:
+        raise ConfigError(f"{CUSTOM_MODEL_OPTION} {custom_model!r} is not an import path; write it as "
+                          f"'package.module:ClassName' (the checkpoint names {cfg.model.type!r})")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, type=custom_model))
+
 
 @dataclass
 class Predictor:
@@ -273,25 +315,31 @@ class Predictor:
     palette: Palette
     runtime: Runtime
     checkpoint: Path
+    # Names of the sequences the checkpoint trained on (None: a checkpoint that predates the record).
+    trained_sequences: tuple[str, ...] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device, runtime: Runtime,
-                        key: str = "--checkpoint") -> "Predictor":
+                        key: str = "--checkpoint", custom_model: str | None = None) -> "Predictor":
         """Rebuild the model described by the checkpoint's config and load its weights.
 
         ``key`` is the option or config key that named ``path``, for the message when it does not exist.
+        ``custom_model`` is the import path the user gave for a checkpoint of a custom model: the
+        one named inside the checkpoint is never imported (see :func:`trusted_model_config`).
         """
         state = load_checkpoint(path, key)
         try:
             cfg = config_from_dict(state["config"], base_dir=None, source=f"{path} (embedded config)")
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint {path} holds a config this dist_seg cannot read: {exc}") from exc
+        cfg = trusted_model_config(cfg, Path(path), custom_model)
         palette = Palette.from_config(cfg.dataset)
         # The checkpoint holds every weight: the backbone_weights file it started from may be gone.
         model = build_model(dataclasses.replace(cfg.model, backbone_weights=None), palette.num_classes)
         load_model_state(model, state, path)
         model = model.to(device, memory_format=runtime.memory_format).eval()
-        return cls(model, cfg, palette, runtime, Path(path))
+        trained = state.get("train_sequences")
+        return cls(model, cfg, palette, runtime, Path(path), tuple(trained) if trained is not None else None)
 
     @property
     def network_size(self) -> tuple[int, int]:

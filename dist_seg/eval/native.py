@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -71,6 +71,8 @@ class NativeEvalResult:
     world_size: int = 1
     device: str = "cpu"
     mask_format: str = "rgb"
+    # Scored sequences the checkpoint was trained on (by name): their scores are inflated.
+    train_overlap: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -286,33 +288,40 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
                         settings: InferenceSettings = InferenceSettings(), batch_size: int = 4,
                         num_workers: int = 2, mask_format: str | None = None, cache_dir: str | Path | None = None,
                         cache_key: str = CACHE_DIR_KEY, log: Callable[[str], None] = print,
-                        progress: bool = False, on_frames: Callable[[int, int], None] | None = None
-                        ) -> NativeEvalResult:
+                        progress: bool = False, on_frames: Callable[[int, int], None] | None = None,
+                        custom_model: str | None = None) -> NativeEvalResult:
     """Evaluate ``checkpoint`` on ``split`` (from splits.json) or on every sequence under ``root``.
 
     The checkpoint alone is enough: its embedded config gives the classes, the model and
     (for ``split``) the output folder holding splits.json. ``config`` (e.g. the training
     run's) replaces the embedded one for the data and must have the same classes.
     ``cache_key`` names the setting that chose the cache folder (the option that gave
-    ``cache_dir``), for its error messages. Every rank calls this; the result is the same on
+    ``cache_dir``), for its error messages. ``custom_model`` is the user's import path for a
+    checkpoint of a custom model (the one inside the checkpoint is never imported). Every rank calls this; the result is the same on
     every rank, and a user error stops every rank, reported once by rank 0.
     """
     def setup() -> tuple[Predictor, Config, list[FrameSequence], str]:
-        predictor = Predictor.from_checkpoint(checkpoint, ctx.device, runtime)
-        return (predictor, *_data_to_evaluate(predictor, config, split, root, mask_format, cache_dir))
+        predictor = Predictor.from_checkpoint(checkpoint, ctx.device, runtime, custom_model=custom_model)
+        return (predictor, *_data_to_evaluate(predictor, config, split, root, mask_format, cache_dir, log))
 
     predictor, data_cfg, sequences, source = ctx.fail_together(setup)
+    overlap = sorted({seq.name for seq in sequences} & set(predictor.trained_sequences or ()))
+    if overlap:
+        log(f"WARNING: {len(overlap)} scored sequence(s) were trained on by this checkpoint "
+            f"({', '.join(overlap)}): their scores are inflated and say nothing about new data. Score a held-out "
+            "split (--split test / val) or a --root of other footage; the report lists them under train_overlap")
     log(f"evaluate: {source}: {len(sequences)} sequences, {sum(len(s.frames) for s in sequences)} frames, "
         f"{predictor.describe(settings)}, {ctx.world_size} process(es)")
     result = evaluate_sequences(predictor, sequences, data_cfg, ctx, settings=settings, batch_size=batch_size,
                                 num_workers=num_workers, source=source, log=log, progress=progress,
                                 cache_key=cache_key, on_frames=on_frames)
     result.mask_format = data_cfg.dataset.mask_format
+    result.train_overlap = overlap
     return result
 
 
 def _data_to_evaluate(predictor: Predictor, config: Config | None, split: str, root: str | Path | None,
-                      mask_format: str | None, cache_dir: str | Path | None
+                      mask_format: str | None, cache_dir: str | Path | None, log: Callable[[str], None] = print
                       ) -> tuple[Config, list[FrameSequence], str]:
     """The data config, the sequences and their description (``source``) that :func:`evaluate_checkpoint` scores."""
     data_cfg = predictor.config if config is None else config
@@ -329,8 +338,14 @@ def _data_to_evaluate(predictor: Predictor, config: Config | None, split: str, r
         if not sequences:
             raise DataError(f"{root} holds no sequence with paired frames: expected "
                             f"{root}/{dataset.images}/<sequence>/*.png and {root}/{dataset.labels}/<sequence>/*.png")
-        detected = mask_format or detect_mask_format(sequences, dataset.mask_format)
-        data_cfg = replace(data_cfg, dataset=replace(dataset, mask_format=detected))
+        # The format the model was trained with (or the config's) unless told: a grey-scale (mode L) PNG
+        # may hold RGB-format labels whose colours are greys, so the file mode only prompts a note.
+        chosen = mask_format or dataset.mask_format
+        looks = detect_mask_format(sequences, chosen)
+        if mask_format is None and looks != chosen:
+            log(f"note: the masks under {root} look like {looks} masks, but the checkpoint's dataset.mask_format "
+                f"is {chosen} and they are read as such; pass --mask-format {looks} if they hold {looks} labels")
+        data_cfg = replace(data_cfg, dataset=replace(dataset, mask_format=chosen))
         return data_cfg, sequences, f"root {Path(root).resolve()}"
     if mask_format is not None:
         data_cfg = replace(data_cfg, dataset=replace(dataset, mask_format=mask_format))

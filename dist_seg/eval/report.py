@@ -35,7 +35,7 @@ def to_json(result: NativeEvalResult) -> dict:
         "device": result.device, "seconds": result.seconds, "images_per_s": _num(result.images_per_s),
         "mean_iou": _num(result.mean_iou), "pixel_acc": _num(result.pixel_acc), "fw_iou": _num(result.fw_iou),
         "iou": {k: _num(v) for k, v in result.iou.items()},
-        "void_class": result.void_class,
+        "void_class": result.void_class, "train_overlap": result.train_overlap,
         "vc": {str(n): _num(v) for n, v in video.vc.items()}, "flicker": _num(video.flicker),
         "sequences": {
             name: {"frames": seq.frames, "mean_iou": _num(seq.mean_iou), "pixel_acc": _num(seq.pixel_acc),
@@ -82,7 +82,10 @@ def _markdown(result: NativeEvalResult) -> str:
     void = (f"Pixels labelled `{result.void_class}` (the void class) and unknown colours are ignored."
             if result.void_class else "Pixels with unknown mask values (label 255) are ignored.")
     return "\n".join([
-        "# Evaluation report", "", format_table(result), "",
+        "# Evaluation report", "",
+        *([f"**Warning: {len(result.train_overlap)} scored sequence(s) were trained on by this checkpoint "
+           f"({', '.join(result.train_overlap)}): their scores are inflated.**", ""] if result.train_overlap else []),
+        format_table(result), "",
         "## How these numbers are computed", "",
         "- Logits are upsampled to each frame's own size and scored against its mask as annotated. " + void,
         "- mIoU averages the IoU of the classes that occur in labels or predictions (void excluded); "

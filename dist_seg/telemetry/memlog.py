@@ -20,8 +20,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ..paths import open_for_append
 from .vram import PeakSummary, VramSample
 
+FILE_NAME = "memory_diagnostics.log"
 #: Seconds between host-only lines (samples without GPU figures).
 HOST_ONLY_INTERVAL_S = 60.0
 #: Size at which rank 0 moves the log to ``<name>.1`` and starts a new one (at start-up and while appending).
@@ -109,7 +111,7 @@ class MemoryLog:
         self._append(format_summary(peaks, time.time()))
 
     def _append(self, line: str) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_for_append(self.path)
         try:
             os.write(fd, (line + "\n").encode("utf-8"))
         finally:

@@ -29,7 +29,7 @@ from ..runtime.distributed import DistContext
 from .ema import ModelEma
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
-from .resume_check import compare_resume
+from .resume_check import check_resume
 
 
 @dataclass
@@ -193,24 +193,8 @@ class Checkpointer:
 
         Returns True when the optimizer changed (forced), so its state must not be loaded.
         """
-        held_out = []
-        if self.splits is not None:
-            # Test sequences from dataset.test_root are another dataset: a shared name is no leak.
-            test = self.splits.test if self.cfg.dataset.test_root is None else ()
-            held_out = [seq.name for seq in (*self.splits.val, *test)]
-        changes = compare_resume(state["config"], self.cfg, saved_classes=state.get("class_names"),
-                                 class_names=self.palette.names, trained_sequences=state.get("train_sequences"),
-                                 held_out_sequences=held_out)
-        if changes.refused and not self.cfg.training.resume_force:
-            raise CheckpointError(f"cannot resume from {path}: " + "; ".join(changes.refused) +
-                                  ". Restore the checkpoint's settings, start a new training.output_dir, or set "
-                                  "training.resume_force: true to resume anyway")
-        if changes.refused:
-            self.out.warn("training.resume_force: resuming despite " + "; ".join(changes.refused))
-        if changes.applied:
-            self.out.log("resume: the checkpoint was trained with other settings; this run applies "
-                         + ", ".join(changes.applied))
-        return changes.optimizer_changed
+        return check_resume(state, path, self.cfg, self.splits, self.palette.names, warn=self.out.warn,
+                            log=self.out.log).optimizer_changed
 
     def _load_optimizer(self, state: dict[str, Any], path: Path) -> None:
         """Optimizer state from the checkpoint, with this run's hyperparameters (the config is the truth)."""

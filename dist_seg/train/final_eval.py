@@ -60,19 +60,21 @@ def evaluate_test_split(cfg: Config, ctx: DistContext, runtime: Runtime, out: Ru
             phase.start_phase("final evaluation", total, unit="frame")
         phase.phase_step(frames)
 
+    # The run's own config names the model's code, so a custom model is rebuilt from it.
+    later = f"python -m dist_seg.evaluate --checkpoint {checkpoint} {out.dir / 'config.yaml'}"
     try:
         with preemption_raises():  # training is saved: a signal only cuts the evaluation short
             result = evaluate_checkpoint(checkpoint, ctx, runtime, config=cfg, split=SPLIT,
                                          batch_size=tr.val_batch_size, num_workers=tr.num_workers, log=out.log,
-                                         on_frames=on_frames)
+                                         on_frames=on_frames,
+                                         custom_model=cfg.model.type if cfg.model.is_custom else None)
     except Preempted as stop:
-        out.log(f"final evaluation stopped on {stop.signal_name}; run it later with "
-                f"python -m dist_seg.evaluate --checkpoint {checkpoint}")
+        out.log(f"final evaluation stopped on {stop.signal_name}; run it later with {later}")
         return None
     except DistSegError as exc:  # every rank gets it (rank 0 the cause), so all go on to finish alike
         # The run's product is saved: a test split that cannot be scored now must not fail it.
         out.warn(f"final evaluation failed: {user_message(exc)}; the training itself completed and is saved. "
-                 f"Fix that, then run python -m dist_seg.evaluate --checkpoint {checkpoint} {out.dir / 'config.yaml'}")
+                 f"Fix that, then run {later}")
         return None
     finally:
         phase.end_phase()

@@ -1,4 +1,5 @@
-"""Preemption notices (SIGTERM from Kubernetes / torchrun, SIGUSR1 from SLURM's ``--signal``) and Ctrl-C.
+"""Preemption notices (SIGTERM from Kubernetes / torchrun, SIGUSR1 from SLURM's ``--signal``, SIGHUP when the
+terminal or SSH session of a foreground run goes away) and Ctrl-C.
 
 The handler only records the request; the training loop acts on it at the next step
 boundary it agrees on with the other ranks, so every rank saves the same position.
@@ -19,7 +20,8 @@ from ..runtime.distributed import DistContext, StopVote
 
 T = TypeVar("T")
 
-PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None),
+                                        getattr(signal, "SIGHUP", None)) if s)
 # Under torchrun a Ctrl-C reaches a rank twice within moments (from the terminal and forwarded by
 # the agent); only a second press after this long is the user asking to stop at once.
 _SECOND_CTRL_C_AFTER_S = 1.0

@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from ..config import Config
-from ..paths import check_writable_folder
+from ..data.cache import CACHE_DIR_KEY, cache_root
+from ..paths import check_not_symlink, check_outside_dataset, check_writable_folder
+from ..telemetry.memlog import FILE_NAME as MEMORY_LOG
 from ..errors import CheckpointError, ConfigError, DistSegError, describe_raised
 from ..models.batchnorm import one_sample_mode
 from ..checkpoint_file import list_checkpoints
@@ -25,9 +27,13 @@ from ..runtime.device import Runtime
 
 
 def check_run_paths(cfg: Config) -> None:
-    """The output folder (and its ``checkpoints/``) is writable; a named resume checkpoint exists. Creates nothing."""
+    """The output folder (and its ``checkpoints/``) is writable and outside the dataset's frame and label folders,
+    as is the cache; no symlink sits where the memory log is appended; a named resume checkpoint exists.
+    Creates nothing."""
     out = Path(cfg.training.output_dir)
     check_writable_folder(out, "training.output_dir")
+    check_dataset_untouched(cfg)
+    check_not_symlink(out / MEMORY_LOG, "training.output_dir")
     if (out / "checkpoints").exists():
         check_writable_folder(out / "checkpoints", "training.output_dir (its checkpoints/ folder)")
     resume = cfg.training.resume_from_checkpoint
@@ -42,6 +48,16 @@ def check_run_paths(cfg: Config) -> None:
         raise CheckpointError(f"training.resume_from_checkpoint: {resume} is not a checkpoint (not a torch.save "
                               "archive: truncated, or another kind of file); use an earlier checkpoint from the "
                               "same checkpoints/ folder, or 'auto'")
+
+
+def check_dataset_untouched(cfg: Config) -> None:
+    """Neither the output folder nor the cache lies inside a dataset root's frame or label folder."""
+    ds = cfg.dataset
+    for root in (ds.root, ds.test_root):
+        if root is not None:
+            check_outside_dataset(Path(cfg.training.output_dir), Path(root), (ds.images, ds.labels),
+                                  "training.output_dir")
+            check_outside_dataset(cache_root(ds), Path(root), (ds.images, ds.labels), CACHE_DIR_KEY)
 
 
 def check_fresh_output(cfg: Config) -> None:

@@ -14,9 +14,12 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from ..config import Config, config_to_dict
+from ..data.splits import Splits
+from ..errors import CheckpointError
 
 # Keys whose change says nothing about what is trained (where outputs go, how data is fed,
 # devices, telemetry) or that a resume is expected to change.
@@ -57,11 +60,12 @@ class ResumeChanges:
     optimizer_changed: bool = False
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config data as ``{"section.key": value}``."""
     if isinstance(value, dict):
         flat: dict[str, Any] = {}
         for key, item in value.items():
-            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+            flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return flat
     return {prefix: value}
 
@@ -94,7 +98,7 @@ def compare_resume(saved: dict[str, Any], cfg: Config, *, saved_classes: Sequenc
     checkpoints that predate them); ``held_out_sequences`` this run's val and test sequences.
     """
     changes = ResumeChanges()
-    old, new = _flatten(saved), _flatten(config_to_dict(cfg))
+    old, new = flatten(saved), flatten(config_to_dict(cfg))
     refused: dict[str, list[str]] = {}
     for key in sorted(old.keys() | new.keys()):
         # A key missing from the checkpoint's config did not exist yet when it was written: it had the default.
@@ -118,4 +122,31 @@ def compare_resume(saved: dict[str, Any], cfg: Config, *, saved_classes: Sequenc
                 f"sequence(s) {', '.join(leaked)} were trained on but are now in the validation or test split "
                 "(the dataset or dataset.split changed): their scores would be inflated; name the old "
                 "split in dataset.split.val / test")
+    return changes
+
+
+def check_resume(state: dict[str, Any], path: Path, cfg: Config, splits: Splits | None,
+                 class_names: Sequence[str], *, warn: Callable[[str], None],
+                 log: Callable[[str], None]) -> ResumeChanges:
+    """Refuse (CheckpointError) a resume from ``state`` that would train something else, unless forced.
+
+    ``splits`` are this run's (planned or written); their val and test sequences must not hold
+    a sequence the checkpoint trained on. Forced refusals go to ``warn``, applied changes to
+    ``log``. Returns the changes (``optimizer_changed``: the optimizer state must not be loaded).
+    """
+    held_out: list[str] = []
+    if splits is not None:
+        # Test sequences from dataset.test_root are another dataset: a shared name is no leak.
+        test = splits.test if cfg.dataset.test_root is None else ()
+        held_out = [seq.name for seq in (*splits.val, *test)]
+    changes = compare_resume(state["config"], cfg, saved_classes=state.get("class_names"), class_names=class_names,
+                             trained_sequences=state.get("train_sequences"), held_out_sequences=held_out)
+    if changes.refused and not cfg.training.resume_force:
+        raise CheckpointError(f"cannot resume from {path}: " + "; ".join(changes.refused) +
+                              ". Restore the checkpoint's settings, start a new training.output_dir, or set "
+                              "training.resume_force: true to resume anyway")
+    if changes.refused:
+        warn("training.resume_force: resuming despite " + "; ".join(changes.refused))
+    if changes.applied:
+        log("resume: the checkpoint was trained with other settings; this run applies " + ", ".join(changes.applied))
     return changes

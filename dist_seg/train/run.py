@@ -19,21 +19,26 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import Config
+from ..config import Config, config_to_dict
 from ..data.cache_loader import CacheLoader
 from ..data.loader import Loader, build_loader, describe_loader, loader_processes
 from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
-from ..errors import DistSegError
+from ..errors import ConfigError, DistSegError
 from ..models import build_model, check_model_config, describe_model
 from ..models.init_from import init_from
-from ..telemetry.memlog import MemoryLog
+from ..telemetry.memlog import FILE_NAME as MEMORY_LOG, MemoryLog
 from ..telemetry.progress import Progress
 from ..telemetry.samples import SampleLog
 from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
 from ..telemetry.vram import VramSampler
 from .augment import BatchPreparer
-from ..checkpoint_file import unwrap_model
+from ..checkpoint_file import load_checkpoint, unwrap_model
+from ..data.checks import listing_problems
+from ..data.discovery import discover_all
+from ..data.splits import planned_splits
+from ..paths import exclusive_output_folder
+from .resume_check import check_resume, flatten
 from .checkpointer import Checkpointer, EpochPlan
 from ..runtime.distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
 from .ema import ModelEma
@@ -76,9 +81,15 @@ def run_training(cfg: Config) -> RunSummary:
         hazard = restart_hazard()
         if hazard is not None:
             out.warn(hazard)
+        ctx.fail_together(lambda: check_same_config(cfg, ctx))
+        # Rank 0 holds the output folder for the run's life; a second run into it stops here,
+        # before it writes anything.
+        ctx.fail_together(lambda: _hold_output_folder(cfg, ctx, out, cleanup))
         # Every rank resumes from rank 0's choice: another node's listing of the shared output
         # directory can lag behind, and ranks resuming from different checkpoints would diverge.
         resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
+        if resume_from is not None:
+            ctx.fail_together(lambda: _check_resume_first(cfg, ctx, resume_from))
         try:
             trainer = _build_trainer(cfg, ctx, out, cleanup, fresh=resume_from is None)
         except Preempted as stop:
@@ -142,7 +153,7 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
         init_from(model, cfg.model.init_from, log=out.log)
 
     with preemption_raises():  # a cache build has no step boundary to stop at
-        data = _prepare_data(cfg, ctx, out)
+        data = _prepare_data(cfg, ctx, out, cleanup)
     train_loader = build_loader(data.train, tr, ctx, train=True, on_device=cfg.dataset.cache_on_device)
     cleanup.callback(_close_loader, train_loader)
     val_loader = None
@@ -197,13 +208,16 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
                     if cfg.telemetry.sample_log else None))
 
 
-def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs) -> DataBundle:
-    """Decode and cache once per node (local rank 0), then every rank opens the caches."""
+def _prepare_data(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> DataBundle:
+    """Decode and cache once per node (local rank 0), then every rank opens the caches.
+
+    Local rank 0 keeps the node's caches locked against pruning until ``cleanup`` closes.
+    """
     failure = None
     if ctx.is_local_main:
         try:
             prepare(cfg, log=out.log if ctx.is_main else (lambda _m: None), progress=ctx.is_main,
-                    world_size=ctx.world_size)
+                    world_size=ctx.world_size, hold=cleanup)
         except DistSegError as exc:
             failure = exc
     # Also the barrier the other ranks wait at: a data error stops every rank here, reported once.
@@ -279,7 +293,7 @@ def _start_vram_sampler(cfg: Config, ctx: DistContext, out: RunOutputs, trainer:
                         cleanup: contextlib.ExitStack) -> tuple[MemoryLog, VramSampler]:
     """The per-rank VRAM sampler thread; each rank samples its own device into its own event files."""
     output_dir = Path(cfg.training.output_dir)
-    memory_log = MemoryLog(output_dir / "memory_diagnostics.log", ctx.rank)
+    memory_log = MemoryLog(output_dir / MEMORY_LOG, ctx.rank)
     sinks: list = [memory_log]
     if cfg.telemetry.tensorboard:
         if ctx.is_main and out.writer is not None:
@@ -294,6 +308,51 @@ def _start_vram_sampler(cfg: Config, ctx: DistContext, out: RunOutputs, trainer:
                           sinks=sinks, step_fn=lambda: trainer.pos.global_step, log=out.log)
     cleanup.callback(sampler.stop)
     return memory_log, sampler
+
+
+def check_same_config(cfg: Config, ctx: DistContext) -> None:
+    """Every rank runs the config rank 0 runs; otherwise ConfigError (on every rank) naming the keys that differ.
+
+    Ranks with another learning rate, split or model would train something no single config
+    describes (and DDP would average gradients of different losses) without any error.
+    """
+    if not ctx.is_distributed:
+        return
+    flat = [flatten(c) for c in ctx.gather_objects(config_to_dict(cfg))]
+    differing = sorted({k for rank in flat[1:] for k in rank.keys() | flat[0].keys() if rank.get(k) != flat[0].get(k)})
+    if not differing:
+        return
+    shown = []
+    for key in differing[:5]:
+        values = ", ".join(f"rank {r}: {f.get(key)!r}" for r, f in enumerate(flat))
+        shown.append(f"{key} ({values})")
+    more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
+    raise ConfigError(f"the {ctx.world_size} ranks were started with different configs: {'; '.join(shown)}{more}. "
+                      "Start every rank with the same config file and --set overrides")
+
+
+def _hold_output_folder(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> None:
+    """Rank 0 locks ``training.output_dir`` until ``cleanup`` closes (the end of the run)."""
+    if ctx.is_main:
+        cleanup.enter_context(exclusive_output_folder(Path(cfg.training.output_dir), "training.output_dir",
+                                                      log=out.log))
+
+
+def _check_resume_first(cfg: Config, ctx: DistContext, resume_from: Path) -> None:
+    """Refuse an incompatible resume before the data is prepared, so splits.json, config.yaml and history stay as they were.
+
+    The split is planned (not written) from the file listing, as prepare will write it; with
+    problems in the file layout there is no split to compare, and prepare reports them.
+    """
+    if not ctx.is_main:
+        return
+    listings = discover_all(cfg.dataset)
+    if any(listing_problems(listing, cfg.dataset) for listing in listings):
+        return
+    splits = planned_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg, log=lambda _m: None)
+    state = load_checkpoint(resume_from, mmap=True)
+    check_resume(state, resume_from, cfg, splits, Palette.from_config(cfg.dataset).names,
+                 warn=lambda _m: None, log=lambda _m: None)
 
 
 def _resume_path(cfg: Config, out: RunOutputs) -> Path | None:

@@ -36,7 +36,7 @@ def checkpoint(synth_root, tmp_path_factory) -> Path:
     """A real checkpoint of an untrained two-conv TinyNet (its config points at the synthetic dataset)."""
     base = tmp_path_factory.mktemp("cli")
     raw = tiny_raw_config(synth_root, base / "run")
-    raw["model"] = {"type": "fixtures_custom_model:TinyNet"}
+    raw["model"] = {"type": TINY}
     cfg = config_from_dict(raw)
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.dataset.num_classes)
@@ -44,19 +44,23 @@ def checkpoint(synth_root, tmp_path_factory) -> Path:
                            base / "run" / "checkpoints", "epoch_0001.pth", keep=1)
 
 
+TINY = "fixtures_custom_model:TinyNet"
+
+
 def predict(checkpoint: Path, synth_root: Path, out: Path, *extra: str) -> int:
     frame = sorted((synth_root / "Images" / "Video_000").iterdir())[0]
-    return predict_main(["--checkpoint", str(checkpoint), str(frame), "--out", str(out), "--device", "cpu", *extra])
+    return predict_main(["--checkpoint", str(checkpoint), str(frame), "--out", str(out), "--device", "cpu",
+                         "--custom-model", TINY, *extra])
 
 
 def evaluate(checkpoint: Path, synth_root: Path, out: Path, *extra: str) -> int:
     return evaluate_main(["--checkpoint", str(checkpoint), "--root", str(synth_root), "--out", str(out),
-                          "--device", "cpu", "--workers", "0", *extra])
+                          "--device", "cpu", "--workers", "0", "--custom-model", TINY, *extra])
 
 
 def export(checkpoint: Path, _synth_root: Path, out: Path, *extra: str) -> int:
     return export_main(["--checkpoint", str(checkpoint), "--format", "torch-export", "--no-check", "--out", str(out),
-                        *extra])
+                        "--custom-model", TINY, *extra])
 
 
 COMMANDS: dict[str, Callable[..., int]] = {"predict": predict, "evaluate": evaluate, "export": export}
@@ -103,12 +107,12 @@ def test_read_only_out_is_refused_before_any_work(checkpoint, synth_root, tmp_pa
 
 
 def test_evaluate_default_report_folder_is_checked_before_the_evaluation(checkpoint, synth_root, tmp_path, capsys):
-    """Without --out the report goes to <output_dir>/eval/<name>: a file in the way is found first."""
+    """Without --out the report goes to eval/<name> in the run folder of the checkpoint: a file in the way is found first."""
     run = checkpoint.parent.parent
     (run / "eval").write_text("in the way")
     try:
         code = evaluate_main(["--checkpoint", str(checkpoint), "--root", str(synth_root), "--device", "cpu",
-                              "--workers", "0"])
+                              "--workers", "0", "--custom-model", TINY])
     finally:
         (run / "eval").unlink()
     assert code == 1
@@ -198,7 +202,7 @@ def test_evaluate_native_masks_on_a_full_disk_is_one_line_not_sigbus(checkpoint,
         _fill(disk, 8 * 1024)  # less than one sequence's masks (8 frames of 48x64)
         proc = subprocess.run([PYTHON, "-m", "dist_seg.evaluate", "--checkpoint", str(checkpoint), "--root",
                                str(synth_root), "--out", str(tmp_path / "report"), "--cache-dir", str(disk / "cache"),
-                               "--device", "cpu", "--workers", "0"],
+                               "--device", "cpu", "--workers", "0", "--custom-model", TINY],
                               capture_output=True, text=True, cwd=REPO_ROOT, env=subprocess_env(), timeout=300)
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
     last = proc.stderr.strip().splitlines()[-1]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config, tiny_run, write_config
+from support.helpers import PYTHON, REPO_ROOT, TINY_NET, subprocess_env, tiny_raw_config, tiny_run, write_config
 from support.tmpfs import read_only_bind, small_tmpfs
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.data.pipeline import prepare
@@ -28,6 +28,7 @@ from dist_seg.models import build_model
 from dist_seg.synth import generate_dataset
 
 pytestmark = pytest.mark.slow
+LINEAR = "fixtures_custom_model:LinearPixelNet"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def run(tmp_path_factory):
     generate_dataset(root, sequences=3, frames=6, size=(30, 40), seed=11)
     raw = tiny_raw_config(root, base / "run", cache_dir=base / "cache")
     raw["dataset"]["split"] = {"val": ["Video_001"], "test": ["Video_002"]}
-    raw["model"] = {"type": "fixtures_custom_model:LinearPixelNet"}
+    raw["model"] = {"type": LINEAR}
     raw["training"]["image_size"] = [16, 24]
     cfg = config_from_dict(raw)
     prepare(cfg, log=lambda _m: None, progress=False)
@@ -50,7 +51,7 @@ def run(tmp_path_factory):
 
 
 def evaluate(*args: str) -> int:
-    return evaluate_main([*args, "--device", "cpu", "--workers", "0"])
+    return evaluate_main([*args, "--device", "cpu", "--workers", "0", "--custom-model", LINEAR])
 
 
 def confusion(report: Path) -> list:
@@ -72,7 +73,8 @@ def test_training_on_a_read_only_cache_completes_and_scores_its_test_split_in_me
     assert "cannot write the cache folder" in log and "decoded into memory for each evaluation" in log
     assert not list(cache.rglob("native"))
     # The in-memory masks score exactly like the cached ones built by a later evaluation.
-    assert evaluate("--checkpoint", str(out / "best_model.pth"), "--split", "test", "--out", str(tmp_path / "e")) == 0
+    assert evaluate_main(["--checkpoint", str(out / "best_model.pth"), "--split", "test", "--out", str(tmp_path / "e"),
+                          "--device", "cpu", "--workers", "0", "--custom-model", TINY_NET["type"]]) == 0
     assert list(cache.rglob("native"))
     assert confusion(tmp_path / "e") == confusion(out / "eval" / "test")
 
@@ -101,7 +103,7 @@ def test_native_mask_cache_on_a_full_disk_is_a_clear_error_and_leaves_nothing(ru
     with small_tmpfs(cache, "1M"):
         proc = subprocess.run([PYTHON, "-m", "dist_seg.evaluate", "--checkpoint", str(run["ckpt"]), "--root",
                                str(big), "--cache-dir", str(cache), "--out", str(tmp_path / "o"), "--device", "cpu",
-                               "--workers", "0"], capture_output=True, text=True, cwd=REPO_ROOT,
+                               "--workers", "0", "--custom-model", LINEAR], capture_output=True, text=True, cwd=REPO_ROOT,
                               env=subprocess_env(), timeout=300)
         leftovers = [p for p in cache.rglob("*") if p.is_file() and p.name != ".lock"]
     assert proc.returncode == 1, proc.stderr[-2000:]  # not 135 (SIGBUS)
@@ -143,7 +145,8 @@ def test_bad_frame_in_one_ranks_shard_under_torchrun_is_reported_once_by_rank_0(
     proc = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "dist_seg.evaluate", "--checkpoint", str(run["ckpt"]), "--root", str(broken),
                            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o"), "--device", "cpu",
-                           "--workers", "0"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
+                           "--workers", "0", "--custom-model", LINEAR], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env=env, timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert output.count(f"error: 1 problem(s) in the frames to evaluate:\n  {victim}") == 1, output[-4000:]

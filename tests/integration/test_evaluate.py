@@ -29,6 +29,7 @@ from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
 
 NATIVE = (30, 40)  # frame size on disk
 NETWORK = (16, 24)  # training.image_size: smaller, and another aspect ratio
+CUSTOM = "fixtures_custom_model:LinearPixelNet"
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def run(tmp_path_factory):
     raw = tiny_raw_config(root, base / "run", cache_dir=base / "cache")
     raw["dataset"]["void_class"] = "void"
     raw["dataset"]["split"] = {"val": ["Video_001"], "test": ["Video_002"]}
-    raw["model"] = {"type": "fixtures_custom_model:LinearPixelNet"}
+    raw["model"] = {"type": CUSTOM}
     raw["training"]["image_size"] = list(NETWORK)
     cfg = config_from_dict(raw)
     prepare(cfg, log=lambda _m: None, progress=False)
@@ -54,7 +55,7 @@ def run(tmp_path_factory):
 
 
 def evaluate(*args: str) -> int:
-    return evaluate_main([*args, "--device", "cpu", "--workers", "0"])
+    return evaluate_main([*args, "--device", "cpu", "--workers", "0", "--custom-model", CUSTOM])
 
 
 def direct_predictions(model, cfg, frames):
@@ -164,7 +165,7 @@ def test_root_with_index_masks_equals_the_same_data_with_rgb_masks(run, tmp_path
     rgb_out, index_out = tmp_path / "rgb_report", tmp_path / "index_report"
     assert evaluate("--checkpoint", str(run["ckpt"]), "--root", str(run["root"]), "--out", str(rgb_out)) == 0
     assert evaluate("--checkpoint", str(run["ckpt"]), "--root", str(index_root), "--out", str(index_out),
-                    "--cache-dir", str(tmp_path / "cache")) == 0
+                    "--cache-dir", str(tmp_path / "cache"), "--mask-format", "index") == 0
     rgb, index = read_json(rgb_out / "metrics.json"), read_json(index_out / "metrics.json")
     assert (rgb["mask_format"], index["mask_format"]) == ("rgb", "index")
     assert rgb["frames"] == index["frames"] == 18
@@ -209,7 +210,7 @@ def test_two_ranks_equal_one(run, tmp_path):
     env = subprocess_env()
     env.update({"GLOO_SOCKET_IFNAME": "lo", "PET_LOCAL_ADDR": "127.0.0.1"})
     common = ["-m", "dist_seg.evaluate", "--checkpoint", str(run["ckpt"]), "--root", str(run["root"]),
-              "--device", "cpu", "--workers", "0", "--batch-size", "4", "--tta", "flip"]
+              "--device", "cpu", "--workers", "0", "--batch-size", "4", "--tta", "flip", "--custom-model", CUSTOM]
     one = subprocess.run([PYTHON, *common, "--out", str(tmp_path / "one")], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]

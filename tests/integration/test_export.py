@@ -182,7 +182,8 @@ def test_perturbed_artifact_fails_parity_and_leaves_nothing(synth_root, tmp_path
 
     monkeypatch.setattr(artifact_module, "export_onnx", export_then_perturb)
     out = tmp_path / "out"
-    assert export_main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 1
+    assert export_main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out),
+                        "--custom-model", TINY]) == 1
     captured = capsys.readouterr()
     assert "parity check failed" in captured.err and "FAIL" in captured.out
     assert list(out.iterdir()) == []  # no artifact, no card, no staging directory
@@ -191,7 +192,8 @@ def test_perturbed_artifact_fails_parity_and_leaves_nothing(synth_root, tmp_path
 def test_custom_model_that_cannot_export_names_operator_and_model(synth_root, tmp_path, capsys):
     checkpoint = make_checkpoint(tmp_path, synth_root, {"type": "export_models:SpectralSegNet"})
     out = tmp_path / "out"
-    assert export_main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 1
+    assert export_main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out),
+                        "--custom-model", "export_models:SpectralSegNet"]) == 1
     err = capsys.readouterr().err
     assert "export_models:SpectralSegNet" in err and "svd" in err and "--format torch-export" in err
     assert not (out / "model.onnx").exists() and not (out / "model.json").exists()
@@ -200,16 +202,16 @@ def test_custom_model_that_cannot_export_names_operator_and_model(synth_root, tm
 def test_ema_weights_are_exported_when_asked_and_required(synth_root, tmp_path, capsys):
     plain = make_checkpoint(tmp_path / "plain", synth_root, {"type": TINY})
     assert export_main(["--checkpoint", str(plain), "--format", "torch-export", "--out", str(tmp_path / "x"),
-                        "--ema"]) == 1
+                        "--ema", "--custom-model", TINY]) == 1
     assert "no EMA weights" in capsys.readouterr().err
     with_ema = make_checkpoint(tmp_path / "ema", synth_root, {"type": TINY}, ema_noise=0.5)
     out = tmp_path / "out"
     assert export_main(["--checkpoint", str(with_ema), "--format", "torch-export", "--out", str(out), "--ema",
-                        "--logits"]) == 0
+                        "--logits", "--custom-model", TINY]) == 0
     assert json.loads((out / "model.json").read_text())["checkpoint"]["weights"] == "ema"
     _, logits = torch.export.load(str(out / "model.pt2")).module()(torch.from_numpy(frames(synth_root, (48, 64))))
-    ema_source = load_export_source(with_ema, ema=True)
-    plain_source = load_export_source(with_ema)
+    ema_source = load_export_source(with_ema, ema=True, custom_model=TINY)
+    plain_source = load_export_source(with_ema, custom_model=TINY)
     x = normalise(torch.from_numpy(frames(synth_root, (48, 64))), torch.device("cpu"), torch.contiguous_format)
     with torch.no_grad():
         torch.testing.assert_close(logits, ema_source.predictor.model(x)["out"], rtol=1e-4, atol=1e-4)
@@ -219,6 +221,7 @@ def test_ema_weights_are_exported_when_asked_and_required(synth_root, tmp_path, 
 def test_missing_export_extra_is_named(synth_root, tmp_path, monkeypatch, capsys):
     checkpoint = make_checkpoint(tmp_path, synth_root, {"type": TINY})
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
-    assert export_main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "o")]) == 1
+    assert export_main(["--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "o"),
+                        "--custom-model", TINY]) == 1
     assert 'pip install "dist_seg[export]"' in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

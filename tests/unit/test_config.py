@@ -128,12 +128,13 @@ def test_void_class_by_id_is_stored_as_its_name(tmp_path):
         load_config(write(tmp_path, MINIMAL), ["dataset.void_class=13"])
 
 
-def test_missing_dataset_section_names_dataset_root_and_a_usable_fix(tmp_path):
+def test_missing_dataset_section_names_dataset_root_and_a_usable_fix(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, "training:\n  output_dir: out\n"))
     assert "dataset: required key is missing" in str(err.value)
     assert "--set dataset.root=PATH" in str(err.value)
-    # The suggested fix works.
+    # The suggested fix works; a path typed on the command line is relative to the current directory.
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(write(tmp_path, "training:\n  output_dir: out\n"), ["dataset.root=data"])
     assert cfg.dataset.root == tmp_path / "data"
 

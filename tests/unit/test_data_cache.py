@@ -75,16 +75,17 @@ def test_cache_holds_lut_ids_and_resized_images(tmp_path, dataset_root):
     np.testing.assert_array_equal(bundle.train_class_pixel_counts, expected_counts)
 
 
-def test_fresh_cache_is_reused_without_reading_any_image(tmp_path, dataset_root):
+def test_fresh_cache_is_reused_without_reading_any_image(tmp_path, dataset_root, monkeypatch):
     cfg = make_config(tmp_path, dataset_root)
     _quiet(cfg)
     before = _all_items(load_datasets(cfg))
-    # Garbage with the same size and mtime: any decode would fail, a fingerprint check cannot tell.
-    for path in dataset_root.rglob("*.png"):
-        stat = path.stat()
-        path.write_bytes(b"\0" * stat.st_size)
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # Any file rewrite changes its ctime (and so the fingerprint): opening any image fails instead.
+    def no_open(*_args, **_kwargs):
+        raise AssertionError("a fresh cache must be reused without opening a frame")
+
+    monkeypatch.setattr(Image, "open", no_open)
     summary = _quiet(cfg)
+    monkeypatch.undo()
     assert summary.built == [] and sorted(summary.reused) == sorted(SEQUENCES)
 
     for path in list(dataset_root.rglob("*.png")):

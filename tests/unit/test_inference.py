@@ -120,7 +120,7 @@ def test_overlapping_windows_are_averaged_per_pixel():
         torch.testing.assert_close(slide_logits(model, x, crop, stride, CPU), whole)
     # And the frame is covered to the last row and column (the last window is aligned to the end).
     batch = images(h=25, w=37)
-    got = class_scores(model, batch, InferenceSettings(mode="slide", crop=(10, 16), stride=(6, 9)), CPU, (10, 16))
+    got = class_scores(model, batch, InferenceSettings(mode="slide", crop=(16, 24), stride=(6, 9)), CPU, (16, 24))
     torch.testing.assert_close(got, whole)
 
 
@@ -135,7 +135,7 @@ def test_settings_parsing_and_errors():
         parse_tta("scales=big")
     with pytest.raises(ConfigError, match="--crop must be HxW"):
         parse_size("512", "--crop")
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match="from 0.25 to 4"):
         InferenceSettings(scales=(0.0,))
     assert InferenceSettings(flip=True, scales=(0.75, 1.0)).describe() == "whole, flip, scales 0.75,1"
 
@@ -147,7 +147,8 @@ def test_predictor_from_checkpoint_labels_frames_of_any_size(tmp_path):
     model = build_model(cfg.model, cfg.dataset.num_classes)
     path = save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": 1, "config": config_to_dict(cfg)},
                            tmp_path, "model.pth", keep=1)
-    predictor = Predictor.from_checkpoint(path, torch.device("cpu"), CPU)
+    predictor = Predictor.from_checkpoint(path, torch.device("cpu"), CPU,
+                                          custom_model="fixtures_custom_model:LinearPixelNet")
     frames = [np.asarray(images(1, 30, 40, seed=s)[0].permute(1, 2, 0)) for s in range(3)]
     frames.insert(1, np.asarray(images(1, 17, 23, seed=9)[0].permute(1, 2, 0)))
     ids = predictor.predict(frames)

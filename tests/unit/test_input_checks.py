@@ -121,10 +121,10 @@ def test_export_size_has_an_upper_bound(capsys):
 # ----------------------------------------------------------------------------- inference settings
 
 
-@pytest.mark.parametrize("scales", [(75.0,), (1.0, 100.0), (float("inf"),), (float("nan"),), (0.0,)])
+@pytest.mark.parametrize("scales", [(75.0,), (1.0, 100.0), (float("inf"),), (float("nan"),), (0.0,), (0.1,)])
 def test_tta_scales_beyond_the_bound_are_refused(scales):
-    with pytest.raises(ConfigError, match=r"--tta scales must be positive factors of the network input size, "
-                                          r"at most 4 "):
+    with pytest.raises(ConfigError, match=r"--tta scales must be factors of the network input size from 0\.25 "
+                                          r"to 4 "):
         InferenceSettings(scales=scales)
 
 
