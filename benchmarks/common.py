@@ -11,9 +11,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -31,7 +32,7 @@ class Stats:
     values: tuple[float, ...]
 
     @classmethod
-    def of(cls, values: list[float] | tuple[float, ...]) -> "Stats":
+    def of(cls, values: list[float] | tuple[float, ...]) -> Stats:
         if not values:
             raise ValueError("no values to summarise: a measurement needs at least one repeat")
         return cls(statistics.median(values), min(values), max(values), tuple(float(v) for v in values))
@@ -49,7 +50,7 @@ class Machine:
     python: str
 
     @classmethod
-    def detect(cls, device: torch.device) -> "Machine":
+    def detect(cls, device: torch.device) -> Machine:
         cpu = cpu_model()
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
         return cls(name, device.type, cpu, usable_cores(), torch.__version__, platform.python_version())

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from dist_seg.config import DAVID_CLASSES, BackendConfig, ModelConfig, TrainingConfig
-from dist_seg.train.losses import SegmentationLoss
-from dist_seg.runtime.device import resolve_runtime
-from dist_seg.train.step import TrainStep, build_optimizer
 from dist_seg.models import build_model
+from dist_seg.runtime.device import resolve_runtime
+from dist_seg.train.losses import SegmentationLoss
+from dist_seg.train.step import TrainStep, build_optimizer
 
 from .common import synchronize
 from .sizes import ModelSpec

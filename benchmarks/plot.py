@@ -58,7 +58,7 @@ def line_chart(path: Path, series: dict[str, list[tuple[float, float]]], *, titl
         for x0 in range(left, right, 12):
             draw.line([(x0, py), (min(x0 + 6, right), py)], fill=colour, width=1)
         draw.text((left + 8, py - 14), f"{name} {value:.3f}", fill=colour)
-    for (name, values), colour in zip(series.items(), COLOURS):
+    for (name, values), colour in zip(series.items(), COLOURS, strict=False):
         xy = [at(x, y) for x, y in values]
         if len(xy) > 1:
             draw.line(xy, fill=colour, width=2)

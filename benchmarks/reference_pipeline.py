@@ -51,7 +51,6 @@ from dist_seg.config import DAVID_CLASSES  # noqa: E402
 from dist_seg.errors import DataError  # noqa: E402
 
 
-
 def default_data_root() -> Path:
     """``../shared/data/camvid_dev`` beside the repository (beside the main checkout for a git worktree)."""
     relative = Path("shared") / "data" / "camvid_dev"
@@ -230,7 +229,7 @@ def train(settings: Settings, out: Path, log=print) -> dict:
     val_samples = gather_samples(root, settings.val, settings.frame_stride)
     weights = class_weights(train_samples, palette)
     log(f"reference: {len(train_samples)} train / {len(val_samples)} val frames, class weights "
-        + " ".join(f"{n}={w:.2f}" for n, w in zip(palette.names, weights.tolist())))
+        + " ".join(f"{n}={w:.2f}" for n, w in zip(palette.names, weights.tolist(), strict=False)))
     loader_args = dict(batch_size=settings.batch_size, num_workers=settings.num_workers,
                        persistent_workers=settings.num_workers > 0, worker_init_fn=seed_worker)
     train_loader = DataLoader(DecodingDataset(train_samples, palette, settings.image_size, augment=True),

@@ -86,7 +86,7 @@ def console_table(records: list[Record]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(HEADER) - 1)]
     lines = []
     for row in table:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
     return "\n".join(lines)
 
 

@@ -1,11 +1,11 @@
 """Run the throughput benchmarks: ``python benchmarks/run.py [--quick | --tiny] [--out DIR] [--suite NAME ...]``.
 
-Without ``--quick`` the sizes are meant for a GPU machine (production model, more
-repeats); ``--quick`` uses small sizes and no compile variants for a CPU; ``--tiny`` only
-checks that every suite works (seconds). At the start each suite's expected time is
-printed: how long it took in the last run of the same preset into the same ``--out``. Results go to ``OUT/results.json`` (one record per
-measurement) and ``OUT/summary.md``; the table is printed as well. The synthetic
-dataset and its caches are generated once into ``--scratch`` and reused by later runs.
+Without ``--quick`` the sizes are meant for a GPU machine (production model, more repeats); ``--quick`` uses
+small sizes and no compile variants for a CPU; ``--tiny`` only checks that every suite works (seconds). At the
+start each suite's expected time is printed: how long it took in the last run of the same preset into the same
+``--out``. Results go to ``OUT/results.json`` (one record per measurement) and ``OUT/summary.md``; the table
+is printed as well. The synthetic dataset and its caches are generated once into ``--scratch`` and reused by
+later runs.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dist_seg.config import ModelConfig  # noqa: E402
-from dist_seg.train.summary import forward_flops, parameter_count
 from dist_seg.errors import ConfigError  # noqa: E402
 from dist_seg.models import build_model, describe_model  # noqa: E402
+from dist_seg.train.summary import forward_flops, parameter_count
 
 # (model.type, model.arch, model.backbone / model.encoder)
 DEFAULT_PAIRS = (

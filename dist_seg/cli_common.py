@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import DistSegError, FailedOnAnotherRank, user_message
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .cli_common import add_custom_model_argument, add_inference_arguments, inference_settings, run_cli
-from .data.splits import SPLIT_NAMES
 from .config.schema import MAX_WORKERS
+from .data.splits import SPLIT_NAMES
 from .errors import CheckpointError, ConfigError
 
 # Decoding processes per rank: more than a few per core only adds memory and start-up time.
@@ -63,11 +63,11 @@ def _main(argv: Sequence[str] | None) -> int:
     from . import atomic
     from .config import BackendConfig, load_config
     from .data.cache import CACHE_DIR_KEY
-    from .runtime.distributed import setup_distributed, teardown_distributed
-    from .eval.report import format_table, write_report
     from .eval.native import evaluate_checkpoint
+    from .eval.report import format_table, write_report
     from .paths import check_outside_dataset, check_writable_folder, output_option
     from .runtime.device import describe_precision, inference_runtime
+    from .runtime.distributed import setup_distributed, teardown_distributed
 
     config = load_config(args.config) if args.config else None
     # The user's own config may name the custom model's code; the checkpoint's copy never does.

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .cli_common import add_custom_model_argument, run_cli
-
 
 # Largest export height or width: 8K frames. The example batch and the trace grow with the
 # area, so a mistyped size would fail in an allocation (or be killed for memory) instead.

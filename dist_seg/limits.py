@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import resource
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import DataError
 

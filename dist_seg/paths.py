@@ -11,11 +11,10 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from .errors import ConfigError
-
 
 # Longest file name (bytes) on the filesystems dist_seg writes to (ext4, xfs, btrfs, NFS...).
 NAME_MAX = 255

@@ -19,9 +19,10 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -217,10 +218,10 @@ def _main(argv: Sequence[str] | None) -> int:
     from . import atomic
     from .config import BackendConfig
     from .data.decode import load_image
-    from .runtime.distributed import select_device
     from .eval.inference import Predictor
-    from .runtime.device import describe_precision, inference_runtime
     from .eval.visualize import overlay, with_legend
+    from .runtime.device import describe_precision, inference_runtime
+    from .runtime.distributed import select_device
 
     for folder in sorted({job.output_stem(args.out).parent for job in jobs}):
         atomic.remove_stale_temporaries(folder)  # what a killed earlier run into this --out left
@@ -257,7 +258,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 batch.append(job)
             if batch:
                 ids = predictor.predict(originals, args.settings)
-                for job, rgb, pred in zip(batch, originals, ids):
+                for job, rgb, pred in zip(batch, originals, ids, strict=False):
                     stem = job.output_stem(args.out)
                     ids_path, color_path, overlay_path = (stem.with_name(stem.name + s) for s in OUTPUT_SUFFIXES)
                     save_png(pred, ids_path)

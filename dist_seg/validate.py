@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .cli_common import add_config_arguments, run_cli
 from .config import Config, load_config
@@ -52,9 +52,9 @@ def _check_model(cfg: Config) -> None:
     """What training refuses before its first step: the model section, a custom model's output, ``model.init_from``."""
     import torch
 
-    from .train.preflight import batch_norm_samples, check_model_output, check_trainable
     from .models import build_model, check_model_config, describe_model
     from .models.init_from import check_init_from
+    from .train.preflight import batch_norm_samples, check_model_output, check_trainable
 
     num_classes, image_size = cfg.dataset.num_classes, tuple(cfg.training.image_size)
     model_cfg = check_model_config(cfg.model, num_classes, image_size, batch_norm_samples(cfg))

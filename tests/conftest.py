@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import pytest
 
 from dist_seg.synth import generate_dataset
@@ -25,6 +26,7 @@ def deeplab_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     model again. Tests must write elsewhere: the folder is the same for the whole session.
     """
     from support.helpers import tiny_config
+
     from dist_seg.train.run import run_training
 
     out = tmp_path_factory.mktemp("deeplab_run") / "run"

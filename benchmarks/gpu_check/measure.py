@@ -24,8 +24,8 @@ from torch._dynamo.utils import counters as dynamo_counters
 from dist_seg.runtime.device import tf32_enabled
 
 from ..common import cpu_model, synchronize, usable_cores
-from .parts import NO_CUDA, PartContext
 from ..harness import StepHarness, StepVariant, matmul_peak_tflops
+from .parts import NO_CUDA, PartContext
 
 COPY_ITERATIONS = 20
 

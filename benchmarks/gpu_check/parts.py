@@ -18,14 +18,15 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dist_seg import atomic
 
-from .proc import CommandResult, child_env, run_command
 from ..sizes import ModelSpec
+from .proc import CommandResult, child_env, run_command
 
 NO_CUDA = "skipped: no CUDA"
 # Comma-separated part names that raise at their start: lets tests (and anyone checking the
@@ -137,7 +138,7 @@ class PartContext:
     failed_checks: list[str] = field(default_factory=list)
     tails: list[str] = field(default_factory=list)  # output tails of failed commands
     log: Callable[[str], None] = print
-    on_change: Callable[["PartContext"], None] = lambda _ctx: None
+    on_change: Callable[[PartContext], None] = lambda _ctx: None
 
     @property
     def work(self) -> Path:

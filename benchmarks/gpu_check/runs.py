@@ -230,7 +230,7 @@ def e2e(ctx: PartContext) -> None:
         shutil.rmtree(run_dir / "out" / "checkpoints", ignore_errors=True)
         ctx.set(runs=runs)
     done = {k: v for k, v in runs.items() if isinstance(v, dict) and "images_per_s" in v}
-    keeping_up = [workers for workers, key in zip(sizes.e2e_workers, runs)
+    keeping_up = [workers for workers, key in zip(sizes.e2e_workers, runs, strict=False)
                   if key in done and done[key]["data_wait_frac_median"] < DATA_WAIT_TARGET]
     ctx.set(runs=runs, fewest_threads_under_5pct_wait=min(keeping_up) if keeping_up else
             f"none of {', '.join(map(str, sizes.e2e_workers))}")

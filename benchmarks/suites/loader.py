@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 import torch
+
 from dist_seg.config import config_from_dict
 from dist_seg.data.loader import Loader, SingleProcess, build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
@@ -71,7 +72,8 @@ def run(ctx: Context) -> list[Record]:
             loader = build_loader(dataset, cfg.training, SingleProcess(ctx.device), train=True)
             values = _measure(loader, sizes.repeats, sizes.loader_seconds, ctx.device)
             settings = {"pipeline": variant, **_settings(sizes, frames, num_workers, loader)}
-            records.append(ctx.record(NAME, f"{variant}, {num_workers} worker{'' if num_workers == 1 else 's'}", "samples_per_s", "samples/s",
+            label = f"{variant}, {num_workers} worker{'' if num_workers == 1 else 's'}"
+            records.append(ctx.record(NAME, label, "samples_per_s", "samples/s",
                                       values, settings))
             del loader
             gc.collect()  # shuts persistent workers or gather threads down before the next measurement

@@ -14,15 +14,15 @@ import contextlib
 import gc
 import statistics
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
+from dist_seg.runtime.amp_policy import cpu_has_native_bf16
+from dist_seg.runtime.device import tf32_enabled
+
 from ..common import Record, ratio, timed
 from ..context import Context
-from dist_seg.runtime.device import tf32_enabled
-from dist_seg.runtime.amp_policy import cpu_has_native_bf16
-
 from ..harness import StepHarness, StepVariant, matmul_peak_tflops
 
 NAME = "step"

@@ -5,10 +5,31 @@ every other package depends on this one, never the other way round.
 """
 
 from .classes import DAVID_CLASSES, IGNORE_INDEX, ClassSpec, read_class_file
-from .loading import apply_overrides, config_from_dict, config_to_dict, expand_user, load_config, parse_overrides, save_config
+from .loading import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    expand_user,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 from .schema import (
-    MAX_SEED, MAX_TIMEOUT_S, MAX_WORKERS, REQUIRED, VRAM_SAMPLER_CHOICES, AugmentConfig, BackendConfig, Config,
-    DatasetConfig, EmaConfig, LossConfig, ModelConfig, PhotometricConfig, SplitConfig, TelemetryConfig,
+    MAX_SEED,
+    MAX_TIMEOUT_S,
+    MAX_WORKERS,
+    REQUIRED,
+    VRAM_SAMPLER_CHOICES,
+    AugmentConfig,
+    BackendConfig,
+    Config,
+    DatasetConfig,
+    EmaConfig,
+    LossConfig,
+    ModelConfig,
+    PhotometricConfig,
+    SplitConfig,
+    TelemetryConfig,
     TrainingConfig,
 )
 

@@ -159,7 +159,7 @@ class Builder:
             item_types = typing.get_args(tp)
             if not isinstance(value, (list, tuple)) or len(value) != len(item_types):
                 self.fail(key, f"expected a list of {len(item_types)} values, got {value!r}")
-            return tuple(self.convert(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
+            return tuple(self.convert(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(item_types, value, strict=False)))
         if origin is dict:
             if not isinstance(value, dict):
                 self.fail(key, f"expected a mapping, got {value!r}")

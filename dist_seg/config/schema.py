@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, NoReturn
+from typing import Any, Literal, NoReturn
 
 from .classes import DAVID_CLASSES, IGNORE_INDEX, ClassSpec
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch

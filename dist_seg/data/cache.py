@@ -27,18 +27,19 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from .. import atomic
 from ..config import Config, DatasetConfig
-from ..errors import DataError, DiskSpaceError
-from ..parallel import map_in_pool, usable_cores
 from ..config.classes import IGNORE_INDEX
+from ..errors import DataError, DiskSpaceError
 from ..limits import ensure_open_files, map_failure
+from ..parallel import map_in_pool, usable_cores
 from .decode import DecodedFrame, FrameCheck, LabelSpec, decode_frame
 from .discovery import DatasetListing, Frame, SequenceListing
 
@@ -124,7 +125,7 @@ class CacheSettings:
     spec: LabelSpec
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "CacheSettings":
+    def from_config(cls, cfg: Config) -> CacheSettings:
         return cls(output_size(cfg), cfg.dataset.cache_images, LabelSpec.from_config(cfg.dataset))
 
     def as_json(self) -> dict:
@@ -468,7 +469,7 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
             raise
         writers: list[_SequenceWriter] = []
         try:
-            for listing, directory in zip(listings, outcome.directories):
+            for listing, directory in zip(listings, outcome.directories, strict=False):
                 for seq in listing.sequences:
                     if seq.frames:
                         writer = _reuse_or_plan(seq, listing.root, directory / seq.name, settings, outcome, log)
@@ -488,7 +489,7 @@ def ensure_caches(listings: Sequence[DatasetListing], cfg: Config, *, log: Calla
 
 def _reuse_all(listings: Sequence[DatasetListing], outcome: CacheOutcome, settings: CacheSettings) -> bool:
     """Record every sequence's cache as reused if all are fresh (nothing is written); False if any is not."""
-    for listing, directory in zip(listings, outcome.directories):
+    for listing, directory in zip(listings, outcome.directories, strict=False):
         for seq in listing.sequences:
             if not seq.frames:
                 continue
@@ -542,7 +543,7 @@ def _fill(writers: list[_SequenceWriter], settings: CacheSettings, ds: DatasetCo
                                with_image=settings.cache_images)
     results = map_in_pool(decode, [frame for _, _, frame in jobs], workers=ds.cache_workers or usable_cores(),
                           desc="building cache", progress=progress)
-    for (writer, index, _), result in zip(jobs, results):
+    for (writer, index, _), result in zip(jobs, results, strict=False):
         outcome.checks.append(result.decoded.check)
         writer.add(index, result)
         if writer.remaining == 0:

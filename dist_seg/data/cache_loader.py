@@ -15,8 +15,8 @@ records.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import BatchSampler, Sampler

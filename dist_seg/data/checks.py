@@ -10,16 +10,17 @@ from __future__ import annotations
 import difflib
 import functools
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
 from ..config import DatasetConfig
+from ..config.classes import IGNORE_INDEX
 from ..errors import DataError
 from ..parallel import map_in_pool, usable_cores
-from ..config.classes import IGNORE_INDEX
 from .decode import FrameCheck, LabelSpec, check_frame, load_mask
 from .discovery import IMAGE_SUFFIXES, DatasetListing, Frame, discover_all
 from .problems import Problem
@@ -228,8 +229,8 @@ def report_for(listings: list[DatasetListing], ds: DatasetConfig, checks: Sequen
     for check in checks:
         if check.size is not None:
             sizes[check.size] += 1
-    return DatasetReport([l.root for l in listings], sum(len(l.sequences) for l in listings),
-                         sum(len(l.frames) for l in listings), problems, dict(sizes))
+    return DatasetReport([listing.root for listing in listings], sum(len(listing.sequences) for listing in listings),
+                         sum(len(listing.frames) for listing in listings), problems, dict(sizes))
 
 
 def check_frames(listings: Sequence[DatasetListing], ds: DatasetConfig, *, progress: bool) -> list[FrameCheck]:

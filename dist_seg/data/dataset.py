@@ -9,7 +9,8 @@ the same frame, which the tests check.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,8 +18,8 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from ..limits import ensure_open_files
 from .cache import SequenceCache
-from .discovery import Frame
 from .decode import LabelSpec, load_image, load_mask
+from .discovery import Frame
 
 
 class Sample(NamedTuple):
@@ -121,7 +122,7 @@ class CachedDataset(Dataset):
         copying, so several threads can gather at once.
         """
         sequences, locals_ = self._locate(np.asarray(indices, dtype=np.int64))
-        for k, (index, sequence, local) in enumerate(zip(indices, sequences, locals_)):
+        for k, (index, sequence, local) in enumerate(zip(indices, sequences, locals_, strict=False)):
             self._fill(index, sequence, local, images_out[k], masks_out[k])
         return [self.paths[i] for i in indices]
 

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from ..config import DatasetConfig
-from ..errors import DataError
 from ..config.classes import IGNORE_INDEX, ClassSpec
+from ..errors import DataError
 from .discovery import Frame
 from .palette import Palette
 from .problems import Problem
@@ -48,7 +48,7 @@ class LabelSpec:
     unknown_colors: Literal["error", "void"]
 
     @classmethod
-    def from_config(cls, ds: DatasetConfig) -> "LabelSpec":
+    def from_config(cls, ds: DatasetConfig) -> LabelSpec:
         return cls(tuple(ds.classes), ds.mask_format, ds.unknown_colors)
 
     @property
@@ -183,7 +183,7 @@ def mask_to_ids(mask: Image.Image, spec: LabelSpec
         return values.astype(np.uint8, copy=False), {}, None
     stray, counts = np.unique(values[bad], return_counts=True)
     ids = np.where(bad, IGNORE_INDEX, values).astype(np.uint8)
-    return ids, {int(v): int(n) for v, n in zip(stray, counts)}, None
+    return ids, {int(v): int(n) for v, n in zip(stray, counts, strict=False)}, None
 
 
 def _grey_mask_as_colours(mask: Image.Image, spec: LabelSpec

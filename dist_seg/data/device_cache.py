@@ -9,7 +9,7 @@ the order (and hence the augmentation drawn per batch) is exactly the host path'
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import psutil
 import torch

@@ -26,8 +26,9 @@ torch.distributed's globals.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import psutil
@@ -37,8 +38,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from ..config import TrainingConfig
 from ..errors import ConfigError, DataError
 from .cache_loader import CacheLoader
-from .device_cache import DeviceCacheLoader
 from .dataset import CachedDataset, collate_samples
+from .device_cache import DeviceCacheLoader
 
 # What the trainer, evaluation and benchmarks iterate: both yield Batch records and have .sampler.
 Loader = DataLoader | CacheLoader | DeviceCacheLoader

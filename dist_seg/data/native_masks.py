@@ -24,22 +24,30 @@ import contextlib
 import functools
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from .. import atomic
 from ..config import Config
 from ..errors import DataError
-from .cache import (CACHE_DIR_KEY, MANIFEST, NPY_HEADER_BYTES, allocated_memmap, dataset_cache_dir, file_entries,
-                    fingerprint_digest,
-                    locked_directories, remove_unreferenced)
-from .discovery import Frame
 from ..parallel import map_in_pool, usable_cores
+from .cache import (
+    CACHE_DIR_KEY,
+    MANIFEST,
+    NPY_HEADER_BYTES,
+    allocated_memmap,
+    dataset_cache_dir,
+    file_entries,
+    fingerprint_digest,
+    locked_directories,
+    remove_unreferenced,
+)
 from .checks import unknown_value_problems
 from .decode import LabelSpec, decode_frame
+from .discovery import Frame
 
 # 2: frames with an EXIF orientation are decoded upright (caches of such frames built before were wrong).
 NATIVE_FORMAT_VERSION = 2
@@ -64,7 +72,7 @@ class NativeMasks:
     held: np.ndarray | None = field(default=None, repr=False, compare=False)  # the flat ids when path is None
 
     @classmethod
-    def in_memory(cls, name: str, masks: Sequence[np.ndarray]) -> "NativeMasks":
+    def in_memory(cls, name: str, masks: Sequence[np.ndarray]) -> NativeMasks:
         """Masks kept in this process only (``masks``: ``[H, W]`` uint8 ids per frame, in frame order)."""
         flat = np.concatenate([m.ravel() for m in masks]) if masks else np.zeros(0, dtype=np.uint8)
         flat.flags.writeable = False

@@ -32,7 +32,7 @@ class Palette:
     classes: tuple[ClassSpec, ...]
 
     @classmethod
-    def from_config(cls, ds: DatasetConfig) -> "Palette":
+    def from_config(cls, ds: DatasetConfig) -> Palette:
         return cls(tuple(ds.classes))
 
     @property
@@ -71,4 +71,4 @@ class Palette:
         if bad.size == 0:
             return {}
         values, counts = np.unique(bad, return_counts=True)
-        return {(int(v >> 16) & 255, int(v >> 8) & 255, int(v) & 255): int(n) for v, n in zip(values, counts)}
+        return {(int(v >> 16) & 255, int(v >> 8) & 255, int(v) & 255): int(n) for v, n in zip(values, counts, strict=False)}

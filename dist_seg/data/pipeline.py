@@ -11,26 +11,31 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from ..config import Config
 from ..errors import DataError
-from .cache import (SequenceCache, dataset_cache_dir, ensure_caches, fresh_class_pixel_counts, load_sequence_cache,
-                    output_size)
-from .dataset import CachedDataset, DecodeDataset
+from .cache import (
+    SequenceCache,
+    dataset_cache_dir,
+    ensure_caches,
+    fresh_class_pixel_counts,
+    load_sequence_cache,
+    output_size,
+)
 from .checks import check_frames, check_training_labels, listing_problems, report_for
+from .dataset import CachedDataset, DecodeDataset
 from .decode import LabelSpec, load_mask
 from .discovery import Frame, discover_all
 from .loader import check_training_frames
 from .problems import Problem
 from .shards import open_streamed, write_shards
-from .splits import (SPLIT_NAMES, Splits, check_split_names, planned_splits, read_splits, resolve_splits,
-                     splits_path)
+from .splits import SPLIT_NAMES, Splits, check_split_names, planned_splits, read_splits, resolve_splits, splits_path
 
 # Masks decoded to estimate class frequencies when there is no cache: evenly spaced over
 # the training frames, enough for stable class weights, cheap enough for every rank.
@@ -66,7 +71,7 @@ class PrepareSummary:
         if self.train_class_pixel_counts is not None:
             total = max(int(self.train_class_pixel_counts.sum()), 1)
             fractions = ", ".join(f"{name} {100 * n / total:.1f}%"
-                                  for name, n in zip(self.class_names, self.train_class_pixel_counts))
+                                  for name, n in zip(self.class_names, self.train_class_pixel_counts, strict=False))
             lines.append(f"  class pixel fractions (train): {fractions}")
         if self.ignored_pixels:
             lines.append(f"  {self.ignored_pixels} pixels with unknown mask values are ignored (label 255)")

@@ -13,9 +13,9 @@ import dataclasses
 import difflib
 import json
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .. import atomic
 from ..config import Config, SplitConfig
@@ -40,7 +40,7 @@ class SplitSettings:
     test: tuple[str, ...] | None
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "SplitSettings":
+    def from_config(cls, cfg: Config) -> SplitSettings:
         ds, split = cfg.dataset, cfg.dataset.split
         return cls(str(Path(ds.root).resolve()), None if ds.test_root is None else str(Path(ds.test_root).resolve()),
                    cfg.training.seed, split.val_fraction, split.test_fraction,
@@ -68,7 +68,7 @@ class SplitSequence:
         """The (image, mask) paths of every frame; masks are ``<label_dir>/<stem>.png`` unless listed."""
         images, labels = self.root / self.image_dir, self.root / self.label_dir
         masks = self.masks or tuple(Path(f).stem + MASK_SUFFIX for f in self.frames)
-        return [Frame(self.name, images / f, labels / m) for f, m in zip(self.frames, masks)]
+        return [Frame(self.name, images / f, labels / m) for f, m in zip(self.frames, masks, strict=False)]
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ def _resplit_reason(path: Path, previous: dict | None, force: bool, settings: di
 def _split_sequence(listing: DatasetListing, name: str) -> SplitSequence:
     seq = next(s for s in listing.sequences if s.name == name)
     masks = tuple(f.mask.name for f in seq.frames)
-    usual = all(m == f.image.stem + MASK_SUFFIX for m, f in zip(masks, seq.frames))
+    usual = all(m == f.image.stem + MASK_SUFFIX for m, f in zip(masks, seq.frames, strict=False))
     return SplitSequence(name, listing.root, str(seq.image_dir.relative_to(listing.root)),
                          str(seq.label_dir.relative_to(listing.root)), tuple(f.image.name for f in seq.frames),
                          () if usual else masks)

@@ -8,22 +8,30 @@ staging folders of killed exports are removed by the next export into the same d
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from .. import atomic
-from ..eval.inference import MEAN, STD
 from ..errors import ExportError
+from ..eval.inference import MEAN, STD
 from .card import build_card, card_path
 from .graph import INPUT_NAME, deployable, load_export_source
 from .onnx_export import export_onnx
 from .onnx_predictor import open_session
-from .parity import (PARITY_FRAMES, ArtifactRunner, ParityReport, check_sizes, measure_parity, parity_frames,
-                     pytorch_logits)
+from .parity import (
+    PARITY_FRAMES,
+    ArtifactRunner,
+    ParityReport,
+    check_sizes,
+    measure_parity,
+    parity_frames,
+    pytorch_logits,
+)
 from .requirements import package_version, require
 from .torch_export import export_program, program_runner, save_program
 

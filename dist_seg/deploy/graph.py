@@ -13,14 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint_file import load_checkpoint, load_model_state
 from ..config import Config
 from ..data.palette import Palette
-from ..eval.inference import MEAN, STD
-from ..checkpoint_file import load_checkpoint, load_model_state
-from ..eval.inference import Predictor
-from ..runtime.device import inference_runtime
 from ..errors import CheckpointError
+from ..eval.inference import MEAN, STD, Predictor
 from ..models import describe_model
+from ..runtime.device import inference_runtime
 
 INPUT_NAME = "images"
 IDS_NAME = "class_ids"

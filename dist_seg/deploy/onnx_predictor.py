@@ -8,9 +8,10 @@ ids match checkpoint predictions up to float rounding at near-ties.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class OnnxPredictor:
     card: dict[str, Any]
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "cpu") -> "OnnxPredictor":
+    def from_file(cls, path: str | Path, device: str = "cpu") -> OnnxPredictor:
         """Open ``path`` (``model.onnx``) and its card (``model.json``); ``device`` is cpu, cuda or auto."""
         card = read_card(path)
         session, ids_name, logits_name = open_session(path, device)

@@ -15,9 +15,10 @@ magnitude more.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ import torch
 from ..config import Config
 from ..data.decode import load_image, resize_image
 from ..data.discovery import discover
-from ..eval.inference import forward_logits, normalise
 from ..errors import DataError
+from ..eval.inference import forward_logits, normalise
 from ..synth import generate_dataset
 from .graph import ExportSource
 

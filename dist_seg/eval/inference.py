@@ -16,20 +16,21 @@ these functions, so a frame is labelled the same way everywhere:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint_file import load_checkpoint, load_model_state
 from ..config import Config, config_from_dict
 from ..data.decode import resize_image
 from ..data.palette import Palette
 from ..errors import CheckpointError, ConfigError
 from ..models import build_model
-from ..checkpoint_file import load_checkpoint, load_model_state
 from ..runtime.device import Runtime
 
 # Default slide stride as a share of the crop: a third of each window overlaps the next.
@@ -112,7 +113,7 @@ class InferenceSettings:
 def _check_window(crop: Sequence[int], stride: Sequence[int]) -> None:
     """A stride longer than the window would leave pixels between windows without a prediction; a tiny one
     would run the model dozens of times per pixel."""
-    if any(c > MAX_WINDOW_OVERLAP * s for c, s in zip(crop, stride)):
+    if any(c > MAX_WINDOW_OVERLAP * s for c, s in zip(crop, stride, strict=False)):
         shortest = (-(-crop[0] // MAX_WINDOW_OVERLAP), -(-crop[1] // MAX_WINDOW_OVERLAP))
         raise ConfigError(f"--stride {_hw(stride)} is under 1/{MAX_WINDOW_OVERLAP} of the slide window {_hw(crop)}: "
                           f"each pixel would be labelled more than {MAX_WINDOW_OVERLAP ** 2} times; use a stride "
@@ -320,7 +321,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device, runtime: Runtime,
-                        key: str = "--checkpoint", custom_model: str | None = None) -> "Predictor":
+                        key: str = "--checkpoint", custom_model: str | None = None) -> Predictor:
         """Rebuild the model described by the checkpoint's config and load its weights.
 
         ``key`` is the option or config key that named ``path``, for the message when it does not exist.

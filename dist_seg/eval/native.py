@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,16 +26,16 @@ from tqdm import tqdm
 
 from ..config import IGNORE_INDEX, Config
 from ..data.cache import CACHE_DIR_KEY
+from ..data.checks import listing_problems
+from ..data.decode import load_image
 from ..data.discovery import discover
 from ..data.native_masks import FrameSequence, NativeMasks, ensure_native_masks
 from ..data.splits import SPLITS_FILE, read_splits
-from ..data.checks import listing_problems
-from ..data.decode import load_image
 from ..errors import CheckpointError, DataError
-from ..runtime.distributed import DistContext
-from .metrics import frequency_weighted_iou, metrics_from_confusion, update_confusion
-from .inference import InferenceSettings, Predictor
 from ..runtime.device import Runtime
+from ..runtime.distributed import DistContext
+from .inference import InferenceSettings, Predictor
+from .metrics import frequency_weighted_iou, metrics_from_confusion, update_confusion
 from .video_metrics import WINDOW_SIZES, VideoMetrics, VideoMetricsAccumulator
 
 _GREY_OR_PALETTE = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
@@ -271,7 +271,7 @@ def _result(predictor: Predictor, data_cfg: Config, names: list[str], per_sequen
     total = per_sequence.sum(0)
     mean_iou, pixel_acc, iou = metrics_from_confusion(total, class_names, void_index)
     sequences = {}
-    for name, conf in zip(names, per_sequence):
+    for name, conf in zip(names, per_sequence, strict=False):
         frames = video.sequences[name].frames if name in video.sequences else 0
         seq_miou, seq_acc, _ = metrics_from_confusion(conf, class_names, void_index)
         sequences[name] = SequenceResult(frames, seq_miou, seq_acc)
@@ -292,13 +292,12 @@ def evaluate_checkpoint(checkpoint: str | Path, ctx: DistContext, runtime: Runti
                         custom_model: str | None = None) -> NativeEvalResult:
     """Evaluate ``checkpoint`` on ``split`` (from splits.json) or on every sequence under ``root``.
 
-    The checkpoint alone is enough: its embedded config gives the classes, the model and
-    (for ``split``) the output folder holding splits.json. ``config`` (e.g. the training
-    run's) replaces the embedded one for the data and must have the same classes.
-    ``cache_key`` names the setting that chose the cache folder (the option that gave
-    ``cache_dir``), for its error messages. ``custom_model`` is the user's import path for a
-    checkpoint of a custom model (the one inside the checkpoint is never imported). Every rank calls this; the result is the same on
-    every rank, and a user error stops every rank, reported once by rank 0.
+    The checkpoint alone is enough: its embedded config gives the classes, the model and (for ``split``) the
+    output folder holding splits.json. ``config`` (e.g. the training run's) replaces the embedded one for the
+    data and must have the same classes. ``cache_key`` names the setting that chose the cache folder (the
+    option that gave ``cache_dir``), for its error messages. ``custom_model`` is the user's import path for a
+    checkpoint of a custom model (the one inside the checkpoint is never imported). Every rank calls this; the
+    result is the same on every rank, and a user error stops every rank, reported once by rank 0.
     """
     def setup() -> tuple[Predictor, Config, list[FrameSequence], str]:
         predictor = Predictor.from_checkpoint(checkpoint, ctx.device, runtime, custom_model=custom_model)

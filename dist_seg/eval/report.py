@@ -102,7 +102,7 @@ def _confusion_csv(result: NativeEvalResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["label \\ prediction", *result.class_names])
-    for name, row in zip(result.class_names, result.confusion.tolist()):
+    for name, row in zip(result.class_names, result.confusion.tolist(), strict=False):
         writer.writerow([name, *row])
     return buffer.getvalue()
 

@@ -24,8 +24,8 @@ least n long.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
 
 import torch
 
@@ -162,7 +162,7 @@ class VideoMetricsAccumulator:
         """Metrics from ``totals`` (default: this accumulator's own, i.e. not reduced over ranks)."""
         rows = (self._totals if totals is None else totals).cpu().tolist()
         metrics = VideoMetrics(self.window_sizes)
-        for name, row in zip(self.names, rows):
+        for name, row in zip(self.names, rows, strict=False):
             frames, static, changed = int(row[0]), int(row[1]), int(row[2])
             if frames == 0:
                 continue

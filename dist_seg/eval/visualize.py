@@ -133,7 +133,7 @@ def comparison_panel(image: np.ndarray, target: np.ndarray, pred: np.ndarray, pa
     present = set(np.unique(target).tolist()) | set(np.unique(pred).tolist())
     return np.concatenate([
         _title_band(width, [(0, header)]),
-        _title_band(width, list(zip(offsets, titles))),
+        _title_band(width, list(zip(offsets, titles, strict=False))),
         top,
         legend(palette, present, width),
     ], axis=0)

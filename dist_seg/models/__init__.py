@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+
 # Imported for their @register side effect: each module adds its model types.
 # smp_models imports segmentation_models_pytorch only when model.type smp is used (the zoo extra).
 from . import deeplabv3plus, smp_models, torchvision_models  # noqa: F401
@@ -66,14 +67,13 @@ def check_model_config(cfg: ModelConfig, num_classes: int, image_size: tuple[int
     """Raise :class:`ConfigError` for anything :func:`build_model` would reject; return ``cfg``
     with its backbone resolved.
 
-    Built-in types are constructed on the meta device (shapes only, no memory, no init
-    cost); a ``backbone_weights`` file is read and matched against the backbone's names and
-    shapes; with ``image_size`` a meta forward pass checks the logits are
-    ``[1, num_classes, H, W]``; for a per-rank ``batch_size`` of 1 that pass keeps BatchNorm
-    on batch statistics, as training does, so a model that cannot train on one sample is
-    refused; a type with input-size rules (smp: multiples of the encoder's output stride)
-    refuses an ``image_size`` it cannot take, naming ``training.image_size``. Custom models are imported and their constructor's signature checked, but not
-    constructed: user code may not run on the meta device.
+    Built-in types are constructed on the meta device (shapes only, no memory, no init cost); a
+    ``backbone_weights`` file is read and matched against the backbone's names and shapes; with ``image_size``
+    a meta forward pass checks the logits are ``[1, num_classes, H, W]``; for a per-rank ``batch_size`` of 1
+    that pass keeps BatchNorm on batch statistics, as training does, so a model that cannot train on one
+    sample is refused; a type with input-size rules (smp: multiples of the encoder's output stride) refuses an
+    ``image_size`` it cannot take, naming ``training.image_size``. Custom models are imported and their
+    constructor's signature checked, but not constructed: user code may not run on the meta device.
     """
     cfg = with_default_backbone(cfg)
     if cfg.is_custom:

@@ -10,7 +10,7 @@ changing the model, so a pre-flight pass finds that before any data is prepared.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         with torch.no_grad():
-            for m, (mean, var, count) in zip(layers, saved):
+            for m, (mean, var, count) in zip(layers, saved, strict=False):
                 m.running_mean.copy_(mean)
                 m.running_var.copy_(var)
                 m.num_batches_tracked.copy_(count)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Callable
 from types import MappingProxyType
-from typing import Callable
 
 from torch import nn
 

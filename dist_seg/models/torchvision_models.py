@@ -8,7 +8,7 @@ output stride is fixed by torchvision (8 for the ResNet models, 16 for MobileNet
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torchvision.models.segmentation as tvseg
 from torch import nn

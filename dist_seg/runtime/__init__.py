@@ -1,1 +1,2 @@
-"""Where and how code runs: device and precision (:mod:`.device`), the process group, CPU threads, out-of-memory as a user error."""
+"""Where and how code runs: device and precision (:mod:`.device`), the process group, CPU threads, and
+running out of memory as a user error."""

@@ -9,7 +9,7 @@ turns it into one :class:`~dist_seg.errors.ConfigError` line naming the key and 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

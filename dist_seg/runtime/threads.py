@@ -16,8 +16,9 @@ environment is the user's explicit choice and wins over ``auto``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 

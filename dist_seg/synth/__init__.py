@@ -21,9 +21,10 @@ shorter one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -134,4 +135,4 @@ def generate_dataset(out_dir: Path, sequences: int = 3, frames: int = 8, size: t
             write_bytes(out_dir / "Images" / seq / f"{stem}{ext}", encode_image(image, ext))
             write_bytes(out_dir / "Labels" / seq / f"{stem}.png", encode_png(label, noisy=False))
     return SynthSummary(out_dir, sequences, frames, size, mask_format,
-                        {c.name: int(n) for c, n in zip(classes, counts)})
+                        {c.name: int(n) for c, n in zip(classes, counts, strict=False)})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ..data.discovery import IMAGE_SUFFIXES
 from . import MIN_SIZE, generate_dataset

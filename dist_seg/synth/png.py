@@ -9,6 +9,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
+
 def encode_png(array: np.ndarray, noisy: bool) -> bytes:
     """PNG bytes of an 8-bit grey ``[H, W]`` or RGB ``[H, W, 3]`` array, fast.
 

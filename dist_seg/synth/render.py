@@ -9,14 +9,29 @@ is vectorised over pixels; the only Python loops run over a few dozen objects.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Callable, Sequence
 
 import numpy as np
 
-from .scene import (ASPHALT, BRICKS, FACADE, FAR, FOLIAGE, NEAR, PLAIN, ROLE_ID, SKY, SLATS, TILES, Facade, Prop,
-                    Scene, Lighting)
+from .scene import (
+    ASPHALT,
+    BRICKS,
+    FACADE,
+    FAR,
+    FOLIAGE,
+    NEAR,
+    PLAIN,
+    ROLE_ID,
+    SKY,
+    SLATS,
+    TILES,
+    Facade,
+    Lighting,
+    Prop,
+    Scene,
+)
 
 # ----------------------------------------------------------------------------- drawing
 

@@ -8,8 +8,9 @@ shorter one. Coordinates are metres; the camera sits at lateral 0 and moves alon
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 

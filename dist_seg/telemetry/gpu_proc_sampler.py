@@ -2,11 +2,11 @@
 
     python -m dist_seg.telemetry.gpu_proc_sampler --duration 60 --interval 1 --out gpu_proc_usage.csv
 
-Writes one CSV row per process per GPU per sample, for every process on every GPU the
-driver (NVML or AMD SMI) lists, training or not. The CSV is an incremental log rather than
-a file written atomically: each sample's rows are written and flushed together, so it can
-be read while sampling goes on and holds whole samples if the sampler is killed. Ctrl-C stops it cleanly. Exit status 1 (with the reason) when no GPU
-library or device is available.
+Writes one CSV row per process per GPU per sample, for every process on every GPU the driver (NVML or AMD SMI)
+lists, training or not. The CSV is an incremental log rather than a file written atomically: each sample's
+rows are written and flushed together, so it can be read while sampling goes on and holds whole samples if the
+sampler is killed. Ctrl-C stops it cleanly. Exit status 1 (with the reason) when no GPU library or device is
+available.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import itertools
 import math
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import psutil
 

@@ -18,6 +18,7 @@ from typing import Any
 from .. import atomic
 from ..errors import DistSegError
 
+
 @dataclass(frozen=True)
 class EpochRecord:
     """What one epoch did. Validation fields are None on epochs without validation."""
@@ -41,7 +42,7 @@ class EpochRecord:
         return {k: _finite(v) for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> "EpochRecord":
+    def from_json(cls, data: Any, where: str) -> EpochRecord:
         """A record from a parsed JSON object; :class:`DistSegError` naming ``where`` if malformed."""
         if not isinstance(data, dict):
             raise DistSegError(f"{where}: expected an object per epoch, got {data!r}")
@@ -71,7 +72,7 @@ class History:
         self._records = list(records)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "History":
+    def load(cls, path: str | os.PathLike) -> History:
         """The history stored at ``path``; empty if the file does not exist yet."""
         path = Path(path)
         if not path.exists():

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Literal, TextIO
+from collections.abc import Callable
+from typing import Literal, TextIO
 
 from tqdm import tqdm
 

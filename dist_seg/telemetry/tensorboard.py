@@ -133,7 +133,7 @@ class RunWriter:
         """Flush and close the event file."""
         self._writer.close()
 
-    def __enter__(self) -> "RunWriter":
+    def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -21,8 +21,8 @@ import dataclasses
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import psutil
 import torch
@@ -91,7 +91,7 @@ class PeakSummary:
     non_torch_mb: float | None = None
     host_rss_mb: float | None = None
 
-    def update(self, sample: VramSample) -> "PeakSummary":
+    def update(self, sample: VramSample) -> PeakSummary:
         """This summary with ``sample`` folded in."""
         peaks = {name: _max(getattr(self, name), getattr(sample, name)) for name in _PEAK_FIELDS}
         return dataclasses.replace(
@@ -173,7 +173,7 @@ class VramSampler:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "VramSampler":
+    def start(self) -> VramSampler:
         """Attach to the driver and start the sampling thread (first sample right away)."""
         with self._lifecycle:
             if self._thread is not None or self._stopped:
@@ -201,7 +201,7 @@ class VramSampler:
         if self._driver is not None:
             self._driver.close()
 
-    def __enter__(self) -> "VramSampler":
+    def __enter__(self) -> VramSampler:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

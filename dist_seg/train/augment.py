@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import IGNORE_INDEX, AugmentConfig, PhotometricConfig
-from .photometric import PhotometricRanges, photometric_jitter
 from ..eval.inference import MEAN, STD
-
+from .photometric import PhotometricRanges, photometric_jitter
 
 
 @dataclass

@@ -211,7 +211,7 @@ class Checkpointer:
                                   "model.backbone_weights") from exc
         # load_state_dict brings back the old learning rate, weight decay, momentum...: a changed
         # config value must win (and config.yaml then tells the truth).
-        for group, settings in zip(self.optimizer.param_groups, configured):
+        for group, settings in zip(self.optimizer.param_groups, configured, strict=False):
             group.update(settings)
 
     def _carry_position_over(self, pos: TrainPosition, saved: dict[str, Any], saved_world: int,

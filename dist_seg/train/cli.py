@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..cli_common import add_config_arguments, run_cli
 from ..config import load_config

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import user_message
 from ..config import Config
 from ..data.splits import read_splits
-from ..errors import DistSegError
-from ..runtime.distributed import DistContext
+from ..errors import DistSegError, user_message
 from ..eval.native import NativeEvalResult, evaluate_checkpoint
-from .outputs import RunOutputs
-from ..telemetry.progress import Progress
-from .preemption import Preempted, preemption_raises
 from ..runtime.device import Runtime
+from ..runtime.distributed import DistContext
+from ..telemetry.progress import Progress
+from .outputs import RunOutputs
+from .preemption import Preempted, preemption_raises
 
 SPLIT = "test"
 

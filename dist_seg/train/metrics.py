@@ -8,8 +8,9 @@ epoch cut in two by a preemption reports the same numbers as an uninterrupted on
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -48,7 +49,7 @@ class EpochTotals:
     def train_loss(self, world_size: int) -> float:
         return self.epoch_loss_total / max(self.epoch_batches * world_size, 1)
 
-    def images_per_s(self, global_batch: int, since: "EpochTotals | None" = None) -> float:
+    def images_per_s(self, global_batch: int, since: EpochTotals | None = None) -> float:
         """Training throughput of the epoch, or only of what came after ``since`` (the totals a resume loaded)."""
         batches = self.epoch_batches - (since.epoch_batches if since else 0)
         elapsed = self.epoch_elapsed_s - (since.epoch_elapsed_s if since else 0.0)

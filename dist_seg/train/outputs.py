@@ -9,27 +9,28 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
 from PIL import Image
 
 from .. import atomic
+from ..checkpoint_file import checkpoint_name, list_checkpoints, mirror_best, save_checkpoint
 from ..config import Config, config_to_dict, save_config
+from ..eval.native import NativeEvalResult
+from ..eval.report import write_report
 from ..telemetry.history import EpochRecord, History
 from ..telemetry.tensorboard import RunWriter
-from ..checkpoint_file import checkpoint_name, list_checkpoints, mirror_best, save_checkpoint
-from ..eval.report import write_report
-from ..eval.native import NativeEvalResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _main_rank_only(method: F) -> F:
     @functools.wraps(method)
-    def wrapper(self: "RunOutputs", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: RunOutputs, *args: Any, **kwargs: Any) -> Any:
         if self.active:
             return method(self, *args, **kwargs)
         return None

@@ -11,8 +11,8 @@ from batch-statistics predictions, so the trainer can warn when they disagree ba
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -69,7 +69,7 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], num_ba
             if on_batch is not None:
                 on_batch()
     finally:
-        for m, momentum in zip(layers, momenta):
+        for m, momentum in zip(layers, momenta, strict=False):
             m.momentum = momentum
         model.train(was_training)
     if reduce_mean is not None:

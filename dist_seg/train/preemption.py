@@ -13,8 +13,9 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
-from typing import Callable, Generic, Iterable, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from ..runtime.distributed import DistContext, StopVote
 
@@ -54,7 +55,7 @@ class PreemptionWatch:
                 self._interrupted_at = now
         self.received = self.received or signal.Signals(signum).name
 
-    def __enter__(self) -> "PreemptionWatch":
+    def __enter__(self) -> PreemptionWatch:
         # Signal handlers can only be installed from the main thread (tests may train from others).
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:

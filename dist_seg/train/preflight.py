@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint_file import list_checkpoints
 from ..config import Config
 from ..data.cache import CACHE_DIR_KEY, cache_root
-from ..paths import check_not_symlink, check_outside_dataset, check_writable_folder
-from ..telemetry.memlog import FILE_NAME as MEMORY_LOG
 from ..errors import CheckpointError, ConfigError, DistSegError, describe_raised
 from ..models.batchnorm import one_sample_mode
-from ..checkpoint_file import list_checkpoints
-from ..runtime.memory import memory_needed_by
+from ..paths import check_not_symlink, check_outside_dataset, check_writable_folder
 from ..runtime.device import Runtime
+from ..runtime.memory import memory_needed_by
+from ..telemetry.memlog import FILE_NAME as MEMORY_LOG
 
 
 def check_run_paths(cfg: Config) -> None:

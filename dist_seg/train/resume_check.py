@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..config import Config, config_to_dict
 from ..data.splits import Splits

@@ -19,42 +19,42 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checkpoint_file import load_checkpoint, unwrap_model
 from ..config import Config, config_to_dict
 from ..data.cache_loader import CacheLoader
+from ..data.checks import listing_problems
+from ..data.discovery import discover_all
 from ..data.loader import Loader, build_loader, describe_loader, loader_processes
 from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
+from ..data.splits import planned_splits
 from ..errors import ConfigError, DistSegError
 from ..models import build_model, check_model_config, describe_model
 from ..models.init_from import init_from
-from ..telemetry.memlog import FILE_NAME as MEMORY_LOG, MemoryLog
+from ..paths import exclusive_output_folder
+from ..runtime.device import Runtime, inference_runtime, resolve_runtime, without_compile_for_sync_bn
+from ..runtime.distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
+from ..runtime.threads import apply_compile_threads, apply_cpu_threads
+from ..telemetry.memlog import FILE_NAME as MEMORY_LOG
+from ..telemetry.memlog import MemoryLog
 from ..telemetry.progress import Progress
 from ..telemetry.samples import SampleLog
 from ..telemetry.tensorboard import RunWriter, TensorBoardVramSink, rank_log_dir
 from ..telemetry.vram import VramSampler
 from .augment import BatchPreparer
-from ..checkpoint_file import load_checkpoint, unwrap_model
-from ..data.checks import listing_problems
-from ..data.discovery import discover_all
-from ..data.splits import planned_splits
-from ..paths import exclusive_output_folder
-from .resume_check import check_resume, flatten
 from .checkpointer import Checkpointer, EpochPlan
-from ..runtime.distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
 from .ema import ModelEma
-from .losses import SegmentationLoss, class_weights
 from .final_eval import evaluate_test_split
 from .loop import RunSummary, StopReason, Trainer
-from .losses import build_criterion
+from .losses import SegmentationLoss, build_criterion, class_weights
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
 from .preflight import batch_norm_samples, check_fresh_output, check_model_output, check_run_paths, check_trainable
-from ..runtime.device import Runtime, inference_runtime, resolve_runtime, without_compile_for_sync_bn
+from .resume_check import check_resume, flatten
 from .schedule import warmup_note
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
-from ..runtime.threads import apply_compile_threads, apply_cpu_threads
 
 
 def seed_everything(seed: int) -> None:
@@ -201,7 +201,8 @@ def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: cont
         prep=BatchPreparer(ctx.device, runtime.memory_format, tuple(tr.image_size), cfg.dataset.void_index),
         aug_generator=aug_generator, train_loader=train_loader, val_loader=val_loader, val_data=data.val,
         palette=palette, plan=plan, metrics=metrics,
-        checkpointer=Checkpointer(cfg, ctx, out, palette, plan, model=unwrap_model(train_model), optimizer=optimizer, scaler=scaler,
+        checkpointer=Checkpointer(cfg, ctx, out, palette, plan, model=unwrap_model(train_model), optimizer=optimizer,
+                                  scaler=scaler,
                                   metrics=metrics, aug_generator=aug_generator, ema=ema, splits=data.splits),
         val_criterion=SegmentationLoss(weight).to(ctx.device), ema=ema, train_data=data.train,
         sample_log=(SampleLog(Path(tr.output_dir) / "samples" / f"rank{ctx.rank}.jsonl")
@@ -283,7 +284,7 @@ def _log_training_notes(cfg: Config, out: RunOutputs, data: DataBundle, palette:
                         weight: torch.Tensor | None) -> None:
     """What the summary leaves out: the class weights and a missing validation split."""
     if weight is not None:
-        pairs = ", ".join(f"{n}={w:.2f}" for n, w in zip(palette.names, weight.tolist()))
+        pairs = ", ".join(f"{n}={w:.2f}" for n, w in zip(palette.names, weight.tolist(), strict=False))
         out.log(f"class weights ({cfg.training.class_weighting}): {pairs}")
     if data.val is None or not len(data.val):
         out.log("no validation split: validation and visualizations are skipped")

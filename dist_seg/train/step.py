@@ -11,7 +11,7 @@ the same updates. The loop reads the record at its next log window and stops the
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -88,7 +88,7 @@ class TrainStep:
     def optimizer_step(self, lr_factor: float = 1.0) -> None:
         """Set the LR, unscale and clip, update unless a gradient is non-finite, reset the gradients."""
         optimizer = self.optimizer
-        for group, base_lr in zip(optimizer.param_groups, self.base_lrs):
+        for group, base_lr in zip(optimizer.param_groups, self.base_lrs, strict=False):
             group["lr"] = base_lr * lr_factor
         with_grad = [p for p in self.params if p.grad is not None]
         norm = None

@@ -85,7 +85,8 @@ def startup_summary(cfg: Config, runtime: Runtime, facts: StartupFacts) -> list[
     global_batch = tr.batch_size * facts.world_size * tr.grad_accum_steps
     device = runtime.device
     return [
-        f"  model     {model.type} / {model.backbone} | {facts.parameters / 1e6:.2f} M parameters | {flops} at {hxw(tr.image_size)}",
+        f"  model     {model.type} / {model.backbone} | {facts.parameters / 1e6:.2f} M parameters | {flops} at "
+        f"{hxw(tr.image_size)}",
         f"  input     {hxw(tr.image_size)} | cache {cache}",
         f"  classes   {ds.num_classes} ({ds.mask_format} masks{void})",
         f"  data      {facts.train_frames} train / {facts.val_frames} val frames | {facts.steps_per_epoch} steps per epoch, "

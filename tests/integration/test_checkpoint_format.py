@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 import yaml
+from support.helpers import SUPPORT_DIR, subprocess_env, tiny_raw_config
 
 from dist_seg.checkpoint_file import load_checkpoint
 from dist_seg.errors import CheckpointError
-from support.helpers import SUPPORT_DIR, subprocess_env, tiny_raw_config
 
 V1 = SUPPORT_DIR / "data" / "checkpoint_v1_tinynet_epoch1_batch4.pth"
 

@@ -11,12 +11,12 @@ import json
 
 import pytest
 import torch
+from support.helpers import tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dist_seg.checkpoint_file import list_checkpoints
 from dist_seg.errors import ConfigError
 from dist_seg.train.run import run_training
-from support.helpers import tiny_config
 
 TINY = {"type": "fixtures_custom_model:TinyNet", "width": 4}
 

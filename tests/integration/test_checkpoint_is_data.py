@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from support.helpers import tiny_raw_config
+
 from dist_seg.checkpoint_file import save_checkpoint
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.evaluate import main as evaluate_main

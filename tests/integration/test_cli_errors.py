@@ -11,17 +11,17 @@ import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import torch
-
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
 from support.tmpfs import small_tmpfs
+
 from dist_seg import atomic
-from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.checkpoint_file import save_checkpoint
+from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.errors import DiskSpaceError
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.export import main as export_main

@@ -13,12 +13,19 @@ import dataclasses
 import pytest
 import torch
 import torch._dynamo
+from support.sync_parts import (
+    NUM_CLASSES,
+    RECIPES,
+    build_parts,
+    cpu_context,
+    loader_batches,
+    train_micro_batches,
+    val_criterion,
+)
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
 from dist_seg.train.validation import evaluate
-from support.sync_parts import (NUM_CLASSES, RECIPES, build_parts, cpu_context, loader_batches, train_micro_batches,
-                                val_criterion)
 
 
 @pytest.mark.parametrize("model_type", ["deeplabv3plus", "lraspp"])

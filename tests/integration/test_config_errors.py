@@ -5,8 +5,8 @@ directories, sizes too large for memory. Each is one line without a traceback (u
 from __future__ import annotations
 
 import pytest
-
 from support.helpers import TINY_NET, run_module, subprocess_env, tiny_raw_config, write_config
+
 from dist_seg.config import load_config
 from dist_seg.errors import ConfigError
 

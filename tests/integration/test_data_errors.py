@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from support.helpers import PYTHON, REPO_ROOT, TINY_NET, subprocess_env, tiny_raw_config, write_config
+
 from dist_seg.data.decode import load_image
 from dist_seg.errors import DataError
 

@@ -28,16 +28,16 @@ import psutil
 import pytest
 import torch
 import yaml
+from support.dist_eval_script import evaluate_checkpoint
+from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, subprocess_env, tiny_raw_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, subprocess_env, tiny_raw_config
-from support.dist_eval_script import evaluate_checkpoint
-from dist_seg.config import apply_overrides, config_from_dict
-from dist_seg.synth import generate_dataset
 from dist_seg.checkpoint_file import list_checkpoints
+from dist_seg.config import apply_overrides, config_from_dict
 from dist_seg.runtime.distributed import DistContext, restart_hazard
-from dist_seg.train.run import run_training
+from dist_seg.synth import generate_dataset
 from dist_seg.telemetry.tensorboard import rank_log_dir
+from dist_seg.train.run import run_training
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 

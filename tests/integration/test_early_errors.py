@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
 from support.helpers import tiny_config, tiny_raw_config
+
 from dist_seg.checkpoint_file import list_checkpoints
 from dist_seg.errors import DataError
 from dist_seg.evaluate import main as evaluate_main

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from support.helpers import PYTHON, REPO_ROOT, TINY_NET, subprocess_env, tiny_raw_config, tiny_run, write_config
 from support.tmpfs import read_only_bind, small_tmpfs
+
+from dist_seg.checkpoint_file import save_checkpoint
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.data.pipeline import prepare
-from dist_seg.checkpoint_file import save_checkpoint
-from dist_seg.train.loop import StopReason
-from dist_seg.train.run import run_training
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.models import build_model
 from dist_seg.synth import generate_dataset
+from dist_seg.train.loop import StopReason
+from dist_seg.train.run import run_training
 
 pytestmark = pytest.mark.slow
 LINEAR = "fixtures_custom_model:LinearPixelNet"

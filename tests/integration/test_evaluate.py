@@ -13,19 +13,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
 
+from dist_seg.checkpoint_file import save_checkpoint
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.data.discovery import discover
 from dist_seg.data.native_masks import FrameSequence, ensure_native_masks
 from dist_seg.data.pipeline import prepare
-from dist_seg.synth import generate_dataset
-from dist_seg.checkpoint_file import save_checkpoint
-from dist_seg.eval.metrics import frequency_weighted_iou
 from dist_seg.eval.inference import MEAN, STD
+from dist_seg.eval.metrics import frequency_weighted_iou
 from dist_seg.eval.native import shard_by_sequence
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.models import build_model
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
+from dist_seg.synth import generate_dataset
 
 NATIVE = (30, 40)  # frame size on disk
 NETWORK = (16, 24)  # training.image_size: smaller, and another aspect ratio
@@ -94,7 +94,7 @@ def test_native_resolution_scores_equal_a_direct_computation_from_the_pngs(run, 
     preds, targets = direct_predictions(run["model"], run["cfg"], frames)
     classes = run["cfg"].dataset.num_classes
     confusion = np.zeros((classes, classes), dtype=np.int64)
-    for p, t in zip(preds, targets):
+    for p, t in zip(preds, targets, strict=False):
         valid = t != 255
         confusion += np.bincount(t[valid] * classes + p[valid], minlength=classes ** 2).reshape(classes, classes)
     assert confusion.sum() > 0 and np.trace(confusion) > 0

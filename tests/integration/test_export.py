@@ -16,12 +16,12 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
-
 from support.helpers import tiny_raw_config
+
+from dist_seg.checkpoint_file import save_checkpoint
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.deploy import artifact as artifact_module
 from dist_seg.deploy.graph import load_export_source
-from dist_seg.checkpoint_file import save_checkpoint
 from dist_seg.eval.inference import normalise
 from dist_seg.export import main as export_main
 from dist_seg.models import build_model

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from support.helpers import tiny_config
+
 from dist_seg.config.classes import ClassSpec
 from dist_seg.data.decode import LabelSpec, load_image, load_mask
 

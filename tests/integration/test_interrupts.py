@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
+
 from dist_seg.checkpoint_file import list_checkpoints
 from dist_seg.parallel import map_in_pool
 from dist_seg.train.preemption import PreemptionWatch

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support.helpers import nothing_prepared, run_module, subprocess_env, tiny_raw_config, tiny_run, write_config
+
 from dist_seg import validate
 from dist_seg.config import ModelConfig
-from dist_seg.train.run import run_training
 from dist_seg.errors import CheckpointError, ConfigError, DataError
 from dist_seg.models import build_model, check_model_config
+from dist_seg.train.run import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -203,7 +203,7 @@ def test_validate_passes_a_good_config_and_a_batch_of_one_where_batchnorm_allows
     assert not (tmp_path / "run").exists()
 
 
-# ----------------------------------------------------------------------------- late checks: what used to fail after the cache build
+# ------------------------------------------------------------- late checks: what used to fail after the cache build
 
 
 @pytest.mark.parametrize("overrides, error, message", [

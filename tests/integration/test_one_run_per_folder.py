@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
+
 from dist_seg.config import config_from_dict
 from dist_seg.errors import CheckpointError, ConfigError
 from dist_seg.evaluate import main as evaluate_main

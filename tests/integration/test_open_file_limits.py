@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env
+
 from dist_seg.synth import generate_dataset
 
 pytestmark = pytest.mark.slow

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import pytest
-
 from support.helpers import nothing_prepared, tiny_run
 from support.tmpfs import read_only_bind
+
 from dist_seg.errors import ConfigError
 from dist_seg.train.run import run_training
 

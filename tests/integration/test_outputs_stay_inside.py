@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from support.helpers import tiny_raw_config
+
 from dist_seg.checkpoint_file import save_checkpoint
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.errors import ConfigError

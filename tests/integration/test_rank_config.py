@@ -6,7 +6,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, subprocess_env, tiny_raw_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

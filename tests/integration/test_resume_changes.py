@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from support.helpers import TINY_NET, tiny_config, tiny_run
+
 from dist_seg.config.classes import DAVID_CLASSES
 from dist_seg.errors import CheckpointError
 from dist_seg.train.run import run_training

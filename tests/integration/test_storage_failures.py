@@ -11,10 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-
-from support.helpers import (PYTHON, REPO_ROOT, run_module, subprocess_env, tiny_config, tiny_raw_config, tiny_run,
-                            write_config)
+from support.helpers import (
+    PYTHON,
+    REPO_ROOT,
+    run_module,
+    subprocess_env,
+    tiny_config,
+    tiny_raw_config,
+    tiny_run,
+    write_config,
+)
 from support.tmpfs import read_only_bind, small_tmpfs
+
 from dist_seg.checkpoint_file import list_checkpoints
 from dist_seg.data.cache import allocated_memmap
 from dist_seg.data.pipeline import prepare
@@ -83,6 +91,7 @@ def test_checkpoint_on_a_full_disk_is_refused_before_writing(synth_root, tmp_pat
 def test_tensorboard_on_a_full_disk_warns_once_and_training_output_goes_on(synth_root, tmp_path, capsys):
     """The event writer's thread fails on a full disk and raises at the next write: TensorBoard stops, not the run."""
     from support.tmpfs import small_tmpfs
+
     from dist_seg.train.outputs import RunOutputs
 
     with small_tmpfs(tmp_path / "small", size="300k") as small:

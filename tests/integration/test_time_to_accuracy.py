@@ -21,7 +21,6 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks import run  # noqa: E402
 from benchmarks.suites.time_to_accuracy import Point, choose_split, summarise  # noqa: E402
-
 from dist_seg.synth import generate_dataset  # noqa: E402
 
 

@@ -13,25 +13,25 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from support.helpers import PYTHON, REPO_ROOT, TINY_NET, subprocess_env, tiny_config
+
+from dist_seg.checkpoint_file import list_checkpoints
 from dist_seg.data.loader import build_loader
 from dist_seg.data.pipeline import load_datasets, prepare
-from dist_seg.train.augment import BatchPreparer
-from dist_seg.checkpoint_file import list_checkpoints
-from dist_seg.runtime.distributed import DistContext
-from dist_seg.eval.report import REPORT_FILES
-from dist_seg.train.validation import evaluate
-from dist_seg.train.losses import SegmentationLoss
-from dist_seg.runtime.device import resolve_runtime
-from dist_seg.train.run import run_training
-from dist_seg.train.step import NonFiniteLossError
-from dist_seg.eval.visualize import spread_indices
 from dist_seg.errors import CheckpointError, ConfigError, DistSegError
+from dist_seg.eval.report import REPORT_FILES
+from dist_seg.eval.visualize import spread_indices
 from dist_seg.models import build_model
 from dist_seg.parallel import usable_cores
-from dist_seg.runtime import threads as threads_module
 from dist_seg.predict import main as predict_main
+from dist_seg.runtime import threads as threads_module
+from dist_seg.runtime.device import resolve_runtime
+from dist_seg.runtime.distributed import DistContext
+from dist_seg.train.augment import BatchPreparer
+from dist_seg.train.losses import SegmentationLoss
+from dist_seg.train.run import run_training
+from dist_seg.train.step import NonFiniteLossError
+from dist_seg.train.validation import evaluate
 
 pytestmark = pytest.mark.slow
 

@@ -24,13 +24,14 @@ from PIL import Image
 pytest.importorskip("segmentation_models_pytorch", reason="the zoo extra is not installed (pip install -e '.[zoo]')")
 
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config  # noqa: E402
+
 from dist_seg.config import config_from_dict  # noqa: E402
-from dist_seg.train.run import run_training
 from dist_seg.errors import CheckpointError, ConfigError  # noqa: E402
 from dist_seg.evaluate import main as evaluate_main  # noqa: E402
 from dist_seg.export import main as export_main  # noqa: E402
 from dist_seg.predict import main as predict_main  # noqa: E402
 from dist_seg.synth import generate_dataset  # noqa: E402
+from dist_seg.train.run import run_training
 
 pytestmark = pytest.mark.slow
 

@@ -15,16 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dist_seg.checkpoint_file import load_checkpoint, load_model_state
 from dist_seg.config import load_config
 from dist_seg.data.loader import build_loader
 from dist_seg.data.pipeline import load_datasets
-from dist_seg.train.augment import BatchPreparer
-from dist_seg.checkpoint_file import load_checkpoint, load_model_state
-from dist_seg.runtime.distributed import DistContext, setup_distributed, teardown_distributed
-from dist_seg.train.validation import evaluate
-from dist_seg.train.losses import SegmentationLoss
-from dist_seg.runtime.device import resolve_runtime
 from dist_seg.models import build_model
+from dist_seg.runtime.device import resolve_runtime
+from dist_seg.runtime.distributed import DistContext, setup_distributed, teardown_distributed
+from dist_seg.train.augment import BatchPreparer
+from dist_seg.train.losses import SegmentationLoss
+from dist_seg.train.validation import evaluate
 
 
 def evaluate_checkpoint(config_path: str | Path, checkpoint: str | Path, ctx: DistContext) -> dict[str, Any]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from fixtures_custom_model import TinyNet
+from torch import nn
 
 # The CPU allocator's words, as torch raises them when the host has no memory left.
 CPU_OOM = "[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"

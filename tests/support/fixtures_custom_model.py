@@ -32,7 +32,7 @@ class NanAfter(TinyNet):
     instance is ``NanAfter.last``, so an in-process test can compare them after the run.
     """
 
-    last: "NanAfter | None" = None
+    last: NanAfter | None = None
 
     def __init__(self, num_classes: int, bad_call: int = 3) -> None:
         super().__init__(num_classes)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from fixtures_custom_model import LinearPixelNet
 
 # An abandoned gate (the test process died) must not leave workers waiting forever.

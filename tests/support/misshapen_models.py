@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from fixtures_custom_model import TinyNet
+from torch import nn
 
 
 class WrongClassCount(TinyNet):

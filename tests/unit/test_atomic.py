@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
+from support.tmpfs import small_tmpfs
 
 from dist_seg import atomic
 from dist_seg.errors import DiskSpaceError
-from support.tmpfs import small_tmpfs
 
 
 def test_written_files_follow_the_umask(tmp_path):

@@ -44,7 +44,7 @@ def test_augmentation_is_reproducible_and_flip_changes_output():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     flipped = [torch.equal(a[1][i], y[i].flip(-1)) for i in range(4)]
     same = [torch.equal(a[1][i], y[i]) for i in range(4)]
-    assert all(f or s for f, s in zip(flipped, same)) and any(flipped)
+    assert all(f or s for f, s in zip(flipped, same, strict=False)) and any(flipped)
 
 
 def test_batch_preparer_normalises_and_maps_void():

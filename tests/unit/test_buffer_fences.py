@@ -10,7 +10,7 @@ from dist_seg.data.buffers import BatchBufferPool
 class FakeEvent:
     """Stands in for a CUDA event: pending until ``done`` is set; counts blocking waits."""
 
-    instances: list["FakeEvent"] = []
+    instances: list[FakeEvent] = []
 
     def __init__(self) -> None:
         self.done = False

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 from PIL import Image
+from support.data_files import make_config, make_dataset
 
 from dist_seg.data.pipeline import prepare
-from support.data_files import make_config, make_dataset
 
 
 def _same_size_png(array: np.ndarray, size: int) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,11 @@ def test_every_key_has_a_docstring_and_a_default():
     by_key = {d.key: d for d in docs}
     assert by_key["training.batch_size"].default == "`4`" and by_key["dataset.root"].default == "required"
     assert by_key["training.image_size"].default == "`[512, 512]`"
+
+
+def test_ruff_check_is_clean():
+    """The linter configured in pyproject.toml (pyflakes, pycodestyle, isort, bugbear, pyupgrade) finds nothing."""
+    repo = PACKAGE.parent
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(repo)], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from support.helpers import tiny_config
+from support.sync_parts import TinySegNet
 
 from dist_seg.config import BackendConfig
 from dist_seg.parallel import usable_cores
@@ -19,8 +21,6 @@ from dist_seg.runtime.distributed import DistContext, collective_timeout_s
 from dist_seg.runtime.threads import apply_compile_threads
 from dist_seg.train.outputs import RunOutputs
 from dist_seg.train.run import _place_model, buffers_stay_in_sync
-from support.helpers import tiny_config
-from support.sync_parts import TinySegNet
 
 
 def _runtime(compile_: bool):

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env
-from dist_seg.config import (DAVID_CLASSES, config_from_dict, config_to_dict, load_config, parse_overrides,
-                             save_config)
+
+from dist_seg.config import DAVID_CLASSES, config_from_dict, config_to_dict, load_config, parse_overrides, save_config
 from dist_seg.errors import ConfigError
 
 MINIMAL = "dataset:\n  root: data\ntraining:\n  output_dir: out\n"

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.data_files import REPO_ROOT, make_config, make_dataset
 
 from dist_seg.config import DAVID_CLASSES
 from dist_seg.data.cache import LAST_USED, MANIFEST, cache_root, dataset_cache_dir
+from dist_seg.data.checks import check_dataset
 from dist_seg.data.dataset import Batch, CachedDataset, DecodeDataset
 from dist_seg.data.palette import Palette
 from dist_seg.data.pipeline import load_datasets, prepare
-from dist_seg.synth import generate_dataset
-from dist_seg.data.checks import check_dataset
 from dist_seg.errors import DataError
-from support.data_files import REPO_ROOT, make_config, make_dataset
+from dist_seg.synth import generate_dataset
 
 SEQUENCES = {"Video_000": 3, "Video_001": 2, "Video_002": 2}
 
@@ -132,7 +132,7 @@ def test_build_killed_before_its_manifest_leaves_nothing_valid(tmp_path, dataset
     # the other sequences' arrays still temporary, no manifest written yet.
     script = textwrap.dedent(f"""
         import os, signal, sys
-        sys.path.insert(0, {str(REPO_ROOT / 'tests' / 'unit')!r})
+        sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
         from support.data_files import make_config
         from dist_seg import atomic
         from dist_seg.data.pipeline import prepare

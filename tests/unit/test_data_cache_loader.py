@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import torch
+from support.data_files import make_config, make_dataset
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from dist_seg.data.buffers import BatchBufferPool
@@ -15,7 +16,6 @@ from dist_seg.data.cache_loader import CacheLoader
 from dist_seg.data.dataset import collate_samples
 from dist_seg.data.loader import ShardSampler, describe_loader, loader_processes, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
-from support.data_files import make_config, make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_same_batches_in_the_same_order_as_a_dataloader_over_several_epochs(data
         set_epoch(loader, epoch)
         ours, theirs = as_lists(loader), as_lists(reference)
         assert [p for p, _, _ in ours] == [p for p, _, _ in theirs]
-        for (_, images, masks), (_, ref_images, ref_masks) in zip(ours, theirs):
+        for (_, images, masks), (_, ref_images, ref_masks) in zip(ours, theirs, strict=False):
             assert torch.equal(images, ref_images) and torch.equal(masks, ref_masks)
 
 
@@ -82,7 +82,7 @@ def test_a_batch_that_is_kept_is_never_overwritten(dataset):
         set_epoch(loader, epoch)
         for _batch in loader:
             pass
-    for image, mask, (ref_image, ref_mask) in zip(kept.images, kept.masks, expected):
+    for image, mask, (ref_image, ref_mask) in zip(kept.images, kept.masks, expected, strict=False):
         assert torch.equal(image, ref_image) and torch.equal(mask, ref_mask)
     assert torch.equal(mask_row, expected[0][1])
 
@@ -157,7 +157,7 @@ def test_an_abandoned_epoch_leaves_the_next_one_intact(dataset):
     assert [p for p, _, _ in first_two] == [p for p, _, _ in reference[:2]]
     again = as_lists(loader)
     assert [p for p, _, _ in again] == [p for p, _, _ in reference]
-    assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(again, reference))
+    assert all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(again, reference, strict=False))
 
 
 def test_close_stops_the_gather_threads(dataset):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from support.data_files import COLORS, make_config, make_dataset, run_module, write_config_file, write_frame
 
+from dist_seg.data.checks import check_dataset
 from dist_seg.data.discovery import discover
 from dist_seg.data.pipeline import load_datasets, prepare
-from dist_seg.data.checks import check_dataset
 from dist_seg.errors import DataError
-from support.data_files import (COLORS, make_config, make_dataset, run_module, write_config_file,
-                               write_frame)
 
 
 def test_discovery_pairs_frames_in_sorted_order_and_records_orphans(tmp_path):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from support.data_files import COLORS, make_config, make_dataset, run_module, write_config_file
 
 from dist_seg.data.checks import check_dataset
 from dist_seg.data.decode import LabelSpec, load_image, load_mask
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.errors import DataError
-from support.data_files import COLORS, make_config, make_dataset, run_module, write_config_file
 
 
 def test_16_bit_greyscale_frames_are_scaled_not_clipped(tmp_path):

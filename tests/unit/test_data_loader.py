@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.data_files import make_config, make_dataset
 from torch.utils.data import DataLoader
 
 from dist_seg.data.cache_loader import CacheLoader
@@ -11,7 +12,6 @@ from dist_seg.data.dataset import Batch
 from dist_seg.data.loader import ShardSampler, SingleProcess, build_loader, describe_loader, set_epoch
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.errors import DataError
-from support.data_files import make_config, make_dataset
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def check_training_batches(loader, dataset, shape):
         assert isinstance(batch, Batch)
         assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 3, *shape)
         assert batch.masks.dtype == torch.uint8 and batch.masks.shape == (2, *shape)
-        for image, mask, path in zip(batch.images, batch.masks, batch.paths):
+        for image, mask, path in zip(batch.images, batch.masks, batch.paths, strict=False):
             assert torch.equal(image, by_path[path].image) and torch.equal(mask, by_path[path].mask)
             seen.append(path)
     assert len(set(seen)) == 4

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.data_files import make_config, make_dataset
 
 from dist_seg.config import SplitConfig
 from dist_seg.data.discovery import discover
 from dist_seg.data.splits import assign_sequences, read_splits, resolve_splits
 from dist_seg.errors import ConfigError, DataError
-from support.data_files import make_config, make_dataset
 
 NAMES = [f"Video_{i:03d}" for i in range(10)]
 
@@ -115,8 +115,9 @@ def test_test_root_is_the_test_split(tmp_path):
 
 
 def test_a_fraction_that_takes_a_whole_sequence_from_a_small_training_set_is_a_loud_warning(tmp_path):
-    from dist_seg.data.pipeline import prepare
     from support.data_files import make_config, make_dataset
+
+    from dist_seg.data.pipeline import prepare
 
     root = make_dataset(tmp_path / "data", {f"Video_00{i}": 2 for i in range(4)})
     lines: list[str] = []

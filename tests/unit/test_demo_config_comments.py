@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.helpers import REPO_ROOT
 
 from dist_seg.config import load_config
 from dist_seg.runtime import amp_policy
 from dist_seg.runtime.device import inference_runtime, resolve_runtime
-from support.helpers import REPO_ROOT
 
 DEMO = REPO_ROOT / "configs" / "demo.yaml"
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from support.helpers import PYTHON, subprocess_env
+
 from dist_seg.config import DAVID_CLASSES
 from dist_seg.data.palette import Palette
 from dist_seg.deploy.card import build_card, card_palette, card_path, read_card

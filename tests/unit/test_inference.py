@@ -7,18 +7,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from support.helpers import tiny_raw_config
 from torch import nn
 
-from dist_seg.config import BackendConfig, config_from_dict, config_to_dict
 from dist_seg.checkpoint_file import save_checkpoint
-from dist_seg.eval.inference import (
-    InferenceSettings, Predictor, class_scores, normalise,
-    parse_size, parse_tta, slide_logits, upsample_argmax,
-)
-from dist_seg.runtime.device import resolve_runtime
+from dist_seg.config import BackendConfig, config_from_dict, config_to_dict
 from dist_seg.errors import ConfigError
+from dist_seg.eval.inference import (
+    InferenceSettings,
+    Predictor,
+    class_scores,
+    normalise,
+    parse_size,
+    parse_tta,
+    slide_logits,
+    upsample_argmax,
+)
 from dist_seg.models import build_model
-from support.helpers import tiny_raw_config
+from dist_seg.runtime.device import resolve_runtime
 
 CPU = resolve_runtime(BackendConfig(target="cpu", amp=False, compile=False), torch.device("cpu"), log=lambda _m: None)
 

@@ -13,15 +13,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from support.helpers import tiny_raw_config
+
 from dist_seg import atomic
 from dist_seg.config import MAX_SEED, config_from_dict
 from dist_seg.data.cache import locked_directories
 from dist_seg.data.discovery import discover
 from dist_seg.data.splits import read_splits, resolve_splits
-from dist_seg.eval.inference import InferenceSettings
 from dist_seg.errors import ConfigError, DataError
+from dist_seg.eval.inference import InferenceSettings
 from dist_seg.export import main as export_main
 
 

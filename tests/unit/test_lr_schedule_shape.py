@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.helpers import tiny_raw_config
 
 from dist_seg.config import TrainingConfig, config_from_dict
 from dist_seg.errors import ConfigError
 from dist_seg.train.schedule import lr_factor, warmup_note, warmup_steps
-from support.helpers import tiny_raw_config
 
 
 def _cfg(**kwargs) -> TrainingConfig:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torchvision
+from support.helpers import SUPPORT_DIR
 from torch import nn
 
 from dist_seg.config import ModelConfig, config_from_dict
 from dist_seg.errors import ConfigError
 from dist_seg.models import ACTIVATIONS, MODEL_TYPES, build_model
-from support.helpers import SUPPORT_DIR
 
 NUM_CLASSES = 5
 SIZE = 64
@@ -222,7 +221,8 @@ def test_custom_model_wrong_output_type(on_path):
 @pytest.mark.parametrize("model_type, extra, pattern", [
     ("no_such_pkg.models:Net", {}, r"cannot import module 'no_such_pkg\.models'.*PYTHONPATH"),
     ("fixtures_custom_model:TinyNett", {}, r"has no attribute 'TinyNett'.*classes defined there: .*\bTinyNet\b"),
-    ("fixtures_custom_model:TinyNet", {"depth": 3}, r"cannot construct fixtures_custom_model:TinyNet\(.*depth=3.*unexpected keyword"),
+    ("fixtures_custom_model:TinyNet", {"depth": 3},
+     r"cannot construct fixtures_custom_model:TinyNet\(.*depth=3.*unexpected keyword"),
     ("fixtures_custom_model:", {}, r"not an import path"),
 ])
 def test_custom_model_errors_name_the_import_path(on_path, model_type, extra, pattern):

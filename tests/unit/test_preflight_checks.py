@@ -6,6 +6,8 @@ from collections import namedtuple
 
 import pytest
 import torch
+from faulty_models import CPU_OOM, PooledBatchNorm, SpatialBatchNorm
+from support.data_files import make_config, make_dataset
 from torch import nn
 
 from dist_seg.config import SplitConfig, config_from_dict
@@ -14,14 +16,11 @@ from dist_seg.data.cache_loader import CacheLoader
 from dist_seg.data.loader import SingleProcess, build_loader, check_loader_memory
 from dist_seg.data.pipeline import load_datasets, prepare
 from dist_seg.data.splits import check_split_names
-from dist_seg.runtime.memory import is_out_of_memory, memory_needed_by
-from dist_seg.train.preflight import batch_norm_samples, check_model_output
-from dist_seg.paths import check_writable_folder
 from dist_seg.errors import ConfigError
 from dist_seg.models.batchnorm import batch_statistics
-
-from faulty_models import CPU_OOM, PooledBatchNorm, SpatialBatchNorm
-from support.data_files import make_config, make_dataset
+from dist_seg.paths import check_writable_folder
+from dist_seg.runtime.memory import is_out_of_memory, memory_needed_by
+from dist_seg.train.preflight import batch_norm_samples, check_model_output
 
 CPU = torch.device("cpu")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from support.helpers import tiny_raw_config
 
 from dist_seg.config import load_config
 from dist_seg.errors import ConfigError
-from support.helpers import tiny_raw_config
 
 
 @pytest.fixture

@@ -14,6 +14,16 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from support.sync_counter import SyncCounter
+from support.sync_parts import (
+    NUM_CLASSES,
+    RECIPES,
+    build_parts,
+    cpu_context,
+    loader_batches,
+    train_micro_batches,
+    val_criterion,
+)
 
 from dist_seg.config import IGNORE_INDEX
 from dist_seg.eval.metrics import update_confusion
@@ -23,9 +33,6 @@ from dist_seg.train.losses import OhemCrossEntropy, SegmentationLoss, dice_loss,
 from dist_seg.train.photometric import _LUMA, PhotometricRanges, _colour_matrices, photometric_jitter
 from dist_seg.train.precise_bn import recompute_bn_stats
 from dist_seg.train.validation import evaluate
-from support.sync_counter import SyncCounter
-from support.sync_parts import (NUM_CLASSES, RECIPES, build_parts, cpu_context, loader_batches, train_micro_batches,
-                                val_criterion)
 
 CLASS_NAMES = [f"c{i}" for i in range(NUM_CLASSES)]
 
@@ -255,13 +262,14 @@ def test_ema_matches_the_per_tensor_update():
         model.train()(torch.randn(2, 3, 6, 6))  # moves the BatchNorm buffers
         new.update(model, applied)
         _old_ema_update(old, model, applied)
-        for (name, a), b in zip(new.module.state_dict().items(), old.module.state_dict().values()):
+        for (name, a), b in zip(new.module.state_dict().items(), old.module.state_dict().values(), strict=False):
             assert torch.equal(a, b), name
     # Weights loaded in place (a resume) are what the next update reads.
     model.load_state_dict(copy.deepcopy(new.module.state_dict()))
     new.update(model)
     _old_ema_update(old, model, None)
-    assert all(torch.equal(a, b) for a, b in zip(new.module.state_dict().values(), old.module.state_dict().values()))
+    pairs = zip(new.module.state_dict().values(), old.module.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_precise_bn_matches_cumulative_momentum_none():
@@ -280,6 +288,6 @@ def test_precise_bn_matches_cumulative_momentum_none():
         for x in inputs:
             reference(x)
     recompute_bn_stats(model, inputs, 3)
-    for new, old in zip(batch_norms(model), layers):
+    for new, old in zip(batch_norms(model), layers, strict=False):
         assert torch.equal(new.running_mean, old.running_mean) and torch.equal(new.running_var, old.running_var)
         assert new.momentum == 0.1  # restored

@@ -79,8 +79,8 @@ def test_every_david_class_is_drawn_and_counted(dataset):
     for s in range(SEQUENCES):
         for f in range(FRAMES):
             counts += np.bincount(_ids(root, s, f).ravel(), minlength=len(DAVID_CLASSES))
-    assert (counts > 0).all(), {c.name: int(n) for c, n in zip(DAVID_CLASSES, counts)}
-    assert summary.class_pixel_counts == {c.name: int(n) for c, n in zip(DAVID_CLASSES, counts)}
+    assert (counts > 0).all(), {c.name: int(n) for c, n in zip(DAVID_CLASSES, counts, strict=False)}
+    assert summary.class_pixel_counts == {c.name: int(n) for c, n in zip(DAVID_CLASSES, counts, strict=False)}
     assert sum(summary.class_pixel_counts.values()) == SEQUENCES * FRAMES * SIZE[0] * SIZE[1]
 
 

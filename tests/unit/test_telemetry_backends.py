@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 
 import pytest
+from support.fakes import amdsmi_fake
+from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi
+from support.fakes.pynvml_fake import FakeNvmlGpu, make_pynvml
 
 from dist_seg.telemetry.gpu import BACKEND_NAMES, VRAM_SAMPLER_CHOICES, candidates, open_backend, open_first
 from dist_seg.telemetry.gpu.amdsmi import AmdSmiBackend
 from dist_seg.telemetry.gpu.base import BackendUnavailable, normalize_bus_id, normalize_uuid, to_mb
 from dist_seg.telemetry.gpu.nvml import NvmlBackend
-from support.fakes import amdsmi_fake
-from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi
-from support.fakes.pynvml_fake import FakeNvmlGpu, make_pynvml
 
 
 def test_bus_ids_from_nvml_amd_and_torch_compare_equal():

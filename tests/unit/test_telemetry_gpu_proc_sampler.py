@@ -9,11 +9,11 @@ import sys
 
 import psutil
 import pytest
+from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi
+from support.fakes.pynvml_fake import NVML_ERROR_LIBRARY_NOT_FOUND, FakeNvmlGpu, make_pynvml
 
 from dist_seg.telemetry import gpu_proc_sampler
 from dist_seg.telemetry.gpu_proc_sampler import COLUMNS, main
-from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi
-from support.fakes.pynvml_fake import NVML_ERROR_LIBRARY_NOT_FOUND, FakeNvmlGpu, make_pynvml
 
 OWN = os.getpid()
 GONE = 4_000_000  # above Linux's pid_max: never a live process

@@ -75,4 +75,4 @@ def test_reopening_appends(tmp_path):
     path = tmp_path / "memory_diagnostics.log"
     for step in (1, 2):
         MemoryLog(path, 0)(sample(step=step))
-    assert [LINE.match(l).group("step") for l in path.read_text().splitlines()] == ["1", "2"]
+    assert [LINE.match(line).group("step") for line in path.read_text().splitlines()] == ["1", "2"]

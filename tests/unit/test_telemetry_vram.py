@@ -8,15 +8,21 @@ import threading
 
 import pytest
 import torch
+from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi, write_broken_amdsmi
+from support.fakes.pynvml_fake import (
+    NVML_ERROR_LIBRARY_NOT_FOUND,
+    NVML_ERROR_NO_PERMISSION,
+    NVML_ERROR_NOT_SUPPORTED,
+    FakeNvmlGpu,
+    make_pynvml,
+)
+from support.fakes.torch_cuda_fake import FakeCudaDevice, install_fake_cuda
 
 from dist_seg.telemetry.vram import VramSample, VramSampler
-from support.fakes.amdsmi_fake import FakeAmdGpu, make_amdsmi, write_broken_amdsmi
-from support.fakes.pynvml_fake import NVML_ERROR_LIBRARY_NOT_FOUND, NVML_ERROR_NO_PERMISSION, NVML_ERROR_NOT_SUPPORTED, FakeNvmlGpu, make_pynvml
-from support.fakes.torch_cuda_fake import FakeCudaDevice, install_fake_cuda
 
 OWN = os.getpid()
 OTHER = OWN + 100_000  # a PID that is not ours
-U = ["aaaaaaaa-0000-4000-8000-00000000000{}".format(i) for i in range(4)]
+U = [f"aaaaaaaa-0000-4000-8000-00000000000{i}" for i in range(4)]
 
 
 def nvml_gpus() -> list[FakeNvmlGpu]:

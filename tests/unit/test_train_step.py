@@ -3,25 +3,25 @@ Checkpointer that saves and restores the training state, and the thread count be
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
 import torch
-
 from support.helpers import tiny_config
+
 from dist_seg.config import TrainingConfig
 from dist_seg.data.palette import Palette
-from dist_seg.train.checkpointer import Checkpointer, EpochPlan, TrainPosition
+from dist_seg.errors import CheckpointError
 from dist_seg.runtime.distributed import DistContext
+from dist_seg.train.checkpointer import Checkpointer, EpochPlan, TrainPosition
 from dist_seg.train.losses import SegmentationLoss
 from dist_seg.train.metrics import EpochTotals, TrainMetrics
 from dist_seg.train.outputs import RunOutputs
 from dist_seg.train.step import NonFiniteLossError, TrainStep, build_optimizer
-from dist_seg.errors import CheckpointError
 
 CPU = DistContext(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
 
@@ -145,8 +145,8 @@ def test_checkpointer_round_trip_and_an_old_lambdalr_scheduler_entry(tmp_path):
 
 
 def test_cpu_threads_auto_leaves_the_loader_processes_and_other_ranks_cores_free():
-    from dist_seg.runtime.threads import choose_cpu_threads
     from dist_seg.parallel import usable_cores
+    from dist_seg.runtime.threads import choose_cpu_threads
 
     cores = usable_cores()
     # An idle host (load 0): tests/unit/test_cpu_threads_load.py covers a busy one.

@@ -113,11 +113,11 @@ def test_batches_do_not_change_the_result_and_totals_add_up_over_shards():
 
 def test_validation_reports_the_flicker_of_consecutive_frames_per_folder():
     from dist_seg.config import BackendConfig
-    from dist_seg.train.augment import BatchPreparer
-    from dist_seg.runtime.distributed import DistContext
-    from dist_seg.train.validation import evaluate
-    from dist_seg.train.losses import SegmentationLoss
     from dist_seg.runtime.device import resolve_runtime
+    from dist_seg.runtime.distributed import DistContext
+    from dist_seg.train.augment import BatchPreparer
+    from dist_seg.train.losses import SegmentationLoss
+    from dist_seg.train.validation import evaluate
 
     cpu = torch.device("cpu")
     runtime = resolve_runtime(BackendConfig(target="cpu", amp=False, compile=False), cpu, log=lambda _m: None)

@@ -10,8 +10,13 @@ import pytest
 from dist_seg.config import IGNORE_INDEX, DatasetConfig
 from dist_seg.data.palette import Palette
 from dist_seg.eval.visualize import (
-    comparison_panel, frame_miou, legend, overlay,
-    panel_titles, spread_indices, with_legend,
+    comparison_panel,
+    frame_miou,
+    legend,
+    overlay,
+    panel_titles,
+    spread_indices,
+    with_legend,
 )
 
 PALETTE = Palette.from_config(DatasetConfig(root="unused"))

@@ -8,7 +8,7 @@ owns the backend names and the ``auto`` policy used by the VRAM sampler and by
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ...config.schema import VRAM_SAMPLER_CHOICES
 from .amdsmi import AmdSmiBackend

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import (
     MB,
@@ -31,7 +32,7 @@ class AmdSmiBackend:
         self._call = DriverCalls(smi, "AMD SMI", log)
 
     @classmethod
-    def open(cls, log: Callable[[str], None]) -> "AmdSmiBackend":
+    def open(cls, log: Callable[[str], None]) -> AmdSmiBackend:
         """Import and initialise amdsmi; :class:`BackendUnavailable` says what is wrong."""
         try:
             import amdsmi

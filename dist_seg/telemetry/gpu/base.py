@@ -10,8 +10,9 @@ which vendor they talk to. It imports no other module of the package.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 BackendName = Literal["nvml", "amdsmi"]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .base import (
     BackendUnavailable,
@@ -39,7 +40,7 @@ class NvmlBackend:
         self._process_calls = [c for c in _PROCESS_CALLS if hasattr(nvml, c)]
 
     @classmethod
-    def open(cls, log: Callable[[str], None]) -> "NvmlBackend":
+    def open(cls, log: Callable[[str], None]) -> NvmlBackend:
         """Import pynvml and initialise NVML; :class:`BackendUnavailable` says what is missing."""
         try:
             import pynvml

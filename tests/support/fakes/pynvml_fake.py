@@ -41,12 +41,12 @@ class FakeNvmlGpu:
     total_mb: int = 81_559
     used_mb: int = 2_000
     processes: list[tuple[int, int | None]] = field(default_factory=list)
-    mig: list["FakeNvmlGpu"] = field(default_factory=list)
+    mig: list[FakeNvmlGpu] = field(default_factory=list)
     fail: dict[str, int] = field(default_factory=dict)  # function name -> NVML error code
 
 
 class _Handle:
-    def __init__(self, gpu: FakeNvmlGpu, parent: "_Handle | None" = None) -> None:
+    def __init__(self, gpu: FakeNvmlGpu, parent: _Handle | None = None) -> None:
         self.gpu = gpu
         self.parent = parent
 
