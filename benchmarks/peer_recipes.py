@@ -248,13 +248,18 @@ class PeerDataset(Dataset):
         image, ids = resize(image, ids, scale)
         if self.recipe.photometric:
             image = photometric_distortion(image, rng)
-        x, y = TF.normalize(TF.to_tensor(image), MEAN, STD), torch.from_numpy(ids)
+        x, y = TF.to_tensor(image), torch.from_numpy(ids)
         if rng.random() < self.recipe.hflip:
             x, y = x.flip(-1), y.flip(-1)
+        # torchvision pads the raw image with black (pad_if_smaller, before Normalize); MMSeg's data
+        # preprocessor pads the normalised batch with 0.
+        if mmseg:
+            x = TF.normalize(x, MEAN, STD)
         x, y = pad_to(x, y, self.size)
         top, left = crop_box(y, self.size, self.recipe.cat_max_ratio, rng)
-        return (x[:, top:top + self.size[0], left:left + self.size[1]],
-                y[top:top + self.size[0], left:left + self.size[1]])
+        rows, cols = slice(top, top + self.size[0]), slice(left, left + self.size[1])
+        x, y = x[:, rows, cols], y[rows, cols]
+        return (x if mmseg else TF.normalize(x, MEAN, STD)), y
 
 
 def build_model(name: str, num_classes: int) -> tuple[torch.nn.Module, bool]:
