@@ -1,4 +1,4 @@
-"""Time to accuracy on real footage: ``dist_seg.train`` vs the original pipeline's way, side by side.
+"""Time to accuracy on real footage: ``dist_seg.train`` vs the original pipeline and the peers' recipes.
 
 One run trains, one after the other on the same machine and data:
 
@@ -6,6 +6,11 @@ One run trains, one after the other on the same machine and data:
   per-sample decode and colour matching, LR-ASPP MobileNetV3-Large from scratch, AdamW 1e-4
   constant, eager float32, 2 loader workers, batch 4, 180x240); its final validation mIoU is
   the target;
+* ``torchvision`` and ``mmseg``: ``benchmarks/peer_recipes.py``, the same model, data,
+  resolution, batch and epochs trained with torchvision's ``references/segmentation`` recipe
+  and with MMSegmentation's DeepLabV3+ schedule (SGD + poly, their scale / crop / flip
+  augmentation, LR scaled linearly to batch 4; float32, both recipes' default); each is a
+  reference of its own: its final mIoU a target and its wall-clock a budget;
 * ``dist_seg``: ``python -m dist_seg.train`` with the same model, resolution, batch, epochs and
   data, validating every epoch, everything else at dist_seg's defaults (cold cache: the
   cache build counts).
@@ -15,8 +20,9 @@ cache builds and validation are included. The reference stamps its own epoch rec
 dist_seg an epoch's time is the modification time of ``history.json`` when the record
 appeared (the file is replaced atomically once per epoch; it is polled while the child runs).
 
-Reported: the wall-clock at which each first reaches the target and their ratio, each one's
-best mIoU within the reference's total wall-clock, both learning curves
+Reported, against each reference in turn: the wall-clock at which it and dist_seg first reach
+its final mIoU and their ratio, each one's best mIoU within that reference's total wall-clock
+(mIoU in equal time), all learning curves
 (``time_to_accuracy.json``) and a plot of mIoU over wall-clock seconds
 (``time_to_accuracy.png``), with the CPU model. Data: ``--data-root`` (default
 ``../shared/data/camvid_dev``): CamVid's ``0001TP`` + ``0006R0`` train and ``Seq05VD`` validates
@@ -45,11 +51,13 @@ from dist_seg import atomic
 
 from ..common import Record, ratio
 from ..context import Context
+from ..peer_recipes import RECIPES
 from ..plot import line_chart
 from ..reference_pipeline import DEFAULT_DATA_ROOT, REPO_ROOT
 
 NAME = "time_to_accuracy"
-TITLE = "Time to accuracy: dist_seg vs the original pipeline (real footage)"
+TITLE = "Time to accuracy: dist_seg vs the original pipeline and the peers' recipes (real footage)"
+PEERS = tuple(RECIPES)  # torchvision, mmseg: benchmarks/peer_recipes.py
 
 IMAGE_SIZE = (180, 240)
 BATCH_SIZE = 4
@@ -117,11 +125,17 @@ def child_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
 
 
-def run_reference(ctx: Context, data: Path, split: tuple[tuple[str, ...], tuple[str, ...]], epochs: int,
-                  work: Path) -> list[Point]:
-    """Train the reference in a child process; its curve with times since the child's launch."""
+def run_curve_script(ctx: Context, script: str, args: list[str], data: Path,
+                     split: tuple[tuple[str, ...], tuple[str, ...]], epochs: int, work: Path) -> list[Point]:
+    """Train with ``benchmarks/<script>`` (the reference or a peer recipe) in a child process.
+
+    Returns its curve with times since the child's launch; the script writes its own epoch
+    records (``reference_pipeline.py``'s curve format).
+    """
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     curve_path = work / "curve.json"
-    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "reference_pipeline.py"), "--data-root", str(data),
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / script), *args, "--data-root", str(data),
                "--train", *split[0], "--val", *split[1], "--epochs", str(epochs), "--device", str(ctx.device),
                "--out", str(curve_path)]
     with open(work / "train.log", "w") as log:
@@ -129,10 +143,23 @@ def run_reference(ctx: Context, data: Path, split: tuple[tuple[str, ...], tuple[
         result = subprocess.run(command, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
                                 timeout=CHILD_TIMEOUT_S, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"reference run failed (exit {result.returncode}); see {work / 'train.log'}:\n"
+        raise RuntimeError(f"{script} {' '.join(args)} failed (exit {result.returncode}); see {work / 'train.log'}:\n"
                            + (work / "train.log").read_text()[-3000:])
     curve = json.loads(curve_path.read_text())
     return [Point(e["epoch"], e["timestamp"] - launch, e["val_mIoU"]) for e in curve["epochs"]]
+
+
+def run_reference(ctx: Context, data: Path, split: tuple[tuple[str, ...], tuple[str, ...]], epochs: int,
+                  work: Path) -> list[Point]:
+    """Train the original pipeline's way in a child process; its curve with times since the child's launch."""
+    return run_curve_script(ctx, "reference_pipeline.py", [], data, split, epochs, work)
+
+
+def run_peer(ctx: Context, recipe: str, data: Path, split: tuple[tuple[str, ...], tuple[str, ...]], epochs: int,
+             work: Path) -> list[Point]:
+    """Train with a peer's recipe (``peer_recipes.py --recipe``) at the suite's size and batch."""
+    args = ["--recipe", recipe, "--size", *(str(v) for v in IMAGE_SIZE), "--batch-size", str(BATCH_SIZE)]
+    return run_curve_script(ctx, "peer_recipes.py", args, data, split, epochs, work)
 
 
 def dist_seg_config(data: Path, split: tuple[tuple[str, ...], tuple[str, ...]], epochs: int, work: Path,
@@ -235,6 +262,14 @@ def summarise(reference: list[Point], dist_seg: list[Point]) -> dict[str, Any]:
     }
 
 
+def dist_seg_vs(summary: dict[str, Any]) -> dict[str, Any]:
+    """dist_seg's side of one reference's summary: time to its target and mIoU within its wall-clock."""
+    return {"time_to_target_s": summary["dist_seg_time_to_target_s"],
+            "time_to_target_ratio": summary["time_to_target_ratio"],
+            "best_mIoU_within_reference_time": summary["dist_seg_best_mIoU_within_reference_time"],
+            "best_mIoU_ratio": summary["best_mIoU_ratio"]}
+
+
 def run(ctx: Context) -> list[Record]:
     plan = PLANS[ctx.sizes.name]
     root = (ctx.footage_root or DEFAULT_DATA_ROOT).resolve()
@@ -245,38 +280,48 @@ def run(ctx: Context) -> list[Record]:
     ctx.log(f"  data {root} ({'all frames' if data == root else f'~{plan.frames_per_sequence} frames/sequence'}), "
             f"train {', '.join(split[0])}, val {', '.join(split[1])}, {plan.epochs} epoch(s) each")
     ctx.log("  reference (original pipeline's way)")
-    ref_dir = suite_dir / "reference"
-    ref_dir.mkdir(parents=True, exist_ok=True)
-    reference = run_reference(ctx, data, split, plan.epochs, ref_dir)
+    reference = run_reference(ctx, data, split, plan.epochs, suite_dir / "reference")
     ctx.log(f"  reference: final mIoU {reference[-1].miou:.4f} at {reference[-1].wall_s:.0f} s")
+    peers: dict[str, list[Point]] = {}
+    for recipe in PEERS:
+        ctx.log(f"  {recipe} recipe")
+        peers[recipe] = run_peer(ctx, recipe, data, split, plan.epochs, suite_dir / recipe)
+        ctx.log(f"  {recipe}: final mIoU {peers[recipe][-1].miou:.4f} at {peers[recipe][-1].wall_s:.0f} s")
     ctx.log("  dist_seg")
     dist_seg = run_dist_seg(ctx, data, split, plan.epochs, suite_dir / "dist_seg")
     if not dist_seg:
         raise RuntimeError(f"the dist_seg run wrote no validated epoch; see {suite_dir / 'dist_seg' / 'train.log'}")
     ctx.log(f"  dist_seg: final mIoU {dist_seg[-1].miou:.4f} at {dist_seg[-1].wall_s:.0f} s")
     summary = summarise(reference, dist_seg)
+    peer_summaries = {recipe: summarise(curve, dist_seg) for recipe, curve in peers.items()}
     settings = {"model": "lraspp mobilenet_v3_large", "image_size": list(IMAGE_SIZE), "batch_size": BATCH_SIZE,
                 "epochs": plan.epochs, "data_root": str(root), "train": list(split[0]), "val": list(split[1]),
                 "frames_per_sequence": plan.frames_per_sequence, "cpu": ctx.machine.cpu,
                 "curves": str(suite_dir / "time_to_accuracy.json"), "plot": str(suite_dir / "time_to_accuracy.png")}
     atomic.write_json(suite_dir / "time_to_accuracy.json", {
         "device": ctx.machine.device, "cpu": ctx.machine.cpu, "cores": ctx.machine.cores, "settings": settings,
-        "summary": summary, "curves": {"reference": [asdict(p) for p in reference],
-                                       "dist_seg": [asdict(p) for p in dist_seg]}})
+        "summary": summary, "peer_summaries": peer_summaries,
+        "curves": {"reference": [asdict(p) for p in reference], **{r: [asdict(p) for p in c] for r, c in peers.items()},
+                   "dist_seg": [asdict(p) for p in dist_seg]}})
     line_chart(suite_dir / "time_to_accuracy.png",
                {"reference (original way)": [(p.wall_s, p.miou) for p in reference],
+                **{f"{r} recipe": [(p.wall_s, p.miou) for p in c] for r, c in peers.items()},
                 "dist_seg": [(p.wall_s, p.miou) for p in dist_seg]},
                title=f"val mIoU vs wall-clock, {ctx.machine.device}", x_label="seconds since process launch",
                y_label="val mIoU", hlines={"target": summary["target_mIoU"]})
-    return [
+    records = [
         ctx.record(NAME, "reference", "wall_clock_s", "s", [reference[-1].wall_s], settings,
                    {"final_mIoU": summary["target_mIoU"],
                     "time_to_target_s": summary["reference_time_to_target_s"],
                     "best_mIoU_within_reference_time": summary["reference_best_mIoU_within_reference_time"]}),
-        ctx.record(NAME, "dist_seg", "wall_clock_s", "s", [dist_seg[-1].wall_s], settings,
-                   {"final_mIoU": _round(dist_seg[-1].miou), "best_mIoU": summary["dist_seg_best_mIoU"],
-                    "time_to_target_s": summary["dist_seg_time_to_target_s"],
-                    "time_to_target_ratio": summary["time_to_target_ratio"],
-                    "best_mIoU_within_reference_time": summary["dist_seg_best_mIoU_within_reference_time"],
-                    "best_mIoU_ratio": summary["best_mIoU_ratio"]}),
     ]
+    for recipe, s in peer_summaries.items():
+        records.append(ctx.record(
+            NAME, f"{recipe} recipe", "wall_clock_s", "s", [peers[recipe][-1].wall_s], settings,
+            {"final_mIoU": s["target_mIoU"], "time_to_target_s": s["reference_time_to_target_s"],
+             "best_mIoU_within_own_time": s["reference_best_mIoU_within_reference_time"],
+             **{f"dist_seg_{k}": v for k, v in dist_seg_vs(s).items()}}))
+    records.append(ctx.record(NAME, "dist_seg", "wall_clock_s", "s", [dist_seg[-1].wall_s], settings,
+                              {"final_mIoU": _round(dist_seg[-1].miou), "best_mIoU": summary["dist_seg_best_mIoU"],
+                               **dist_seg_vs(summary)}))
+    return records

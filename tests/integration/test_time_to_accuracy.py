@@ -1,6 +1,6 @@
-"""benchmarks time_to_accuracy suite: the --quick run trains both pipelines for real and writes well-formed results.
+"""benchmarks time_to_accuracy suite: the --quick run trains every pipeline for real and writes well-formed results.
 
-No timing is checked: only that both runs happen, the curves are consistent and the files
+No timing is checked: only that all four runs happen, the curves are consistent and the files
 (results JSON, curves JSON, PNG plot) are well formed. The data is a small synthetic
 dataset, so the test does not depend on the shared CamVid folder.
 """
@@ -54,7 +54,7 @@ def test_split_prefers_camvid_names_else_last_sequence_validates(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_suite_runs_both_pipelines_and_writes_well_formed_results(tmp_path):
+def test_quick_suite_runs_every_pipeline_and_writes_well_formed_results(tmp_path):
     data = tmp_path / "data"
     generate_dataset(data, sequences=3, frames=8, size=(48, 64), seed=3)
     out = tmp_path / "out"
@@ -63,20 +63,29 @@ def test_quick_suite_runs_both_pipelines_and_writes_well_formed_results(tmp_path
     payload = json.loads((out / "results.json").read_text())
     assert payload["meta"]["failures"] == [] and payload["meta"]["suites"] == ["time_to_accuracy"]
     records = {r["variant"]: r for r in payload["records"]}
-    assert set(records) == {"reference", "dist_seg"}
+    assert set(records) == {"reference", "torchvision recipe", "mmseg recipe", "dist_seg"}
     for r in records.values():
         assert r["metric"] == "wall_clock_s" and r["median"] > 0 and math.isfinite(r["median"])
         assert r["settings"]["train"] == ["Video_000", "Video_001"] and r["settings"]["val"] == ["Video_002"]
     assert {"final_mIoU", "time_to_target_s", "best_mIoU_within_reference_time"} <= records["reference"]["derived"].keys()
     assert {"time_to_target_ratio", "best_mIoU_ratio", "best_mIoU"} <= records["dist_seg"]["derived"].keys()
+    for peer in ("torchvision", "mmseg"):
+        assert {"final_mIoU", "time_to_target_s", "best_mIoU_within_own_time", "dist_seg_time_to_target_s",
+                "dist_seg_best_mIoU_within_reference_time", "dist_seg_best_mIoU_ratio"} <= \
+            records[f"{peer} recipe"]["derived"].keys()
 
     curves = json.loads(Path(records["reference"]["settings"]["curves"]).read_text())
     assert curves["cpu"] and curves["summary"]["target_mIoU"] == records["reference"]["derived"]["final_mIoU"]
-    for name in ("reference", "dist_seg"):
+    assert set(curves["peer_summaries"]) == {"torchvision", "mmseg"}
+    for name in ("reference", "torchvision", "mmseg", "dist_seg"):
         points = curves["curves"][name]
         assert [p["epoch"] for p in points] == [1]  # --quick: one epoch each
         assert all(p["wall_s"] > 0 and 0.0 <= p["miou"] <= 1.0 for p in points)
-    # The reference reaches its own final mIoU at its last epoch, by definition.
-    assert curves["summary"]["reference_time_to_target_s"] == curves["summary"]["reference_total_s"]
+    # Each reference reaches its own final mIoU at its last epoch, by definition.
+    for summary in (curves["summary"], *curves["peer_summaries"].values()):
+        assert summary["reference_time_to_target_s"] == summary["reference_total_s"]
+    peer = curves["peer_summaries"]["mmseg"]
+    assert peer["target_mIoU"] == records["mmseg recipe"]["derived"]["final_mIoU"]
+    assert peer["dist_seg_time_to_target_s"] == records["mmseg recipe"]["derived"]["dist_seg_time_to_target_s"]
     with Image.open(records["reference"]["settings"]["plot"]) as plot:
         assert plot.format == "PNG" and plot.size == (800, 500)
