@@ -10,20 +10,29 @@ forward pass, with BatchNorm as training will run it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import zipfile
 from pathlib import Path
 
 import torch
 
-from ..checkpoint_file import list_checkpoints
-from ..config import Config
+from ..checkpoint_file import list_checkpoints, load_checkpoint
+from ..config import Config, config_to_dict
 from ..data.cache import CACHE_DIR_KEY, cache_root
+from ..data.checks import listing_problems
+from ..data.discovery import discover_all
+from ..data.palette import Palette
+from ..data.splits import planned_splits
 from ..errors import CheckpointError, ConfigError, DistSegError, describe_raised
+from ..models import check_model_config, describe_model
 from ..models.batchnorm import one_sample_mode
-from ..paths import check_not_symlink, check_outside_dataset, check_writable_folder
+from ..paths import check_not_symlink, check_outside_dataset, check_writable_folder, exclusive_output_folder
 from ..runtime.device import Runtime
+from ..runtime.distributed import DistContext
 from ..runtime.memory import memory_needed_by
 from ..telemetry.memlog import FILE_NAME as MEMORY_LOG
+from .outputs import RunOutputs
+from .resume_check import check_resume, flatten
 
 
 def check_run_paths(cfg: Config) -> None:
@@ -133,3 +142,92 @@ def check_trainable(model: torch.nn.Module, model_name: str) -> None:
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"model.type: {model_name} has no trainable parameters (none, or every one has "
                           "requires_grad=False); leave at least the head unfrozen in the model's constructor")
+
+
+def check_before_start(cfg: Config) -> Config:
+    """Checks that need no process group: the model config (returned with its defaults filled in) and the paths."""
+    cfg = dataclasses.replace(cfg, model=check_model_config(cfg.model, cfg.dataset.num_classes,
+                                                            tuple(cfg.training.image_size), batch_norm_samples(cfg)))
+    check_run_paths(cfg)
+    return cfg
+
+
+def check_run_start(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> Path | None:
+    """Every rank's checks before any data work; returns the checkpoint to resume from (None: a fresh run).
+
+    The ranks run one config; rank 0 holds the output folder for the run's life (a second run into
+    it stops here, before it writes anything); every rank resumes from rank 0's choice (another
+    node's listing of a shared output folder can lag behind); a resume that would be refused is
+    refused now, while splits.json, config.yaml and history are as they were.
+    """
+    ctx.fail_together(lambda: check_same_config(cfg, ctx))
+    ctx.fail_together(lambda: _hold_output_folder(cfg, ctx, out, cleanup))
+    resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
+    if resume_from is not None:
+        ctx.fail_together(lambda: _check_resume_first(cfg, ctx, resume_from))
+    return resume_from
+
+
+def check_model(model: torch.nn.Module, cfg: Config, runtime: Runtime, device: torch.device,
+                synced_ranks: int = 1) -> None:
+    """The built model gives logits of the right shape for one step as training runs it, and has weights to train."""
+    name = describe_model(cfg.model)
+    check_model_output(model, cfg.dataset.num_classes, tuple(cfg.training.image_size), device,
+                       batch_size=batch_norm_samples(cfg, synced_ranks), model_name=name, runtime=runtime)
+    check_trainable(model, name)
+
+
+def check_same_config(cfg: Config, ctx: DistContext) -> None:
+    """Every rank runs the config rank 0 runs; otherwise ConfigError (on every rank) naming the keys that differ.
+
+    Ranks with another learning rate, split or model would train something no single config
+    describes (and DDP would average gradients of different losses) without any error.
+    """
+    if not ctx.is_distributed:
+        return
+    flat = [flatten(c) for c in ctx.gather_objects(config_to_dict(cfg))]
+    differing = sorted({k for rank in flat[1:] for k in rank.keys() | flat[0].keys() if rank.get(k) != flat[0].get(k)})
+    if not differing:
+        return
+    shown = []
+    for key in differing[:5]:
+        values = ", ".join(f"rank {r}: {f.get(key)!r}" for r, f in enumerate(flat))
+        shown.append(f"{key} ({values})")
+    more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
+    raise ConfigError(f"the {ctx.world_size} ranks were started with different configs: {'; '.join(shown)}{more}. "
+                      "Start every rank with the same config file and --set overrides")
+
+
+def _hold_output_folder(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> None:
+    """Rank 0 locks ``training.output_dir`` until ``cleanup`` closes (the end of the run)."""
+    if ctx.is_main:
+        cleanup.enter_context(exclusive_output_folder(Path(cfg.training.output_dir), "training.output_dir",
+                                                      log=out.log))
+
+
+def _check_resume_first(cfg: Config, ctx: DistContext, resume_from: Path) -> None:
+    """Refuse an incompatible resume before the data is prepared, so splits.json, config.yaml and history stay as they were.
+
+    The split is planned (not written) from the file listing, as prepare will write it; with
+    problems in the file layout there is no split to compare, and prepare reports them.
+    """
+    if not ctx.is_main:
+        return
+    listings = discover_all(cfg.dataset)
+    if any(listing_problems(listing, cfg.dataset) for listing in listings):
+        return
+    splits = planned_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg, log=lambda _m: None)
+    state = load_checkpoint(resume_from, mmap=True)
+    check_resume(state, resume_from, cfg, splits, Palette.from_config(cfg.dataset).names,
+                 warn=lambda _m: None, log=lambda _m: None)
+
+
+def _resume_path(cfg: Config, out: RunOutputs) -> Path | None:
+    """The checkpoint to resume from, if any; refuses to overwrite an earlier run's checkpoints."""
+    setting = cfg.training.resume_from_checkpoint
+    if setting is None:
+        check_fresh_output(cfg)
+        return None
+    if setting == "auto":
+        return out.latest_checkpoint()
+    return Path(setting)

@@ -9,7 +9,6 @@ serves a laptop CPU, one GPU and ``torchrun`` on many nodes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import os
 import random
@@ -19,19 +18,15 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint_file import load_checkpoint, unwrap_model
-from ..config import Config, config_to_dict
+from ..checkpoint_file import unwrap_model
+from ..config import Config
 from ..data.cache_loader import CacheLoader
-from ..data.checks import listing_problems
-from ..data.discovery import discover_all
 from ..data.loader import Loader, build_loader, describe_loader, loader_processes
 from ..data.palette import Palette
 from ..data.pipeline import DataBundle, load_datasets, prepare
-from ..data.splits import planned_splits
-from ..errors import ConfigError, DistSegError
-from ..models import build_model, check_model_config, describe_model
+from ..errors import DistSegError
+from ..models import build_model
 from ..models.init_from import init_from
-from ..paths import exclusive_output_folder
 from ..runtime.device import Runtime, inference_runtime, resolve_runtime, without_compile_for_sync_bn
 from ..runtime.distributed import DistContext, restart_hazard, setup_distributed, teardown_distributed
 from ..runtime.threads import apply_compile_threads, apply_cpu_threads
@@ -50,8 +45,7 @@ from .losses import SegmentationLoss, build_criterion, class_weights
 from .metrics import TrainMetrics
 from .outputs import RunOutputs
 from .preemption import Preempted, PreemptionWatch, preemption_raises
-from .preflight import batch_norm_samples, check_fresh_output, check_model_output, check_run_paths, check_trainable
-from .resume_check import check_resume, flatten
+from .preflight import check_before_start, check_model, check_run_start
 from .schedule import warmup_note
 from .step import TrainStep, build_optimizer
 from .summary import StartupFacts, forward_flops, parameter_count, startup_summary
@@ -68,10 +62,7 @@ def run_training(cfg: Config) -> RunSummary:
     """Train according to ``cfg``: the whole run, from process group to final checkpoint."""
     # Model config errors stop the run here, before any data is prepared; the written
     # config names the backbone actually built.
-    cfg = dataclasses.replace(cfg, model=check_model_config(cfg.model, cfg.dataset.num_classes,
-                                                            tuple(cfg.training.image_size),
-                                                            batch_norm_samples(cfg)))
-    check_run_paths(cfg)
+    cfg = check_before_start(cfg)
     ctx = setup_distributed(cfg.backend)
     out = RunOutputs(cfg, active=ctx.is_main)
     with contextlib.ExitStack() as cleanup:
@@ -81,17 +72,15 @@ def run_training(cfg: Config) -> RunSummary:
         hazard = restart_hazard()
         if hazard is not None:
             out.warn(hazard)
-        ctx.fail_together(lambda: check_same_config(cfg, ctx))
-        # Rank 0 holds the output folder for the run's life; a second run into it stops here,
-        # before it writes anything.
-        ctx.fail_together(lambda: _hold_output_folder(cfg, ctx, out, cleanup))
-        # Every rank resumes from rank 0's choice: another node's listing of the shared output
-        # directory can lag behind, and ranks resuming from different checkpoints would diverge.
-        resume_from = ctx.gather_objects(_resume_path(cfg, out))[0]
-        if resume_from is not None:
-            ctx.fail_together(lambda: _check_resume_first(cfg, ctx, resume_from))
+        resume_from = check_run_start(cfg, ctx, out, cleanup)
+        runtime = without_compile_for_sync_bn(resolve_runtime(cfg.backend, ctx.device, log=out.log),
+                                              _syncs_batch_norm(cfg, ctx), log=out.log)
+        seed_everything(cfg.training.seed)
+        model = build_model(cfg.model, cfg.dataset.num_classes)
+        check_model(model.to(ctx.device), cfg, runtime, ctx.device,
+                    synced_ranks=ctx.world_size if _syncs_batch_norm(cfg, ctx) else 1)
         try:
-            trainer = _build_trainer(cfg, ctx, out, cleanup, fresh=resume_from is None)
+            trainer = _build_trainer(cfg, ctx, out, cleanup, model, runtime, fresh=resume_from is None)
         except Preempted as stop:
             out.log(f"stopped on {stop.signal_name} while preparing the data: sequences cached so far are kept; "
                     "run again to continue")
@@ -128,27 +117,19 @@ def run_training(cfg: Config) -> RunSummary:
 
 
 def _build_trainer(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack,
-                   fresh: bool = True) -> Trainer:
-    """Every part of the run; config errors surface before the data is touched.
+                   model: torch.nn.Module, runtime: Runtime, fresh: bool = True) -> Trainer:
+    """Every part of the run around ``model`` (built and checked by the caller): data, loaders, optimizer, telemetry.
 
     ``fresh``: no checkpoint will be resumed, so ``model.init_from`` applies (a resume restores every weight).
     """
     tr = cfg.training
-    runtime = without_compile_for_sync_bn(resolve_runtime(cfg.backend, ctx.device, log=out.log),
-                                          _syncs_batch_norm(cfg, ctx), log=out.log)
     # Visualisations and the final evaluation label frames as predict / evaluate would.
     inference = inference_runtime(ctx.device)
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    seed_everything(tr.seed)
     palette = Palette.from_config(cfg.dataset)
-    model = build_model(cfg.model, len(palette.names))
     flops = forward_flops(model, tuple(tr.image_size)) if ctx.is_main else None
-    check_model_output(model.to(ctx.device), len(palette.names), tuple(tr.image_size), ctx.device,
-                       batch_size=batch_norm_samples(cfg, ctx.world_size if _syncs_batch_norm(cfg, ctx) else 1),
-                       model_name=describe_model(cfg.model), runtime=runtime)
-    check_trainable(model, describe_model(cfg.model))
     if cfg.model.init_from is not None and fresh:
         init_from(model, cfg.model.init_from, log=out.log)
 
@@ -309,59 +290,3 @@ def _start_vram_sampler(cfg: Config, ctx: DistContext, out: RunOutputs, trainer:
                           sinks=sinks, step_fn=lambda: trainer.pos.global_step, log=out.log)
     cleanup.callback(sampler.stop)
     return memory_log, sampler
-
-
-def check_same_config(cfg: Config, ctx: DistContext) -> None:
-    """Every rank runs the config rank 0 runs; otherwise ConfigError (on every rank) naming the keys that differ.
-
-    Ranks with another learning rate, split or model would train something no single config
-    describes (and DDP would average gradients of different losses) without any error.
-    """
-    if not ctx.is_distributed:
-        return
-    flat = [flatten(c) for c in ctx.gather_objects(config_to_dict(cfg))]
-    differing = sorted({k for rank in flat[1:] for k in rank.keys() | flat[0].keys() if rank.get(k) != flat[0].get(k)})
-    if not differing:
-        return
-    shown = []
-    for key in differing[:5]:
-        values = ", ".join(f"rank {r}: {f.get(key)!r}" for r, f in enumerate(flat))
-        shown.append(f"{key} ({values})")
-    more = f" and {len(differing) - 5} more" if len(differing) > 5 else ""
-    raise ConfigError(f"the {ctx.world_size} ranks were started with different configs: {'; '.join(shown)}{more}. "
-                      "Start every rank with the same config file and --set overrides")
-
-
-def _hold_output_folder(cfg: Config, ctx: DistContext, out: RunOutputs, cleanup: contextlib.ExitStack) -> None:
-    """Rank 0 locks ``training.output_dir`` until ``cleanup`` closes (the end of the run)."""
-    if ctx.is_main:
-        cleanup.enter_context(exclusive_output_folder(Path(cfg.training.output_dir), "training.output_dir",
-                                                      log=out.log))
-
-
-def _check_resume_first(cfg: Config, ctx: DistContext, resume_from: Path) -> None:
-    """Refuse an incompatible resume before the data is prepared, so splits.json, config.yaml and history stay as they were.
-
-    The split is planned (not written) from the file listing, as prepare will write it; with
-    problems in the file layout there is no split to compare, and prepare reports them.
-    """
-    if not ctx.is_main:
-        return
-    listings = discover_all(cfg.dataset)
-    if any(listing_problems(listing, cfg.dataset) for listing in listings):
-        return
-    splits = planned_splits(listings[0], listings[1] if len(listings) > 1 else None, cfg, log=lambda _m: None)
-    state = load_checkpoint(resume_from, mmap=True)
-    check_resume(state, resume_from, cfg, splits, Palette.from_config(cfg.dataset).names,
-                 warn=lambda _m: None, log=lambda _m: None)
-
-
-def _resume_path(cfg: Config, out: RunOutputs) -> Path | None:
-    """The checkpoint to resume from, if any; refuses to overwrite an earlier run's checkpoints."""
-    setting = cfg.training.resume_from_checkpoint
-    if setting is None:
-        check_fresh_output(cfg)
-        return None
-    if setting == "auto":
-        return out.latest_checkpoint()
-    return Path(setting)
