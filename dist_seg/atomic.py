@@ -156,7 +156,7 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
         return removed
     for entry in directory.iterdir():
         match = _TEMP.match(entry.name)
-        if not match or match["host"] != _HOST or _pid_alive(int(match["pid"])):
+        if not match or match["host"] != _HOST or pid_alive(int(match["pid"])):
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():
@@ -169,7 +169,8 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host exists (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from . import atomic
 from .errors import ConfigError
 
 # Longest file name (bytes) on the filesystems dist_seg writes to (ext4, xfs, btrfs, NFS...).
@@ -128,13 +129,7 @@ def _holder_alive(text: str) -> bool:
     host, pid = match.group(1).rstrip(","), int(match.group(2))
     if host != socket.gethostname():
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()
+    return pid != os.getpid() and atomic.pid_alive(pid)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,25 @@ from .buffers import BatchBufferPool, cuda_copy_fence
 from .dataset import Batch, CachedDataset
 
 
-class CacheLoader:
+class SampledBatches:
+    """What a loader driven by a ``batch_sampler`` shows of it: the sampler, the batch size, the length."""
+
+    batch_sampler: BatchSampler
+
+    @property
+    def sampler(self) -> Sampler[int]:
+        """The index sampler (what :func:`~dist_seg.data.loader.set_epoch` reshuffles)."""
+        return self.batch_sampler.sampler
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_sampler.batch_size
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+class CacheLoader(SampledBatches):
     """Iterates batches of a :class:`CachedDataset` that holds images, in ``batch_sampler``'s order.
 
     ``threads`` gather batches ahead of the consumer (``threads * prefetch`` at most in
@@ -57,17 +75,6 @@ class CacheLoader:
         """Whether batches are gathered into page-locked memory."""
         return self.pin_device is not None
 
-    @property
-    def sampler(self) -> Sampler[int]:
-        """The index sampler (what :func:`~dist_seg.data.loader.set_epoch` reshuffles)."""
-        return self.batch_sampler.sampler
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch_sampler.batch_size
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
 
     def gather(self, indices: Sequence[int]) -> Batch:
         """One batch, copied from the cache into a pooled buffer."""

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator
 
 import psutil
 import torch
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler
 
 from ..errors import ConfigError
+from .cache_loader import SampledBatches
 from .dataset import Batch, CachedDataset
 
 # Share of the free device memory the cache may take: the rest is for training.
@@ -31,7 +32,7 @@ def free_device_bytes(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-class DeviceCacheLoader:
+class DeviceCacheLoader(SampledBatches):
     """Iterates batches of ``dataset`` in ``batch_sampler``'s order, gathered from a copy of the cache on ``device``."""
 
     def __init__(self, dataset: CachedDataset, batch_sampler: BatchSampler, device: torch.device, *,
@@ -59,17 +60,6 @@ class DeviceCacheLoader:
             self.masks[start:start + len(indices)].copy_(masks)
         self.bytes = needed
 
-    @property
-    def sampler(self) -> Sampler[int]:
-        """The index sampler (what :func:`~dist_seg.data.loader.set_epoch` reshuffles)."""
-        return self.batch_sampler.sampler
-
-    @property
-    def batch_size(self) -> int:
-        return self.batch_sampler.batch_size
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[Batch]:
         for indices in self.batch_sampler:
