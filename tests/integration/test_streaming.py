@@ -7,7 +7,6 @@ What the store served is read from its request log: a chunk fetched a second tim
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
@@ -28,7 +27,6 @@ from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
 from support.torchrun import launch_env, torchrun_train
 
 from benchmarks.loopback_s3 import LoopbackS3
-
 from dist_seg.checkpoint_file import list_checkpoints
 from dist_seg.config import apply_overrides, config_from_dict
 from dist_seg.data.cache import load_sequence_cache
