@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import boto3
+from filelock import FileLock
 from litdata.streaming.downloader import Downloader, register_downloader
 
 
@@ -31,17 +32,20 @@ class Boto3S3Downloader(Downloader):
 
     def download_file(self, remote_filepath: str, local_filepath: str) -> None:
         """Fetch ``remote_filepath`` to ``local_filepath`` unless it is already there (then only notify)."""
-        if not os.path.exists(local_filepath):
-            url = urlparse(remote_filepath)
-            if url.scheme != "s3":
-                raise ValueError(f"not an s3:// address: {remote_filepath}")
-            tmp = self._temp_download_path(local_filepath)
-            try:
-                self._s3.download_file(url.netloc, url.path.lstrip("/"), tmp)
-                self._atomic_replace(tmp, local_filepath)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(tmp)
+        url = urlparse(remote_filepath)
+        if url.scheme != "s3":
+            raise ValueError(f"not an s3:// address: {remote_filepath}")
+        # Ranks and loader workers of a node share the folder: the first to want a file fetches
+        # it, the others wait for it instead of fetching it again.
+        with FileLock(local_filepath + ".lock"):
+            if not os.path.exists(local_filepath):
+                tmp = self._temp_download_path(local_filepath)
+                try:
+                    self._s3.download_file(url.netloc, url.path.lstrip("/"), tmp)
+                    self._atomic_replace(tmp, local_filepath)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(tmp)
         self._notify_published(local_filepath)
 
 
