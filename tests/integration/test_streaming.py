@@ -77,7 +77,7 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 @pytest.fixture(scope="module")
 def shards(work: Path) -> Path:
-    """The cache as shards of ~3 frames a chunk, so a small cache limit has something to evict."""
+    """The cache as shards of 2 frames a chunk (8 chunks), so a small cache limit has something to evict."""
     cfg = config_from_dict(raw_config(work, "prep"))
     prepare(cfg, log=lambda _m: None, progress=False)
     write_split_shards(cfg, work / "shards_default")  # the command's own writer: one chunk here
