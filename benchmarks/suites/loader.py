@@ -21,26 +21,42 @@ Floors, measured in the same run with the same bytes per sample:
   which is what every DataLoader worker process must do to hand a batch over (and why
   the full cache is served by threads instead).
 
-The consumer only takes each batch (no device copy, no training step).
+Streaming (``dataset.remote``, see docs/streaming.md), measured in the same run next to the
+full cache: the full cache written as shards by ``prepare --shards``'s own writer (64 MiB
+chunks), served by moto's S3 server on loopback in this process (so its CPU time counts
+against the loader), read through a DataLoader with ``num_workers`` worker processes:
+
+* ``streaming cold``: one epoch per repeat from an empty ``dataset.local_cache``: every chunk
+  is downloaded on first use;
+* ``streaming warm``: every chunk already in ``dataset.local_cache``; no request reaches the store.
+
+The consumer only takes each batch (no device copy, no training step). The derived
+``data_wait_frac`` of the full cache and streaming rows comes from one more epoch per repeat
+(from an empty local cache for ``streaming cold``) whose consumer sleeps ``STEP_MS`` per batch,
+a training step that leaves the cores to the loader: the share of that epoch spent waiting
+for batches, as ``train/data_wait_frac`` counts it.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import resource
+import shutil
 import statistics
 import time
 
 import numpy as np
 import torch
 
-from dist_seg.config import config_from_dict
+from dist_seg.config import Config, apply_overrides, config_from_dict
 from dist_seg.data.loader import Loader, SingleProcess, build_loader, describe_loader, set_epoch
-from dist_seg.data.pipeline import load_datasets, prepare
+from dist_seg.data.pipeline import load_datasets, prepare, write_split_shards
 
 from ..common import Record, ratio, synchronize
 from ..context import Context, quiet
 from ..data import raw_config
+from ..loopback_s3 import LoopbackS3
 
 NAME = "loader"
 TITLE = "Loader samples/s: decode vs caches vs the memory-copy floor"
@@ -50,6 +66,12 @@ TITLE = "Loader samples/s: decode vs caches vs the memory-copy floor"
 VARIANTS = (("decode", False, True), ("mask cache", True, False), ("full cache", True, True))
 BASELINE = "decode"
 CACHED = "full cache"
+STREAMING = ("streaming cold", "streaming warm")
+# The training step the data-wait epochs stand in for (a sleep: it leaves the cores to the loader).
+STEP_MS = 25.0
+
+
+CPU = torch.device("cpu")
 
 
 def run(ctx: Context) -> list[Record]:
@@ -71,10 +93,10 @@ def run(ctx: Context) -> list[Record]:
             ctx.log(f"  {variant}, {num_workers} workers")
             loader = build_loader(dataset, cfg.training, SingleProcess(ctx.device), train=True)
             values = _measure(loader, sizes.repeats, sizes.loader_seconds, ctx.device)
+            derived = ({"data_wait_frac": _median_wait(loader, sizes.repeats)} if variant == CACHED else {})
             settings = {"pipeline": variant, **_settings(sizes, frames, num_workers, loader)}
-            label = f"{variant}, {num_workers} worker{'' if num_workers == 1 else 's'}"
-            records.append(ctx.record(NAME, label, "samples_per_s", "samples/s",
-                                      values, settings))
+            records.append(ctx.record(NAME, _name(variant, num_workers), "samples_per_s", "samples/s",
+                                      values, settings, derived))
             del loader
             gc.collect()  # shuts persistent workers or gather threads down before the next measurement
         if variant == CACHED:
@@ -84,6 +106,7 @@ def run(ctx: Context) -> list[Record]:
             settings = {"pipeline": f"{variant} on device", **_settings(sizes, frames, 0, loader)}
             records.append(ctx.record(NAME, f"{variant} on device", "samples_per_s", "samples/s", values, settings))
             del loader
+            records += _streaming(ctx, cfg, workers, frames)
     shape = (3, *sizes.loader_size)
     for variant, shared in (("floor: plain copy", False), ("floor: fresh shared copy", True)):
         runs = [_copy_floor(frames, shape, sizes.loader_batch, sizes.loader_seconds, shared)
@@ -95,6 +118,82 @@ def run(ctx: Context) -> list[Record]:
     return _with_ratios(records)
 
 
+def _name(variant: str, num_workers: int) -> str:
+    return f"{variant}, {num_workers} worker{'' if num_workers == 1 else 's'}"
+
+
+def _streaming(ctx: Context, cached: Config, workers: list[int], frames: int) -> list[Record]:
+    """``streaming cold`` and ``streaming warm`` rows: the full cache's frames as shards on a loopback S3 store."""
+    if not all(importlib.util.find_spec(name) for name in ("litdata", "moto")):
+        ctx.log("  streaming rows skipped: they need pip install 'dist_seg[stream]' 'moto[server]'")
+        return []
+    sizes = ctx.sizes
+    shards = ctx.scratch / "shards"
+    shutil.rmtree(shards, ignore_errors=True)
+    write_split_shards(cached, shards)
+    local_cache = ctx.suite_dir(NAME) / "stream_cache"
+    records: list[Record] = []
+    with LoopbackS3(shards, "dist-seg-bench", "shards") as s3:
+        # The full cache's output folder: its splits, and the cache the shards are checked against.
+        raw = raw_config(ctx.data_root(), cached.training.output_dir, cached.dataset.cache_dir,
+                         image_size=sizes.loader_size, batch_size=sizes.loader_batch, num_workers=0)
+        apply_overrides(raw, [("dataset.remote", s3.url), ("dataset.local_cache", str(local_cache))])
+        cfg = config_from_dict(raw)
+        for num_workers in workers:
+            cfg.training.num_workers = num_workers
+            ctx.log(f"  streaming, {num_workers} workers")
+
+            def cold_loader() -> Loader:
+                shutil.rmtree(local_cache, ignore_errors=True)
+                return build_loader(load_datasets(cfg).train, cfg.training, SingleProcess(ctx.device), train=True)
+
+            cold, waits = [], []
+            for _ in range(sizes.repeats):
+                loader = cold_loader()
+                start = time.perf_counter()
+                cold.append(_epoch(loader, 0) / (time.perf_counter() - start))
+                waits.append(_wait_fraction(cold_loader(), 0))
+            settings = {"pipeline": STREAMING[0], **_settings(sizes, frames, num_workers, loader)}
+            records.append(ctx.record(NAME, _name(STREAMING[0], num_workers), "samples_per_s", "samples/s", cold,
+                                      settings, {"data_wait_frac": round(statistics.median(waits), 3)}))
+            # The last cold epoch left every chunk in the local cache.
+            loader = build_loader(load_datasets(cfg).train, cfg.training, SingleProcess(ctx.device), train=True)
+            s3.clear()
+            warm = _measure(loader, sizes.repeats, sizes.loader_seconds)
+            derived = {"data_wait_frac": _median_wait(loader, sizes.repeats), "store_requests": len(s3.requests())}
+            settings = {"pipeline": STREAMING[1], **_settings(sizes, frames, num_workers, loader)}
+            records.append(ctx.record(NAME, _name(STREAMING[1], num_workers), "samples_per_s", "samples/s", warm,
+                                      settings, derived))
+            del loader
+            gc.collect()
+    return records
+
+
+def _epoch(loader: Loader, epoch: int) -> int:
+    """Take every batch of one epoch; returns the samples."""
+    set_epoch(loader, epoch)
+    return sum(len(batch.paths) for batch in loader)
+
+
+def _wait_fraction(loader: Loader, epoch: int) -> float:
+    """Share of one epoch spent waiting for batches when each batch is followed by a ``STEP_MS`` step."""
+    set_epoch(loader, epoch)
+    waited = 0.0
+    start = time.perf_counter()
+    batches = iter(loader)
+    while True:
+        before = time.perf_counter()
+        batch = next(batches, None)
+        waited += time.perf_counter() - before
+        if batch is None:
+            return waited / (time.perf_counter() - start)
+        time.sleep(STEP_MS / 1000)
+
+
+def _median_wait(loader: Loader, repeats: int) -> float:
+    return round(statistics.median(_wait_fraction(loader, epoch) for epoch in range(repeats)), 3)
+
+
 def _settings(sizes, frames: int, num_workers: int, loader: Loader | None) -> dict:
     settings = {"image_size": list(sizes.loader_size), "batch_size": sizes.loader_batch, "frames": frames,
                 "num_workers": num_workers, "source_frame_size": "800x600"}
@@ -103,7 +202,7 @@ def _settings(sizes, frames: int, num_workers: int, loader: Loader | None) -> di
     return settings
 
 
-def _measure(loader: Loader, repeats: int, min_seconds: float, device: torch.device) -> list[float]:
+def _measure(loader: Loader, repeats: int, min_seconds: float, device: torch.device = CPU) -> list[float]:
     """Samples/s per repeat; a repeat is whole epochs lasting at least ``min_seconds``.
 
     One warm-up epoch first: it starts the workers, maps the cache pages and fills the
@@ -113,9 +212,8 @@ def _measure(loader: Loader, repeats: int, min_seconds: float, device: torch.dev
 
     def one_epoch() -> int:
         nonlocal epoch
-        set_epoch(loader, epoch)
         epoch += 1
-        samples = sum(len(batch.paths) for batch in loader)
+        samples = _epoch(loader, epoch - 1)
         synchronize(device)  # batches gathered on a GPU count once they are there
         return samples
 
@@ -189,6 +287,10 @@ def _with_ratios(records: list[Record]) -> list[Record]:
         r.derived["vs_plain_copy_floor"] = ratio(r.stats.median, floor)
         if r.settings["pipeline"] == f"{CACHED} on device" and host_cache:
             r.derived["vs_host_cache_best"] = ratio(r.stats.median, max(host_cache))
+        if r.settings["pipeline"] in STREAMING:
+            cached = next(c.stats.median for c in records
+                          if c.settings["pipeline"] == CACHED and c.settings["num_workers"] == workers)
+            r.derived["vs_full_cache_same_workers"] = ratio(r.stats.median, cached)
         if r.settings["pipeline"] == CACHED:
             r.derived["at_least_20x_decode"] = r.derived["vs_decode_same_workers"] >= 20
             r.derived["within_2x_of_floor"] = r.derived["vs_plain_copy_floor"] >= 0.5

@@ -135,10 +135,13 @@ class DatasetConfig:
     the `stream` extra (LitData) and `dataset.local_cache`. See [Streaming](streaming.md).
     """
     local_cache: Path | None = None
-    """Folder where chunks of `dataset.remote` are kept once downloaded (per node; required with `remote`)."""
+    """Folder on local disk where chunks of `dataset.remote` are kept once downloaded, for later epochs and runs
+    (one subfolder per remote and shard write; shared by the ranks and loader workers of a node; required with
+    `remote`).
+    """
     local_cache_limit: str = "50GB"
-    """Most bytes of chunks `dataset.local_cache` keeps (LitData size string such as `"200GB"`, `"500MB"`);
-    chunks already read are deleted above it.
+    """Most bytes of chunks one remote's subfolder of `dataset.local_cache` keeps (size string such as `"200GB"`,
+    `"500MB"`); above it, chunks already read are deleted and fetched again when next needed. Default `"50GB"`.
     """
 
     @property

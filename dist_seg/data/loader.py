@@ -40,6 +40,7 @@ from ..errors import ConfigError, DataError
 from .cache_loader import CacheLoader
 from .dataset import CachedDataset, collate_samples
 from .device_cache import DeviceCacheLoader
+from .shards import StreamedDataset
 
 # What the trainer, evaluation and benchmarks iterate: both yield Batch records and have .sampler.
 Loader = DataLoader | CacheLoader | DeviceCacheLoader
@@ -234,4 +235,5 @@ def describe_loader(loader: Loader) -> str:
         return loader.describe()
     workers = (f"{loader.num_workers} worker process{'' if loader.num_workers == 1 else 'es'}"
                if loader.num_workers else "the main process")
-    return f"files decoded by {workers}" + (" into pinned memory" if loader.pin_memory else "")
+    source = "shards streamed" if isinstance(loader.dataset, StreamedDataset) else "files decoded"
+    return f"{source} by {workers}" + (" into pinned memory" if loader.pin_memory else "")

@@ -6,15 +6,18 @@ plus ``dist_seg_shards.json``: per sequence its frames' paths and range in the s
 cache fingerprint (file list, sizes, mtimes, classes, palette, resolution), so a run refuses
 shards written with other settings. Upload ``OUT`` as it is to an object store.
 
-With ``dataset.remote`` set, the training split is read through LitData's
-``StreamingDataset`` (chunks downloaded on first use into ``dataset.local_cache``, at most
-``dataset.local_cache_limit`` kept). It is random access by index, so the trainer's own
+With ``dataset.remote`` set, the training split is read through LitData's chunk cache
+(``litdata.streaming.cache.Cache``): a chunk is downloaded whole on first use into a folder of
+``dataset.local_cache`` named by the remote and its manifest, kept there for later epochs and
+runs, and chunks already read are deleted once the folder holds more than
+``dataset.local_cache_limit``. It is random access by index, so the trainer's own
 :class:`~dist_seg.data.loader.TrainingSampler` keeps its order, drop-last and exact resume
 (the position, a count of samples, lives in the checkpoint), and augmentation stays on the device.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -56,9 +59,9 @@ def write_shards(caches: Sequence[SequenceCache], out: Path, chunk_bytes: int = 
     a border), and reading a sequence touches few chunks. The manifest is written last:
     a folder without it is an interrupted write.
     """
+    _litdata()
     from litdata.streaming.writer import BinaryWriter
 
-    _litdata()
     if any(cache.images_file is None for cache in caches):
         raise ConfigError("prepare --shards writes cached images: set dataset.cache_images: true")
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,7 @@ def write_shards(caches: Sequence[SequenceCache], out: Path, chunk_bytes: int = 
     writer.done()
     writer.merge()
     manifest = {"format": "dist_seg-shards", "version": FORMAT_VERSION, "engine": "litdata",
-                "size": list(caches[0].size), "frames": index, "sequences": sequences}
+                "size": list(caches[0].size), "frames": index, "chunk_bytes": chunk_bytes, "sequences": sequences}
     write_json(out / MANIFEST, manifest)
     return manifest
 
@@ -87,44 +90,58 @@ def engine_input_dir(remote: str) -> str:
     return remote if "://" in remote else f"local:{Path(remote).resolve()}"
 
 
-def read_manifest(remote: str, local_cache: Path) -> dict[str, Any]:
-    """``dist_seg_shards.json`` of ``remote`` (fetched through the engine's downloader); DataError if absent."""
+def _engine_downloads() -> Any:
+    """LitData's ``get_downloader``, with ``s3://`` objects fetched through boto3 (see :mod:`.s3_download`)."""
+    _litdata()
     from litdata.streaming.downloader import get_downloader
 
-    _litdata()
+    from .s3_download import use_boto3_for_s3
+
+    use_boto3_for_s3()
+    return get_downloader
+
+
+def read_manifest(remote: str, local_cache: Path) -> dict[str, Any]:
+    """``dist_seg_shards.json`` of ``remote`` (fetched through the engine's downloader); DataError if absent."""
+    get_downloader = _engine_downloads()
     local_cache.mkdir(parents=True, exist_ok=True)
     source = engine_input_dir(remote)
     with tempfile.TemporaryDirectory(dir=local_cache) as tmp:
         target = os.path.join(tmp, MANIFEST)
         try:
-            if source.startswith("s3://"):
-                # boto3, as LitData fetches its own index: its obstore path rejects plain-http endpoints here.
-                import boto3
-
-                bucket, _, prefix = source.removeprefix("s3://").partition("/")
-                boto3.client("s3").download_file(bucket, f"{prefix.rstrip('/')}/{MANIFEST}".lstrip("/"), target)
-            else:
-                get_downloader(source, tmp, []).download_file(f"{source.rstrip('/')}/{MANIFEST}", target)
+            get_downloader(source, tmp, []).download_file(f"{source.rstrip('/')}/{MANIFEST}", target)
             return json.loads(Path(target).read_text())
         except (OSError, ValueError) as exc:
             raise DataError(f"dataset.remote {remote}: cannot read {MANIFEST} ({exc}); write the shards with "
                             "python -m dist_seg.prepare CONFIG --shards OUT and upload OUT there") from exc
-        except Exception as exc:  # botocore / obstore errors: no common base class to name
+        except Exception as exc:  # botocore errors: no common base class to name
             raise DataError(f"dataset.remote {remote}: cannot read {MANIFEST} ({type(exc).__name__}: {exc}); "
                             "check the address, the credentials and the endpoint (AWS_ENDPOINT_URL)") from exc
 
 
-class StreamedDataset(Dataset):
-    """The frames of some sequences, read by index through LitData's ``StreamingDataset``.
+def chunk_folder(remote: str, local_cache: Path, manifest: dict[str, Any]) -> Path:
+    """The folder of ``local_cache`` holding ``remote``'s chunks: named by the address and the manifest.
 
-    The engine's dataset is opened lazily in whichever process reads first (a DataLoader
-    worker, or the main process), and dropped when pickled.
+    Shards written again with other data or settings get another manifest and so another folder,
+    so a chunk cached from an older write is never read as part of a newer one.
+    """
+    key = hashlib.sha256(json.dumps([remote, manifest], sort_keys=True).encode()).hexdigest()[:16]
+    return local_cache / key
+
+
+class StreamedDataset(Dataset):
+    """The frames of some sequences, read by index through LitData's chunk cache.
+
+    The engine is opened lazily in whichever process reads first (a DataLoader worker, or the
+    main process), and dropped when pickled. Its chunks live in ``chunk_dir``; LitData fetches
+    a missing one whole (its ``index.json`` too, once) and deletes chunks already read while
+    the folder holds more than ``cache_limit``.
     """
 
-    def __init__(self, remote: str, local_cache: Path, cache_limit: str, manifest: dict[str, Any],
+    def __init__(self, remote: str, chunk_dir: Path, cache_limit: str, manifest: dict[str, Any],
                  sequences: Sequence[str]) -> None:
         by_name = {s["name"]: s for s in manifest["sequences"]}
-        self.remote, self.local_cache, self.cache_limit = remote, Path(local_cache), cache_limit
+        self.remote, self.chunk_dir, self.cache_limit = remote, Path(chunk_dir), cache_limit
         self.size = tuple(manifest["size"])
         self.indices = np.concatenate([np.arange(by_name[n]["start"], by_name[n]["start"] + by_name[n]["frames"])
                                        for n in sequences])
@@ -138,11 +155,24 @@ class StreamedDataset(Dataset):
 
     def _open(self) -> Any:
         if self._engine is None:
-            # Index access reads byte ranges and keeps no chunk in dataset.local_cache (LitData 0.2.76's
-            # default); whole-chunk caching would go through its obstore client, which refuses plain-http
-            # S3-compatible endpoints. See docs/streaming.md.
-            self._engine = _litdata().StreamingDataset(engine_input_dir(self.remote), cache_dir=str(self.local_cache),
-                                                       max_cache_size=self.cache_limit)
+            _engine_downloads()
+            from litdata.streaming.cache import Cache
+            from litdata.streaming.item_loader import PyTreeLoader
+            from litdata.streaming.resolver import Dir
+
+            self.chunk_dir.mkdir(parents=True, exist_ok=True)
+            items = PyTreeLoader()
+            # LitData's StreamingDataset reads an index by byte ranges and caches nothing (0.2.76);
+            # its Cache downloads whole chunks. chunk_bytes only configures the unused writer half.
+            engine = Cache(Dir(path=str(self.chunk_dir), url=engine_input_dir(self.remote)), chunk_bytes=1,
+                           max_cache_size=self.cache_limit, item_loader=items)
+            # Unmapped, LitData 0.2.76 reads the whole chunk file for every item (looking for a framed
+            # header): 64 MiB per 1 MiB frame, ~170x slower here. LitData maps only chunks no other
+            # reader shares, for fear of one deleted or replaced while mapped; that is safe on POSIX:
+            # every downloader publishes a chunk by renaming a complete file, and a mapped file that is
+            # deleted stays readable until unmapped.
+            items.set_mmap_allowed_chunks(set(range(len(engine.get_chunk_intervals()))))
+            self._engine = engine
         return self._engine
 
     def __len__(self) -> int:
@@ -150,7 +180,7 @@ class StreamedDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         item = self._open()[int(self.indices[index])]
-        # Copies: the engine's arrays may be read-only views of its chunk buffer.
+        # Copies: the engine's arrays are read-only views of a memory-mapped chunk that it may delete.
         return Sample(torch.from_numpy(np.array(item["image"])), torch.from_numpy(np.array(item["mask"])),
                       self.paths[index])
 
@@ -166,4 +196,5 @@ def open_streamed(remote: str, local_cache: Path, cache_limit: str, sequences: S
         raise DataError(f"dataset.remote {remote}: the shards lack, or hold other data or settings for, "
                         f"{', '.join(stale)}; write them again with python -m dist_seg.prepare CONFIG --shards OUT "
                         "and upload OUT")
-    return StreamedDataset(remote, local_cache, cache_limit, manifest, [c.name for c in sequences])
+    return StreamedDataset(remote, chunk_folder(remote, local_cache, manifest), cache_limit, manifest,
+                           [c.name for c in sequences])

@@ -24,7 +24,8 @@ RECORD_FIELDS = {"suite", "variant", "metric", "unit", "images_per_s", "median",
 # Derived values each suite must report on at least one of its records.
 DERIVED = {
     "loader": {"per_core_samples_per_s", "vs_decode_same_workers", "vs_plain_copy_floor", "at_least_20x_decode",
-               "within_2x_of_floor", "vs_host_cache_best"},
+               "within_2x_of_floor", "vs_host_cache_best", "data_wait_frac", "vs_full_cache_same_workers",
+               "store_requests"},
     "step": {"speedup_vs_eager_fp32", "forward_ms", "backward_ms", "optimizer_ms", "gflop_per_image",
              "fraction_of_matmul_peak"},
     "e2e": {"data_wait_frac_median", "speedup_vs_cache_off", "speedup_vs_1_thread"},
@@ -35,7 +36,7 @@ DERIVED = {
 }
 VARIANTS = {
     "loader": {"decode, 0 workers", "mask cache, 1 worker", "full cache, 1 worker", "full cache on device",
-               "floor: plain copy", "floor: fresh shared copy"},
+               "floor: plain copy", "floor: fresh shared copy", "streaming cold, 1 worker", "streaming warm, 0 workers"},
     "e2e": {"cache on", "cache off", "cache on, 1 thread"},
     "ddp": {"1 rank", "2 ranks"},
     "vram": {"sampler off", "sampler on"},
