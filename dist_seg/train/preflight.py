@@ -177,15 +177,22 @@ def check_model(model: torch.nn.Module, cfg: Config, runtime: Runtime, device: t
     check_trainable(model, name)
 
 
+# Where a node keeps its own local files: nodes may name different folders (local disks) and
+# still train the same thing, so these are not compared across ranks.
+NODE_LOCAL_KEYS = frozenset({"dataset.cache_dir", "dataset.local_cache"})
+
+
 def check_same_config(cfg: Config, ctx: DistContext) -> None:
     """Every rank runs the config rank 0 runs; otherwise ConfigError (on every rank) naming the keys that differ.
 
     Ranks with another learning rate, split or model would train something no single config
-    describes (and DDP would average gradients of different losses) without any error.
+    describes (and DDP would average gradients of different losses) without any error. The
+    node-local folders in :data:`NODE_LOCAL_KEYS` may differ between nodes.
     """
     if not ctx.is_distributed:
         return
-    flat = [flatten(c) for c in ctx.gather_objects(config_to_dict(cfg))]
+    flat = [{k: v for k, v in flatten(c).items() if k not in NODE_LOCAL_KEYS}
+            for c in ctx.gather_objects(config_to_dict(cfg))]
     differing = sorted({k for rank in flat[1:] for k in rank.keys() | flat[0].keys() if rank.get(k) != flat[0].get(k)})
     if not differing:
         return
