@@ -258,6 +258,7 @@ def _throughput(output_dir: Path) -> dict[str, Any]:
 
 _SAMPLE = re.compile(r"VRAM: (?P<alloc>\S+) MB \(alloc\), (?P<reserved>\S+) MB \(reserved\), (?P<free>\S+) MB free "
                      r"/ (?P<total>\S+) MB total(?:.*?process (?P<process>\S+) MB, non-torch (?P<non_torch>\S+) MB)?")
+_HOST_SAMPLE = re.compile(r" host RSS: \S+ MB \| rank \d+, step")
 _ORIGINS = ("own PID visible", "own PID not visible: device-level", "source none")
 
 
@@ -269,7 +270,8 @@ def telemetry(ctx: PartContext) -> None:
     output_dir = Path(run)
     log = output_dir / "memory_diagnostics.log"
     lines = log.read_text().splitlines()
-    samples = [line for line in lines if _SAMPLE.search(line) and " PEAKS " not in line]
+    # A GPU rank writes VRAM lines; a CPU rank (the --cpu-smoke run) its host RSS, once a minute.
+    samples = [line for line in lines if (_SAMPLE.search(line) or _HOST_SAMPLE.search(line)) and " PEAKS " not in line]
     peaks = [line for line in lines if " PEAKS " in line]
     origins = sorted({origin for line in lines for origin in _ORIGINS if origin in line})
     ctx.set(log=str(log), samples=len(samples), origin=origins or "no origin named",
