@@ -145,7 +145,7 @@ def test_missing_extra_is_one_line_naming_the_install_command(zoo_data, tmp_path
     config = tmp_path / "smp.yaml"
     config.write_text(yaml.safe_dump(zoo_raw(zoo_data, tmp_path / "run", "Unet", "resnet18")))
     code = ("import sys; sys.modules['segmentation_models_pytorch'] = None\n"
-            "from dist_seg.train import main; sys.exit(main(sys.argv[1:]))")
+            "from dist_seg.train.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run([PYTHON, "-c", code, str(config)], cwd=REPO_ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 1, proc.stderr
