@@ -82,3 +82,32 @@ def test_a_hard_limit_too_low_is_named_with_the_fix(config, tmp_path):
     proc = _run(["-m", "dist_seg.prepare", str(path)], _limited(LOW, LOW))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"the open-file limit is {LOW} (hard limit {LOW}); raise it (ulimit -n" in proc.stderr
+
+
+ADDRESS_SPACE_SCRIPT = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+from dist_seg.data.cache import _map
+from dist_seg.errors import DataError
+
+path = Path(sys.argv[1])
+np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(256, 2**20)).flush()  # sparse: no disk used
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + 32 * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    _map(path)
+except DataError as exc:
+    print(exc)
+    sys.exit(3)
+sys.exit(0)
+"""
+
+
+def test_a_mapping_refused_by_the_address_space_limit_names_the_size_and_the_limit(tmp_path):
+    """``ulimit -v`` below what a cache array needs: one line with the array's size and the limit, no ENOMEM traceback."""
+    done = subprocess.run([PYTHON, "-c", ADDRESS_SPACE_SCRIPT, str(tmp_path / "images.npy")], cwd=REPO_ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "(256.0 MiB) into memory: the address-space limit (ulimit -v) is" in done.stdout
+    assert "raise the limit (ulimit -v unlimited) or lower the cache size" in done.stdout
