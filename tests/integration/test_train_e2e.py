@@ -223,7 +223,7 @@ def test_cpu_threads_auto_counts_only_decoding_worker_processes(synth_root, tmp_
                                                                 use_cache, processes):
     # A full cache is served by gather threads (a memory copy): they must not take torch's cores.
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads_module, "load_average", lambda: 0.0)  # an idle host, whatever this one's load
+    monkeypatch.setattr(threads_module, "busy_elsewhere", lambda: 0.0)  # an idle host, whatever this one runs
     before = torch.get_num_threads()
     try:
         run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1, training__max_steps=1,
