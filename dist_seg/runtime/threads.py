@@ -41,7 +41,7 @@ class ThreadChoice:
         return f"{self.threads} ({self.reason})"
 
 
-def busy_elsewhere(samples: int = 10, interval_s: float = 0.03) -> float | None:
+def busy_elsewhere(samples: int = 5, interval_s: float = 0.02) -> float | None:
     """Threads other processes run right now on the host: the median of a few reads of the running count.
 
     Linux's ``/proc/loadavg`` gives the running threads at this instant (its fourth field, "R/T"),
