@@ -67,14 +67,13 @@ from benchmarks.reference_pipeline import (  # noqa: E402
     PROCESS_START,
     STD,
     Palette,
-    elapsed,
     encode_mask,
     gather_samples,
     load_palette,
     mean_iou,
+    record_epoch,
     seed_worker,
 )
-from dist_seg import atomic  # noqa: E402
 
 IGNORE = 255
 
@@ -352,17 +351,11 @@ def train(settings: Settings, out: Path, log=print) -> dict:
                 group["lr"] = group["base_lr"] * factor
             loss_sum += loss.item()
         miou, pixel_acc = validate(model, val_loader, palette, device, autocast)
-        record = {"epoch": epoch, "wall_s": round(elapsed(), 3), "timestamp": time.time(),
-                  "epoch_time_s": round(time.perf_counter() - start, 3),
-                  "train_loss": loss_sum / len(train_loader), "lr": optimizer.param_groups[0]["lr"],
-                  "val_mIoU": miou, "val_pixel_acc": pixel_acc}
-        if not math.isfinite(record["train_loss"]):
-            raise FloatingPointError(f"{recipe.name}: training loss is {record['train_loss']} in epoch {epoch}")
-        curve["epochs"].append(record)
-        curve["final_mIoU"] = miou
-        atomic.write_json(out, curve)
-        log(f"{recipe.name} epoch {epoch}/{settings.epochs}: loss {record['train_loss']:.4f} "
-            f"val mIoU {miou:.4f} pixel acc {pixel_acc:.4f} at {record['wall_s']:.1f} s")
+        train_loss = loss_sum / len(train_loader)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"{recipe.name}: training loss is {train_loss} in epoch {epoch}")
+        record_epoch(curve, out, recipe.name, epoch, settings.epochs, start, train_loss, miou, pixel_acc, log,
+                     lr=optimizer.param_groups[0]["lr"])
     return curve
 
 

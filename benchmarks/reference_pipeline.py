@@ -254,15 +254,26 @@ def train(settings: Settings, out: Path, log=print) -> dict:
             loss_sum += loss.item()
             batches += 1
         miou, pixel_acc = validate(model, val_loader, palette, device)
-        record = {"epoch": epoch, "wall_s": round(elapsed(), 3), "timestamp": time.time(),
-                  "epoch_time_s": round(time.perf_counter() - start, 3), "train_loss": loss_sum / max(batches, 1),
-                  "val_mIoU": miou, "val_pixel_acc": pixel_acc}
-        curve["epochs"].append(record)
-        curve["final_mIoU"] = miou
-        atomic.write_json(out, curve)
-        log(f"reference epoch {epoch}/{settings.epochs}: loss {record['train_loss']:.4f} "
-            f"val mIoU {miou:.4f} pixel acc {pixel_acc:.4f} at {record['wall_s']:.1f} s")
+        record_epoch(curve, out, "reference", epoch, settings.epochs, start, loss_sum / max(batches, 1), miou,
+                     pixel_acc, log)
     return curve
+
+
+def record_epoch(curve: dict, out: Path, name: str, epoch: int, epochs: int, start: float, train_loss: float,
+                 miou: float, pixel_acc: float, log, **extra) -> dict:
+    """Append one epoch's record to ``curve``, rewrite ``out`` atomically and log it; returns the record.
+
+    ``start`` is the epoch's ``time.perf_counter()``; ``extra`` (e.g. the LR) goes into the record.
+    """
+    record = {"epoch": epoch, "wall_s": round(elapsed(), 3), "timestamp": time.time(),
+              "epoch_time_s": round(time.perf_counter() - start, 3), "train_loss": train_loss, **extra,
+              "val_mIoU": miou, "val_pixel_acc": pixel_acc}
+    curve["epochs"].append(record)
+    curve["final_mIoU"] = miou
+    atomic.write_json(out, curve)
+    log(f"{name} epoch {epoch}/{epochs}: loss {train_loss:.4f} val mIoU {miou:.4f} pixel acc {pixel_acc:.4f} "
+        f"at {record['wall_s']:.1f} s")
+    return record
 
 
 def parse_args(argv: list[str] | None) -> tuple[Settings, Path]:
