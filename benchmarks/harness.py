@@ -41,14 +41,17 @@ class StepVariant:
 class StepHarness:
     """Model, optimizer and one synthetic batch on ``device``, stepped by the trainer's :class:`TrainStep`."""
 
-    def __init__(self, spec: ModelSpec, variant: StepVariant, device: torch.device, seed: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, variant: StepVariant, device: torch.device, seed: int = 0,
+                 model_cfg: ModelConfig | None = None) -> None:
+        """``model_cfg`` builds another network (a zoo pair) at ``spec``'s size and batch; default DeepLabV3+."""
         self.spec, self.variant, self.device = spec, variant, device
         # The trainer's process-wide switches for this device (on a GPU: cuDNN benchmark, TF32 for fp32 math).
         resolve_runtime(BackendConfig(), device, log=lambda _message: None)
         num_classes = len(DAVID_CLASSES)
         torch.manual_seed(seed)
         layout = torch.channels_last if variant.channels_last else torch.contiguous_format
-        model = build_model(ModelConfig(backbone=spec.backbone), num_classes).to(device, memory_format=layout)
+        model = build_model(model_cfg or ModelConfig(backbone=spec.backbone), num_classes)
+        model = model.to(device, memory_format=layout)
         model.train()
         self.eager_model = model
         amp = variant.amp_dtype

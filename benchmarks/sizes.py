@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dist_seg.config import ModelConfig
+
 # DAVID frames are 800x600 (H x W = 600 x 800).
 FRAME_SIZE = (600, 800)
 
@@ -58,6 +60,32 @@ class Sizes:
         if device.type == "cuda":
             return ModelSpec("resnet50", (512, 512), 16)
         return ModelSpec("resnet18", (128, 128), 4)
+
+
+#: The model zoo table's pairs (benchmarks/zoo.py, the GPU check's zoo part): (model.type, model.arch,
+#: model.backbone or model.encoder), from the smallest native model to SMP encoders from timm.
+ZOO_PAIRS: tuple[tuple[str, str | None, str], ...] = (
+    ("lraspp", None, "mobilenet_v3_large"),
+    ("deeplabv3plus", None, "resnet18"),
+    ("smp", "Unet", "resnet34"),
+    ("smp", "FPN", "efficientnet-b0"),
+    ("smp", "FPN", "tu-convnext_tiny"),
+    ("smp", "Segformer", "mit_b0"),
+)
+
+Pair = tuple[str, str | None, str]
+
+
+def pair_name(pair: Pair) -> str:
+    """A folder name for a zoo pair: ``smp-FPN-tu-convnext_tiny``."""
+    return "-".join(p for p in pair if p)
+
+
+def model_config(pair: Pair) -> ModelConfig:
+    """The ``model:`` section that builds a zoo pair."""
+    model_type, arch, name = pair
+    return ModelConfig(type="smp", arch=arch, encoder=name) if model_type == "smp" else \
+        ModelConfig(type=model_type, backbone=name)
 
 
 #: What each preset promises, printed when a run starts (run times depend on the machine and its load).

@@ -43,23 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import cpu_model  # noqa: E402
 from benchmarks.reference_pipeline import DEFAULT_DATA_ROOT  # noqa: E402
+from benchmarks.sizes import ZOO_PAIRS, model_config, pair_name  # noqa: E402
 from benchmarks.suites import time_to_accuracy as tta  # noqa: E402
 from dist_seg import atomic  # noqa: E402
-from dist_seg.config import ModelConfig  # noqa: E402
 from dist_seg.errors import ConfigError  # noqa: E402
 from dist_seg.export import main as export_main  # noqa: E402
 from dist_seg.models import build_model, describe_model  # noqa: E402
 from dist_seg.train.summary import forward_flops, parameter_count  # noqa: E402
 
-# (model.type, model.arch, model.backbone / model.encoder)
-DEFAULT_PAIRS = (
-    ("lraspp", None, "mobilenet_v3_large"),
-    ("deeplabv3plus", None, "resnet18"),
-    ("smp", "Unet", "resnet34"),
-    ("smp", "FPN", "efficientnet-b0"),
-    ("smp", "FPN", "tu-convnext_tiny"),
-    ("smp", "Segformer", "mit_b0"),
-)
 EXPORT_FRAMES_PER_SEQUENCE = 4
 
 
@@ -70,17 +61,6 @@ def parse_pair(text: str) -> tuple[str, str | None, str]:
     if len(parts) == 3 and parts[0] == "smp":
         return parts[0], parts[1], parts[2]
     raise argparse.ArgumentTypeError(f"expected type:backbone or smp:arch:encoder, got {text!r}")
-
-
-def pair_name(pair: tuple[str, str | None, str]) -> str:
-    """A folder name for a pair: ``smp-FPN-tu-convnext_tiny``."""
-    return "-".join(p for p in pair if p)
-
-
-def model_config(pair: tuple[str, str | None, str]) -> ModelConfig:
-    model_type, arch, name = pair
-    return ModelConfig(type="smp", arch=arch, encoder=name) if model_type == "smp" else \
-        ModelConfig(type=model_type, backbone=name)
 
 
 def measure(pair: tuple[str, str | None, str], size: tuple[int, int], classes: int) -> dict:
@@ -213,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="512x512", help="input HxW (default 512x512)")
     parser.add_argument("--classes", type=int, help="output classes (default: the data's with --train / --export, "
                         "else 13, DAVID)")
-    parser.add_argument("--pairs", nargs="+", type=parse_pair, default=list(DEFAULT_PAIRS),
+    parser.add_argument("--pairs", nargs="+", type=parse_pair, default=list(ZOO_PAIRS),
                         metavar="PAIR", help="type:backbone or smp:arch:encoder (default: six pairs)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     mode = parser.add_mutually_exclusive_group()

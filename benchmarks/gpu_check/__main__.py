@@ -1,16 +1,19 @@
 """One prepared GPU check: ``python -m benchmarks.gpu_check [--out DIR] [--budget-s 480] [--cpu-smoke] [--parts a,b]``.
 
 Runs, in order and each time-boxed, everything only a GPU can show: the environment and the
-card's measured peaks (env), demo training with float16 + GradScaler, resume, and bf16 +
-channels-last + compile (demo), the step suite on the production model (step), real
-training through the full cache with pinned gather threads (e2e), the VRAM sampler on the
-real driver (telemetry), torchrun with NCCL and SyncBatchNorm (torchrun), predict and
-evaluate (predict). A failing part is reported and the next one runs.
+card's measured peaks (env), demo training with bf16 + channels-last + compile, then float16 +
+GradScaler and a resume (demo), the step suite on the production model with a sync-free
+proof and MFU (step), real training through the full cache with pinned gather threads and
+with the on-device cache (e2e), the VRAM sampler on the real driver (telemetry), torchrun
+with NCCL, SyncBatchNorm and compile, and whether two ranks may share the GPU (torchrun),
+predict and evaluate (predict). A failing part is reported and the next one runs. The plan
+(each part's work and expected seconds, :mod:`.plan`) is printed before anything runs.
 
 ``gpu_check.json`` and ``gpu_check.md`` are rewritten in the output folder (``$OUT`` when
 set, else benchmarks/out/gpu_check) after every part, so a check killed halfway still leaves
 its report; ``gpu_check.log`` there holds every progress line. ``--cpu-smoke`` runs the same
-parts on a CPU at tiny sizes (seconds each): CUDA-only items read "skipped: no CUDA".
+parts on a CPU at tiny sizes (seconds each): CUDA-only items read "skipped: no CUDA"; it also
+prints the GPU check's plan and exits 1 when that plan does not fit the default budget.
 Needs only PyTorch (with torchvision) and the project on PYTHONPATH; optional packages
 (tensorboard, pynvml) are used when importable and reported when missing.
 """
@@ -38,6 +41,7 @@ from .parts import (
     execute,
     write_state,
 )
+from .plan import make_plan
 from .proc import REPO_ROOT, run_command
 from .report import PartReport, Report
 
@@ -119,10 +123,20 @@ class Check:
         self.log(f"{self.report.mode} check, budget {self.args.budget_s:.0f} s, report in {self.out}, work in "
                  f"{self.work}" + (f"; missing packages: {', '.join(missing)}" if missing else ""))
         selected = [spec for spec in PARTS if spec.name in self.args.selected]
-        # The plan up front: each part's share of the whole budget (a part that ends early passes its rest on).
-        shares = sum(spec.share for spec in selected)
-        self.log("plan: " + ", ".join(f"{spec.name} <= {self.args.budget_s * spec.share / shares:.0f} s"
-                                      for spec in selected) + f" (budget {self.args.budget_s:.0f} s)")
+        # The plan up front: each part's work, its expected seconds and its share of the budget
+        # (a part that ends early passes its rest on to the parts after it).
+        plan = make_plan(self.sizes, self.args.budget_s, self.args.selected)
+        self.report.plan = plan.to_json()
+        for line in plan.lines():
+            self.log(line)
+        for part_plan in plan.parts:
+            self.report.part(part_plan.name).planned_s = round(part_plan.required_s, 1)
+        if self.args.cpu_smoke:
+            # What a lent GPU will run must fit its budget; this is the one place that can say so before it is lent.
+            gpu_plan = make_plan(GPU_SIZES, DEFAULT_BUDGET_S)
+            self.report.gpu_plan = gpu_plan.to_json()
+            for line in gpu_plan.lines():
+                self.log(f"GPU {line}")
         for spec in PARTS:
             if spec.name not in self.args.selected:
                 part = self.report.part(spec.name)
@@ -151,6 +165,8 @@ class Check:
         self.report.finished = True
         self.save()
         failed = [p.name for p in self.report.parts if p.status == "failed"]
+        if self.report.gpu_plan is not None and not self.report.gpu_plan["fits"]:
+            failed.append("the GPU plan (does not fit its budget)")
         self.log(f"done in {time.time() - self.start:.0f} s: " + (f"FAILED {', '.join(failed)}" if failed else
                                                                  "no part failed") + f"; report {self.out}")
         return 1 if failed else 0

@@ -25,6 +25,7 @@ from dist_seg.runtime.device import tf32_enabled
 
 from ..common import cpu_model, synchronize, usable_cores
 from ..harness import StepHarness, StepVariant, matmul_peak_tflops
+from ..sizes import model_config, pair_name
 from .parts import NO_CUDA, PartContext
 
 COPY_ITERATIONS = 20
@@ -225,6 +226,8 @@ def _measure(ctx: PartContext, variant: StepVariant, device: torch.device, peak_
     harness = StepHarness(spec, variant, device)
     if flops_per_image is None:
         flops_per_image = harness.flops_per_image()
+        if on_gpu:  # the count runs an fp32 forward and backward outside the variant's settings
+            torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     harness.run(1)
     first_step_s = time.perf_counter() - start
@@ -261,3 +264,54 @@ def _measure(ctx: PartContext, variant: StepVariant, device: torch.device, peak_
     del harness
     gc.collect()
     return measured, flops_per_image
+
+
+ZOO_VARIANT = StepVariant("bf16 channels_last", channels_last=True, amp_dtype=torch.bfloat16)
+
+
+def zoo(ctx: PartContext) -> None:
+    """The zoo table's GPU columns: each pair's training images/s, TFLOP/s, MFU and peak memory (bf16, eager)."""
+    sizes = ctx.sizes
+    device = torch.device("cuda", 0) if ctx.on_gpu else torch.device("cpu")
+    peak = ctx.shared.get("matmul_peak_tflops")
+    if peak is None:
+        peak = statistics.median(matmul_peak_tflops(device, torch.bfloat16, sizes.matmul_n, sizes.matmul_repeats))
+    spec = sizes.zoo_model
+    ctx.set(size=f"{spec.image_size[0]}x{spec.image_size[1]}", batch=spec.batch_size, settings=ZOO_VARIANT.settings(),
+            steps=f"{sizes.step_warmup} warm-up + {sizes.zoo_steps} timed", matmul_peak_tflops=significant(peak))
+    rows: dict[str, object] = {}
+    for pair in sizes.zoo_pairs:
+        name = pair_name(pair)
+        if ctx.remaining() < 5.0:
+            rows[name] = f"skipped: {ctx.remaining():.0f} s left in the part's budget"
+            continue
+        try:
+            rows[name] = _zoo_row(ctx, model_config(pair), device, peak)
+        except Exception as exc:  # a pair the installed libraries cannot build (the zoo extra missing) is reported
+            rows[name] = f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ctx.set(pairs=rows)
+        gc.collect()
+        if ctx.on_gpu:
+            torch.cuda.empty_cache()
+    done = {k: v for k, v in rows.items() if isinstance(v, dict)}
+    ctx.summary = ", ".join(f"{k} {v['images_per_s']:.4g} img/s ({v['fraction_of_matmul_peak']:.0%})"
+                            for k, v in done.items()) + (f"; {len(rows) - len(done)} skipped" if len(done) < len(rows)
+                                                         else "")
+
+
+def _zoo_row(ctx: PartContext, model_cfg, device: torch.device, peak_tflops: float) -> dict:
+    sizes, spec = ctx.sizes, ctx.sizes.zoo_model
+    harness = StepHarness(spec, ZOO_VARIANT, device, model_cfg=model_cfg)
+    params = sum(p.numel() for p in harness.eager_model.parameters())
+    flops = harness.flops_per_image()
+    if device.type == "cuda":  # after the count, which runs in fp32 outside the variant's settings
+        torch.cuda.reset_peak_memory_stats(device)
+    harness.run(sizes.step_warmup)
+    seconds = harness.run(sizes.zoo_steps)
+    images_per_s = sizes.zoo_steps * spec.batch_size / seconds
+    achieved = flops * images_per_s / 1e12
+    return {"params_m": round(params / 1e6, 2), "train_gflop_per_image": significant(flops / 1e9),
+            "images_per_s": significant(images_per_s), "achieved_tflop_s": significant(achieved),
+            "fraction_of_matmul_peak": significant(achieved / peak_tflops),
+            "peak_memory_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)
+            if device.type == "cuda" else NO_CUDA}

@@ -25,7 +25,7 @@ from typing import Any
 
 from dist_seg import atomic
 
-from ..sizes import ModelSpec
+from ..sizes import ZOO_PAIRS, ModelSpec
 from .proc import CommandResult, child_env, run_command
 
 NO_CUDA = "skipped: no CUDA"
@@ -47,14 +47,15 @@ class PartSpec:
 
 
 PARTS: tuple[PartSpec, ...] = (
-    PartSpec("env", "Environment, matmul peak, copy bandwidth", 0.05, "measure:env", isolated=True),
-    PartSpec("demo", "Demo training: float16 + GradScaler, resume, bf16 + channels-last + compile", 0.33,
+    PartSpec("env", "Environment, matmul peak, copy bandwidth", 0.025, "measure:env", isolated=True),
+    PartSpec("demo", "Demo training: bf16 + channels-last + compile, float16 + GradScaler, resume", 0.29,
              "runs:demo"),
-    PartSpec("step", "Step suite on the production model", 0.27, "measure:step", isolated=True),
-    PartSpec("e2e", "End to end: full cache, pinned gather threads", 0.15, "runs:e2e"),
-    PartSpec("telemetry", "VRAM sampler on the real driver", 0.01, "runs:telemetry"),
-    PartSpec("torchrun", "torchrun with NCCL, SyncBatchNorm", 0.10, "runs:torchrun"),
-    PartSpec("predict", "Predict and evaluate", 0.09, "runs:predict"),
+    PartSpec("step", "Step suite on the production model", 0.25, "measure:step", isolated=True),
+    PartSpec("e2e", "End to end: full cache, pinned gather threads vs on-device cache", 0.19, "runs:e2e"),
+    PartSpec("telemetry", "VRAM sampler on the real driver", 0.012, "runs:telemetry"),
+    PartSpec("torchrun", "torchrun with NCCL, SyncBatchNorm + compile, two ranks on one GPU", 0.093, "runs:torchrun"),
+    PartSpec("predict", "Predict and evaluate", 0.065, "runs:predict"),
+    PartSpec("zoo", "Model zoo pairs: train img/s, MFU, peak memory", 0.075, "measure:zoo", isolated=True),
 )
 
 
@@ -69,8 +70,9 @@ class CheckSizes:
     copy_mb: int
     demo_data: tuple[int, int, tuple[int, int]]  # sequences, frames, (H, W)
     demo_overrides: tuple[str, ...]  # --set items on top of configs/demo.yaml
+    demo_batch: int
     demo_epochs: int  # float16 run; the resume trains one more
-    demo_fast_epochs: int  # bf16 + channels-last (+ compile) run
+    demo_fast_epochs: int  # bf16 + channels-last (+ compile) run, the first of the part
     demo_compile: bool
     step_model: ModelSpec
     step_warmup: int
@@ -78,44 +80,55 @@ class CheckSizes:
     step_repeats: int
     step_compile: bool
     compile_estimate_s: float  # a compiled step variant's warm-up, before one was measured
-    e2e_data: tuple[int, int, tuple[int, int]]
+    e2e_data: tuple[int, int, tuple[int, int]]  # enough frames that every run ends inside its first epoch
     e2e_model: ModelSpec
     e2e_amp_dtype: str | None  # None: float32 (the smoke run; CPU bf16 is emulated and slow)
     e2e_workers: tuple[int, ...]
     e2e_log_interval: int
     e2e_windows: int  # timed windows after the dropped warm-up window
     dist_backend: str
-    # torchrun runs: label and extra --set items. The smoke run folds both into one (a process
-    # start costs more than the training on a CPU); on a GPU a SyncBN failure stays apart from NCCL's.
+    # torchrun runs: label and extra --set items (a process start under torchrun costs more than
+    # the training, so NCCL, DDP and SyncBatchNorm are checked in one run).
     torchrun_runs: tuple[tuple[str, tuple[str, ...]], ...]
+    torchrun_compile: bool  # ask for compile, so the report shows what SyncBatchNorm makes of it
     predict_batch: int
+    zoo_model: ModelSpec  # size and batch of the zoo pairs' steps (the backbone is each pair's own)
+    zoo_pairs: tuple[tuple[str, str | None, str], ...]  # (model.type, model.arch, backbone / encoder)
+    zoo_steps: int  # timed steps per pair, after step_warmup
 
 
 GPU_SIZES = CheckSizes(
     name="gpu", target="cuda", matmul_n=8192, matmul_repeats=5, copy_mb=1024,
-    demo_data=(8, 24, (120, 160)), demo_overrides=(), demo_epochs=12, demo_fast_epochs=3, demo_compile=True,
-    step_model=ModelSpec("resnet50", (512, 512), 16), step_warmup=3, step_steps=10, step_repeats=3,
+    demo_data=(8, 24, (120, 160)), demo_overrides=(), demo_batch=8, demo_epochs=3, demo_fast_epochs=2,
+    demo_compile=True,
+    step_model=ModelSpec("resnet50", (512, 512), 16), step_warmup=3, step_steps=8, step_repeats=3,
     step_compile=True, compile_estimate_s=90.0,
-    # Source frames at 256x256 (a quarter of the drawing time), cached and served at 512x512.
-    e2e_data=(4, 48, (256, 256)), e2e_model=ModelSpec("resnet50", (512, 512), 16), e2e_amp_dtype="bfloat16",
+    # Source frames at 128x128 (drawing 400 takes seconds), cached and served at 512x512: 25 batches
+    # of 16 per epoch, so the 24 steps of a run end inside the first epoch.
+    e2e_data=(4, 100, (128, 128)), e2e_model=ModelSpec("resnet50", (512, 512), 16), e2e_amp_dtype="bfloat16",
     e2e_workers=(1, 2, 4),
-    e2e_log_interval=6, e2e_windows=5, dist_backend="nccl",
-    torchrun_runs=(("plain", ()), ("sync_bn", ("backend.sync_bn=true",))), predict_batch=16,
+    e2e_log_interval=4, e2e_windows=5, dist_backend="nccl",
+    # One run: NCCL, DDP and SyncBatchNorm together (its log says which failed, if one does).
+    torchrun_runs=(("sync_bn", ("backend.sync_bn=true",)),), torchrun_compile=True, predict_batch=16,
+    # The zoo table's pairs (benchmarks/zoo.py) at the production size; SMP pairs need the zoo extra installed.
+    zoo_model=ModelSpec("per pair", (512, 512), 16), zoo_pairs=ZOO_PAIRS, zoo_steps=10,
 )
 # 32x32 images: this project's CPUs emulate bfloat16 (about 9x slower than float32), and the
 # smoke run trains in bf16 as the GPU check does.
 SMOKE_SIZES = CheckSizes(
     name="cpu-smoke", target="cpu", matmul_n=256, matmul_repeats=2, copy_mb=16,
     demo_data=(8, 3, (32, 32)),
-    demo_overrides=("training.image_size=[32, 32]", "training.batch_size=4", "training.val_batch_size=4",
-                    "training.num_workers=1", "training.log_interval=2"),
-    demo_epochs=2, demo_fast_epochs=2, demo_compile=False,
+    demo_overrides=("training.image_size=[32, 32]", "training.val_batch_size=4", "training.num_workers=1",
+                    "training.log_interval=2"),
+    demo_batch=4, demo_epochs=2, demo_fast_epochs=2, demo_compile=False,
     step_model=ModelSpec("resnet18", (32, 32), 2), step_warmup=1, step_steps=1, step_repeats=2,
     step_compile=False, compile_estimate_s=300.0,
     e2e_data=(2, 4, (32, 32)), e2e_model=ModelSpec("resnet18", (32, 32), 2), e2e_amp_dtype=None,
     e2e_workers=(1, 2),
     e2e_log_interval=1, e2e_windows=2, dist_backend="gloo",
-    torchrun_runs=(("sync_bn", ("backend.sync_bn=true",)),), predict_batch=4,
+    torchrun_runs=(("sync_bn", ("backend.sync_bn=true",)),), torchrun_compile=False, predict_batch=4,
+    zoo_model=ModelSpec("per pair", (64, 64), 2), zoo_pairs=(("deeplabv3plus", None, "resnet18"),
+                                                             ("smp", "Segformer", "mit_b0")), zoo_steps=1,
 )
 SIZES = {s.name: s for s in (GPU_SIZES, SMOKE_SIZES)}
 
@@ -172,13 +185,14 @@ class PartContext:
         self.on_change(self)
         return passed
 
-    def command(self, label: str, argv: list[str], env: dict[str, str] | None = None) -> CommandResult:
-        """Run a product command, time-boxed by the part's deadline; its output goes to ``work/<label>.log``."""
+    def command(self, label: str, argv: list[str], env: dict[str, str] | None = None,
+                limit_s: float | None = None) -> CommandResult:
+        """Run a product command, time-boxed by the part's deadline (and ``limit_s``); output in ``work/<label>.log``."""
         if self.remaining() <= 1:
             raise TimeoutError(f"no time left in the part's budget for {label}")
-        self.log(f"  {label}: {' '.join(argv[:4])} ... (up to {self.remaining():.0f} s)")
-        result = run_command(argv, log_path=self.work / f"{label}.log", timeout_s=self.remaining(),
-                             env=child_env(env))
+        timeout = self.remaining() if limit_s is None else min(limit_s, self.remaining())
+        self.log(f"  {label}: {' '.join(argv[:4])} ... (up to {timeout:.0f} s)")
+        result = run_command(argv, log_path=self.work / f"{label}.log", timeout_s=timeout, env=child_env(env))
         self.log(f"  {label}: {'timed out' if result.timed_out else f'exit {result.returncode}'} "
                  f"in {result.seconds:.1f} s")
         if not result.ok:

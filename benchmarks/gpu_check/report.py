@@ -31,6 +31,7 @@ class PartReport:
     title: str
     status: str = "pending"  # pending | running | ok | failed | skipped
     budget_s: float | None = None
+    planned_s: float | None = None  # the plan's estimate, beside what it took
     seconds: float | None = None
     summary: str = ""  # one line for the table
     fields: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +48,8 @@ class Report:
     command: list[str]
     parts: list[PartReport]
     packages: dict[str, str]  # importable module -> version, or "missing"
+    plan: dict[str, Any] = field(default_factory=dict)  # this run's plan (plan.Plan.to_json)
+    gpu_plan: dict[str, Any] | None = None  # --cpu-smoke: the GPU check's plan and whether it fits
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     elapsed_s: float = 0.0
     finished: bool = False
@@ -66,7 +69,7 @@ class Report:
         return {"format": FORMAT, "version": VERSION, "mode": self.mode, "device": self.device_name(),
                 "budget_s": self.budget_s, "elapsed_s": round(self.elapsed_s, 1), "finished": self.finished,
                 "started": self.started, "command": self.command, "packages": self.packages,
-                "parts": {p.name: asdict(p) for p in self.parts}}
+                "plan": self.plan, "gpu_plan": self.gpu_plan, "parts": {p.name: asdict(p) for p in self.parts}}
 
     def write(self, out_dir: Path) -> None:
         """Rewrite both files atomically: a reader, or a kill, never sees half a report."""
@@ -84,13 +87,19 @@ def render_markdown(report: Report) -> str:
         f"- started {report.started}, {report.elapsed_s:.0f} s of a {report.budget_s:.0f} s budget, {state}",
         f"- command: `{' '.join(report.command)}`",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in report.packages.items()),
+    ]
+    if report.gpu_plan is not None:
+        fits = "fits" if report.gpu_plan["fits"] else "DOES NOT FIT: " + "; ".join(report.gpu_plan["problems"])
+        lines.append(f"- the GPU check's plan: ~{report.gpu_plan['required_s']:.0f} s of "
+                     f"{report.gpu_plan['budget_s']:.0f} s, {fits}")
+    lines += [
         "",
-        "| part | status | seconds | budget s | summary |",
-        "| --- | --- | ---: | ---: | --- |",
+        "| part | status | seconds | planned s | budget s | summary |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for p in report.parts:
-        lines.append(f"| {p.name}: {p.title} | {p.status} | {_num(p.seconds)} | {_num(p.budget_s)} | "
-                     f"{p.summary.replace('|', '/')} |")
+        lines.append(f"| {p.name}: {p.title} | {p.status} | {_num(p.seconds)} | {_num(p.planned_s)} | "
+                     f"{_num(p.budget_s)} | {p.summary.replace('|', '/')} |")
     for p in report.parts:
         lines += ["", f"## {p.name}: {p.title} ({p.status})", ""]
         if p.error:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..data import raw_config
 from .parts import NO_CUDA, PartContext, Skip
+from .plan import e2e_steps, e2e_steps_per_epoch
 from .proc import REPO_ROOT, CommandResult
 
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -29,6 +30,9 @@ DATA_WAIT_TARGET = 0.05
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # A run needs this much of the part's budget left to be worth starting.
 MIN_RUN_S = 15.0
+ON_DEVICE = "on-device cache"
+# Seconds the two-ranks-on-one-device probe may take: a refused NCCL init fails in seconds, a hang must not eat the part.
+TWO_RANK_PROBE_S = 60.0
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -57,8 +61,10 @@ def demo_data(ctx: PartContext) -> Path:
 
 def demo_overrides(ctx: PartContext, data: Path, output_dir: Path, *extra: str) -> list[str]:
     """``--set`` arguments for configs/demo.yaml on the check's data, device and sizes."""
+    # One checkpoint in rotation and no final test evaluation: the predict part evaluates.
     items = [f"dataset.root={data}", f"dataset.cache_dir={ctx.scratch / 'cache-demo'}",
              f"training.output_dir={output_dir}", f"backend.target={ctx.sizes.target}", "telemetry.progress=log",
+             f"training.batch_size={ctx.sizes.demo_batch}", "training.max_checkpoints=1", "training.final_eval=false",
              *ctx.sizes.demo_overrides, *extra]
     return [arg for item in items for arg in ("--set", item)]
 
@@ -103,9 +109,15 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def log_lines(result: CommandResult, pattern: str) -> list[str]:
-    """Lines of a command's log that match ``pattern``."""
+    """Lines of the command's own output that match ``pattern``.
+
+    A log may hold earlier commands (a reused ``--work`` folder appends): only what follows the
+    last ``$ command`` header counts, and never the header, whose ``--set`` items would match.
+    """
     regex = re.compile(pattern)
-    return [line for line in result.log_path.read_text(errors="replace").splitlines() if regex.search(line)]
+    lines = result.log_path.read_text(errors="replace").splitlines()
+    start = max((i for i, line in enumerate(lines) if line.startswith("$ ")), default=-1) + 1
+    return [line for line in lines[start:] if regex.search(line)]
 
 
 def _training_run(ctx: PartContext, label: str, result: CommandResult, output_dir: Path,
@@ -135,8 +147,20 @@ def _training_run(ctx: PartContext, label: str, result: CommandResult, output_di
 
 
 def demo(ctx: PartContext) -> None:
-    """configs/demo.yaml on the device: float16 + GradScaler, a resume, then bf16 + channels-last + compile."""
+    """configs/demo.yaml on the device: bf16 + channels-last + compile first, then float16 + GradScaler and a resume."""
     sizes = ctx.sizes
+    fast_dir = ctx.work / "bf16"
+    shutil.rmtree(fast_dir, ignore_errors=True)
+    compile_ = sizes.demo_compile
+    fast = train_demo(ctx, "demo-bf16", fast_dir, "backend.amp_dtype=bfloat16", "backend.channels_last=true",
+                      f"backend.compile={str(compile_).lower()}", f"training.epochs={sizes.demo_fast_epochs}")
+    fast_fields = _training_run(ctx, "bf16 channels_last compile", fast, fast_dir)
+    if compile_:
+        fast_fields["compile_log"] = log_lines(fast, r"(?i)compil")[:6]
+    else:
+        fast_fields["compile"] = "skipped: --cpu-smoke (compiling takes minutes on a CPU)"
+    ctx.set(bf16_channels_last_compile=fast_fields)
+
     fp16_dir = ctx.work / "fp16"
     shutil.rmtree(fp16_dir, ignore_errors=True)
     fp16 = train_demo(ctx, "demo-fp16", fp16_dir, "backend.amp_dtype=float16", "backend.channels_last=false",
@@ -162,16 +186,6 @@ def demo(ctx: PartContext) -> None:
                       and resume.get("checkpoint", {}).get("global_step", 0) > before,
                       f"{resume['resumed_line']}; {resume.get('epochs')} epochs in history.json")
         ctx.set(resume=resume)
-
-    fast_dir = ctx.work / "bf16"
-    shutil.rmtree(fast_dir, ignore_errors=True)
-    compile_ = sizes.demo_compile
-    fast = train_demo(ctx, "demo-bf16", fast_dir, "backend.amp_dtype=bfloat16", "backend.channels_last=true",
-                      f"backend.compile={str(compile_).lower()}", f"training.epochs={sizes.demo_fast_epochs}")
-    fast_fields = _training_run(ctx, "bf16 channels_last compile", fast, fast_dir)
-    if not compile_:
-        fast_fields["compile"] = "skipped: --cpu-smoke (compiling takes minutes on a CPU)"
-    ctx.set(bf16_channels_last_compile=fast_fields)
     ctx.summary = _demo_summary(ctx.fields)
 
 
@@ -189,51 +203,72 @@ def _demo_summary(fields: dict[str, Any]) -> str:
 
 
 def e2e(ctx: PartContext) -> None:
-    """Real training runs through the full cache with 1, 2, 4 pinned gather threads: images/s and data wait."""
+    """Training runs through the full cache: 1, 2, 4 pinned gather threads, then the on-device cache.
+
+    Each run ends inside its first epoch (one mid-epoch checkpoint, deleted once read), so the
+    part measures training, not epoch ends; images/s and data wait come from its TensorBoard windows.
+    """
     sizes = ctx.sizes
     sequences, frames, size = sizes.e2e_data
     data = synth_data(ctx, "e2e", sequences, frames, size)
     spec = sizes.e2e_model
-    steps = sizes.e2e_log_interval * (sizes.e2e_windows + 1)
+    steps = e2e_steps(sizes)
     precision = f"{sizes.e2e_amp_dtype} autocast" if sizes.e2e_amp_dtype else "float32"
     ctx.set(model=spec.describe(), steps_per_run=steps, steps_per_window=sizes.e2e_log_interval,
+            steps_per_epoch=e2e_steps_per_epoch(sizes),
             data=f"{sequences} sequences x {frames} frames drawn at {size[0]}x{size[1]}, cached at "
                  f"{spec.image_size[0]}x{spec.image_size[1]}",
             settings=f"full cache (images cached), {precision}, channels_last auto, compile off "
-                     "(three compilations would not fit the budget; a compiled step waits more on data)")
+                     "(four compilations would not fit the budget; a compiled step waits more on data)")
     runs: dict[str, Any] = {}
-    for workers in sizes.e2e_workers:  # one entry in runs per thread count, in this order
-        key = f"{workers} thread{'s' if workers > 1 else ''}"
+    variants = [(f"{w} thread{'s' if w > 1 else ''}", w, False) for w in sizes.e2e_workers]
+    variants.append((ON_DEVICE, max(sizes.e2e_workers), True))
+    for key, workers, on_device in variants:  # one entry in runs per variant, in this order
         if ctx.remaining() < MIN_RUN_S:
             runs[key] = f"skipped: {ctx.remaining():.0f} s left in the part's budget"
             continue
-        run_dir = ctx.work / f"workers{workers}"
+        label = "e2e-on-device" if on_device else f"e2e-workers{workers}"
+        run_dir = ctx.work / label
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         raw = raw_config(data, run_dir / "out", ctx.scratch / "cache-e2e", image_size=spec.image_size,
                          batch_size=spec.batch_size, num_workers=workers, backbone=spec.backbone,
                          target=sizes.target)
+        raw["dataset"]["cache_on_device"] = on_device
         raw["backend"].update(compile=False, **({"amp_dtype": sizes.e2e_amp_dtype} if sizes.e2e_amp_dtype
                                                  else {"amp": False}))
-        raw["training"].update(max_steps=steps, log_interval=sizes.e2e_log_interval)
+        raw["training"].update(max_steps=steps, log_interval=sizes.e2e_log_interval, max_checkpoints=1)
         raw["telemetry"].update(vram_interval_s=0.25)
         config = run_dir / "config.yaml"
         config.write_text(json.dumps(raw, indent=1))  # JSON is YAML: no YAML writer needed here
-        result = ctx.python(f"e2e-workers{workers}", "dist_seg.train", str(config))
+        result = ctx.python(label, "dist_seg.train", str(config))
         if not ctx.check(f"{key}: finishes", result.ok, result.describe()):
             runs[key] = {"exit": result.returncode}
             continue
         runs[key] = {"wall_s": round(result.seconds, 1), **_throughput(run_dir / "out")}
-        runs[key]["loader"] = next(iter(log_lines(result, r"^loader: ")), "not logged")
+        runs[key]["loader"] = next((line.strip() for line in log_lines(result, r"^\s*loader\s")), "not logged")
+        checkpoint = latest_checkpoint(run_dir / "out")
+        ctx.check(f"{key}: ends inside its first epoch (one mid-epoch checkpoint)",
+                  checkpoint is not None and "_batch_" in checkpoint.name,
+                  f"checkpoint {checkpoint.name if checkpoint else 'none'}")
         ctx.share(e2e_run_dir=str(run_dir / "out"))
-        # The checkpoints (~300 MB each for the production model) are not needed; the telemetry part reads the logs.
+        # The checkpoint (~500 MB for the production model) is not needed; the telemetry part reads the logs.
         shutil.rmtree(run_dir / "out" / "checkpoints", ignore_errors=True)
         ctx.set(runs=runs)
     done = {k: v for k, v in runs.items() if isinstance(v, dict) and "images_per_s" in v}
-    keeping_up = [workers for workers, key in zip(sizes.e2e_workers, runs, strict=False)
-                  if key in done and done[key]["data_wait_frac_median"] < DATA_WAIT_TARGET]
+    pinned = {k: v for k, v in done.items() if k != ON_DEVICE}
+    keeping_up = [workers for workers, (key, _w, _d) in zip(sizes.e2e_workers, variants, strict=False)
+                  if key in pinned and pinned[key]["data_wait_frac_median"] < DATA_WAIT_TARGET]
     ctx.set(runs=runs, fewest_threads_under_5pct_wait=min(keeping_up) if keeping_up else
             f"none of {', '.join(map(str, sizes.e2e_workers))}")
+    if ON_DEVICE in done and pinned:
+        best_key = max(pinned, key=lambda k: pinned[k]["images_per_s"])
+        ctx.set(on_device_vs_pinned={
+            "on_device_images_per_s": done[ON_DEVICE]["images_per_s"],
+            "best_pinned_images_per_s": pinned[best_key]["images_per_s"], "best_pinned": best_key,
+            "ratio": round(done[ON_DEVICE]["images_per_s"] / pinned[best_key]["images_per_s"], 3),
+            "on_device_wait": done[ON_DEVICE]["data_wait_frac_median"],
+            "best_pinned_wait": pinned[best_key]["data_wait_frac_median"]})
     ctx.summary = "; ".join(f"{k}: {v['images_per_s']:.3g} img/s, wait {v['data_wait_frac_median']:.1%}"
                             for k, v in done.items())
 
@@ -320,14 +355,22 @@ def _vram_tags(log_dir: Path) -> Any:
 
 
 def torchrun(ctx: PartContext) -> None:
-    """``torchrun --nproc_per_node=1`` with NCCL (gloo on a CPU), plain and with ``backend.sync_bn: true``."""
+    """``torchrun --nproc_per_node=1`` with NCCL (gloo on a CPU) and SyncBatchNorm, then two ranks on one device.
+
+    One rank proves the launcher, the NCCL process group, DDP, the SyncBatchNorm conversion and
+    what it does to ``backend.compile``; it cannot prove a cross-rank reduction (SyncBatchNorm
+    with one rank does not synchronise). Two ranks need two devices: the last run asks this NCCL
+    whether two ranks may share the one GPU (NCCL 2.5 and later refuse: "Duplicate GPU
+    detected"). Cross-rank results are tested on the CPU with gloo in the test suite.
+    """
     backend = ctx.sizes.dist_backend
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1")
+    compile_ = str(ctx.sizes.torchrun_compile).lower()
     for label, extra in ctx.sizes.torchrun_runs:
         output_dir = ctx.work / label
         shutil.rmtree(output_dir, ignore_errors=True)
         result = train_demo(ctx, f"torchrun-{label}", output_dir, f"backend.dist_backend={backend}",
-                            "backend.compile=false", "training.epochs=1", *extra, launcher=launcher)
+                            f"backend.compile={compile_}", "training.epochs=1", *extra, launcher=launcher)
         fields: dict[str, Any] = {"wall_s": round(result.seconds, 1), "exit": result.returncode,
                                   "rank_line": next(iter(log_lines(result, r"dist_seg: rank 0/")), "not logged")}
         if ctx.check(f"{label}: finishes", result.ok, result.describe()):
@@ -338,13 +381,38 @@ def torchrun(ctx: PartContext) -> None:
                 fields["checkpoint"] = inspect_checkpoint(checkpoint)
                 ctx.share(torchrun_checkpoint=str(checkpoint))
         if extra:
-            fields["sync_bn"] = next(iter(log_lines(result, r"SyncBatchNorm|sync_bn")), "not logged")
+            # The trainer's conversion line, or its warning that this run keeps per-rank BatchNorm.
+            fields["sync_bn"] = next(iter(log_lines(result, r"^SyncBatchNorm: |^warning: backend\.sync_bn ")),
+                                     "not logged")
+            fields["sync_bn_and_compile"] = (
+                next(iter(log_lines(result, r"^compile off: ")), "compile stayed on (no SyncBatchNorm in this run)")
+                if ctx.sizes.torchrun_compile else "not asked: --cpu-smoke (compiling takes minutes on a CPU)")
             if result.ok and backend == "nccl":
                 ctx.check("sync_bn: BatchNorm converted to SyncBatchNorm", "SyncBatchNorm:" in fields["sync_bn"],
                           fields["sync_bn"])
+                ctx.check("sync_bn: compile turned off with the reason logged",
+                          fields["sync_bn_and_compile"].startswith("compile off:"), fields["sync_bn_and_compile"])
         ctx.set(**{label: fields})
+    ctx.set(two_ranks_one_device=_two_ranks_one_device(ctx, backend))
     ctx.summary = ", ".join(f"{label} exit {ctx.fields[label]['exit']} ({ctx.fields[label]['wall_s']:.0f} s)"
                             for label, _extra in ctx.sizes.torchrun_runs if label in ctx.fields)
+    ctx.summary += f"; two ranks on one device: {ctx.fields['two_ranks_one_device']['outcome']}"
+
+
+def _two_ranks_one_device(ctx: PartContext, backend: str) -> dict[str, Any]:
+    """Whether two ranks of ``backend`` may share the one device: the probe's outcome, as found, never a failure."""
+    result = ctx.command("torchrun-two-ranks", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                "--nproc_per_node=2", "-m", "benchmarks.gpu_check.share_probe",
+                                                backend, ctx.sizes.target], limit_s=TWO_RANK_PROBE_S)
+    reduced = log_lines(result, r"^share_probe: rank \d")
+    refused = log_lines(result, r"(?i)duplicate gpu|invalid usage")
+    if result.ok and len(reduced) == 2:
+        outcome = "allowed: both ranks reduced"
+    elif refused:
+        outcome = f"refused by {backend}: {refused[0].strip()[:200]}"
+    else:
+        outcome = f"failed: {result.describe()}"
+    return {"outcome": outcome, "ranks_lines": reduced, "wall_s": round(result.seconds, 1)}
 
 
 def predict(ctx: PartContext) -> None:

@@ -30,10 +30,11 @@ PART_FIELDS = {
     "env": {"torch", "cuda_runtime", "cudnn", "nccl", "gpu_name", "gpu_memory_mib", "driver", "matmul_bf16", "copy"},
     "demo": {"float16", "resume", "bf16_channels_last_compile", "checks"},
     "step": {"model", "matmul_peak_tflops", "gflop_per_image", "variants"},
-    "e2e": {"model", "runs", "fewest_threads_under_5pct_wait", "checks"},
+    "e2e": {"model", "runs", "fewest_threads_under_5pct_wait", "on_device_vs_pinned", "steps_per_epoch", "checks"},
     "telemetry": {"samples", "origin", "process_mb", "reserved_mb", "non_torch_mb", "tensorboard", "checks"},
-    "torchrun": {"sync_bn", "checks"},  # the smoke run folds the plain torchrun run into the sync_bn one
+    "torchrun": {"sync_bn", "two_ranks_one_device", "checks"},
     "predict": {"predict", "evaluate", "checks"},
+    "zoo": {"size", "batch", "settings", "pairs", "matmul_peak_tflops"},
 }
 STEP_MEASURED = {"images_per_s", "achieved_tflop_s", "fraction_of_matmul_peak", "peak_memory_allocated_mib"}
 
@@ -85,24 +86,41 @@ def test_cpu_smoke_runs_every_part_and_writes_a_complete_report(tmp_path):
         assert STEP_MEASURED <= variants[name].keys() and variants[name]["images_per_s"] > 0
     assert variants["compile"].startswith("skipped")
 
-    runs = parts["e2e"]["fields"]["runs"]
-    assert set(runs) == {"1 thread", "2 threads"}
+    e2e = parts["e2e"]["fields"]
+    runs = e2e["runs"]
+    assert list(runs) == ["1 thread", "2 threads", "on-device cache"]
     assert all(0.0 <= r["data_wait_frac_median"] <= 1.0 and r["images_per_s"] > 0 for r in runs.values())
+    assert e2e["checks"]["on-device cache: ends inside its first epoch (one mid-epoch checkpoint)"] == "ok"
+    assert e2e["on_device_vs_pinned"]["ratio"] > 0 and e2e["on_device_vs_pinned"]["best_pinned"] in runs
 
     telemetry = parts["telemetry"]["fields"]
     assert telemetry["samples"] > 0 and telemetry["origin"] == ["source none"]
     assert telemetry["process_mb"] == NO_CUDA
 
     torchrun = parts["torchrun"]["fields"]["sync_bn"]
-    assert "(gloo)" in torchrun["rank_line"] and "sync_bn" in torchrun["sync_bn"]  # gloo keeps per-rank BatchNorm
+    assert "(gloo)" in torchrun["rank_line"] and "keeping per-rank BatchNorm" in torchrun["sync_bn"]
+    assert torchrun["sync_bn_and_compile"].startswith("not asked")
+    # gloo lets two ranks share the CPU; on a GPU this field holds NCCL's answer.
+    assert parts["torchrun"]["fields"]["two_ranks_one_device"]["outcome"] == "allowed: both ranks reduced"
     predict = parts["predict"]["fields"]["predict"]
     assert predict["frames"] > 0 and predict["images_per_s_wall"] > 0
+    zoo = parts["zoo"]["fields"]["pairs"]
+    assert list(zoo) == ["deeplabv3plus-resnet18", "smp-Segformer-mit_b0"]  # SMP: the test extra has the zoo extra
+    assert all(row["images_per_s"] > 0 and row["train_gflop_per_image"] > 0 and row["params_m"] > 0
+               for row in zoo.values()), zoo
+
+    # The plan: this run's, with each part's estimate beside its seconds, and the GPU check's, which must fit.
+    assert report["plan"]["sizes"] == "cpu-smoke" and set(report["plan"]["parts"]) == set(parts)
+    assert all(part["planned_s"] > 0 for part in parts.values())
+    assert report["gpu_plan"]["sizes"] == "gpu" and report["gpu_plan"]["fits"] is True
+    assert report["gpu_plan"]["budget_s"] <= 480
 
     markdown = (tmp_path / "out" / "gpu_check.md").read_text()
-    assert markdown.startswith("# dist_seg GPU check")
+    assert markdown.startswith("# dist_seg GPU check") and "the GPU check's plan: ~" in markdown
     assert all(f"## {p.name}: {p.title} (ok)" in markdown for p in PARTS)
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     assert all(f"part {p.name}: ok in" in log for p in PARTS)
+    assert "plan (cpu-smoke sizes)" in log and "GPU plan (gpu sizes)" in log and ", fits" in log
 
 
 def test_a_failing_part_is_reported_and_the_next_part_runs(tmp_path):
