@@ -152,6 +152,15 @@ def test_unknown_part_names_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "out" / "gpu_check.json").exists()
 
 
+def test_the_check_starts_by_its_script_path_too(tmp_path):
+    # python benchmarks/gpu_check.py, like benchmarks/run.py, from any folder: the same parser, the same check.
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--cpu-smoke",
+                           "--parts", "zoo,stepp", "--out", str(tmp_path / "out")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "unknown part(s) stepp" in done.stderr, done.stderr
+    assert not (tmp_path / "out" / "gpu_check.json").exists()
+
+
 def test_a_command_past_its_deadline_is_killed_with_the_processes_it_started(tmp_path):
     # A grandchild in a session of its own, as torchrun starts its workers: killing the
     # command's process group alone would miss it.
