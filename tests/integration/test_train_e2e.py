@@ -227,7 +227,7 @@ def test_cpu_threads_auto_counts_only_decoding_worker_processes(synth_root, tmp_
     before = torch.get_num_threads()
     try:
         run_training(tiny_config(synth_root, tmp_path / "run", training__epochs=1, training__max_steps=1,
-                                 training__num_workers=1, dataset__use_cache=use_cache,
+                                 training__num_workers=1, dataset__use_cache=use_cache, backend__cpu_threads="auto",
                                  model={"type": "fixtures_custom_model:TinyNet", "width": 4}))
         cores = usable_cores()
         assert f"(auto: {cores} usable cores - {processes} loader worker processes)" in capsys.readouterr().out

@@ -27,7 +27,9 @@ def tiny_raw_config(data_root: Path, out_dir: Path, cache_dir: Path | None = Non
             "split": {"val": ["Video_003"], "test": []},
         },
         "model": {"type": "deeplabv3plus", "backbone": "resnet18", "output_stride": 16},
-        "backend": {"target": "cpu"},
+        # One torch thread, not `auto`: auto looks at the load, and the suite runs two test processes at
+        # once, so a run's thread count (and its float rounding) would depend on what the other one did.
+        "backend": {"target": "cpu", "cpu_threads": 1},
         "training": {
             "output_dir": str(out_dir), "batch_size": 4, "val_batch_size": 4, "epochs": 2,
             # No warm-up: tests of schedules and resumes expect the LR to be the configured one from step 1.
