@@ -6,8 +6,9 @@ GradScaler and a resume (demo), the step suite on the production model with a sy
 proof and MFU (step), real training through the full cache with pinned gather threads and
 with the on-device cache (e2e), the VRAM sampler on the real driver (telemetry), torchrun
 with NCCL, SyncBatchNorm and compile, and whether two ranks may share the GPU (torchrun),
-predict and evaluate (predict). A failing part is reported and the next one runs. The plan
-(each part's work and expected seconds, :mod:`.plan`) is printed before anything runs.
+predict and evaluate (predict), and the model zoo's pairs at the production size (zoo). A
+failing part is reported and the next one runs. The plan (each part's work and expected
+seconds, :mod:`.plan`) is printed before anything runs.
 
 ``gpu_check.json`` and ``gpu_check.md`` are rewritten in the output folder (``$OUT`` when
 set, else benchmarks/out/gpu_check) after every part, so a check killed halfway still leaves
@@ -15,7 +16,8 @@ its report; ``gpu_check.log`` there holds every progress line. ``--cpu-smoke`` r
 parts on a CPU at tiny sizes (seconds each): CUDA-only items read "skipped: no CUDA"; it also
 prints the GPU check's plan and exits 1 when that plan does not fit the default budget.
 Needs only PyTorch (with torchvision) and the project on PYTHONPATH; optional packages
-(tensorboard, pynvml) are used when importable and reported when missing.
+(tensorboard, pynvml; segmentation-models-pytorch and timm for the zoo part's SMP pairs) are used
+when importable and reported when missing.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ WORKER_GRACE_S = 15.0
 MIN_PART_S = 5.0
 # import name -> distribution name of what the check and the product use besides the standard library.
 PACKAGES = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "yaml": "pyyaml", "PIL": "pillow",
-            "psutil": "psutil", "tqdm": "tqdm", "tensorboard": "tensorboard", "pynvml": "nvidia-ml-py"}
+            "psutil": "psutil", "tqdm": "tqdm", "tensorboard": "tensorboard", "pynvml": "nvidia-ml-py",
+            "segmentation_models_pytorch": "segmentation-models-pytorch", "timm": "timm"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
-"""GPU check parts that measure inside the process: the environment and the step suite.
+"""GPU check parts that measure inside the process: the environment, the step suite and the zoo's pairs.
 
-Both run in a worker child (``isolated``). The step suite steps the product's own training
+All run in a worker child (``isolated``). The step suite (and the zoo part) steps the product's own training
 step through :class:`benchmarks.harness.StepHarness`; FLOPs per image come from the
 harness's ``FlopCounterMode`` count, the matmul peak from the env part (measured again here
 when the env part did not run).
@@ -148,8 +148,8 @@ STEP_VARIANTS = (
     StepVariant("all: channels_last + amp bf16 + compile", channels_last=True, amp_dtype=torch.bfloat16,
                 compile=True),
 )
-# Measured by priority, in case the budget runs short: the baseline, then the production setting
-# (a compilation takes a minute or more), then the single switches, compile alone last.
+# Measured by priority, in case the budget runs short: the production setting first (its compilation
+# takes a minute or more), then the eager baseline and the single switches, compile alone last.
 MEASURE_ORDER = ("all: channels_last + amp bf16 + compile", "eager fp32", "channels_last", "amp bf16", "compile")
 
 

@@ -134,7 +134,7 @@ def test_a_failing_part_is_reported_and_the_next_part_runs(tmp_path):
     assert step["fields"]["matmul_peak_note"].startswith("measured here")
     assert STEP_MEASURED <= step["fields"]["variants"]["eager fp32"].keys()
     assert all(parts[name]["status"] == "skipped" and "not selected" in parts[name]["summary"]
-               for name in ("demo", "e2e", "telemetry", "torchrun", "predict"))
+               for name in ("demo", "e2e", "telemetry", "torchrun", "predict", "zoo"))
     markdown = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "## env: " in markdown and "(failed)" in markdown and "forced failure" in markdown
 
