@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ import torch
 import yaml
 from support.dist_eval_script import evaluate_checkpoint
 from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, subprocess_env, tiny_raw_config
+from support.torchrun import free_port
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dist_seg.checkpoint_file import list_checkpoints
@@ -60,12 +60,6 @@ LINEAR = {
 
 
 # ------------------------------------------------------------------------------------------------------------ helpers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch_env(**extra: str) -> dict[str, str]:

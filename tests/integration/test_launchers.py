@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import psutil
 import pytest
 import yaml
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
+from support.torchrun import free_port
 
 from dist_seg.checkpoint_file import list_checkpoints
 from dist_seg.config import apply_overrides, config_from_dict
@@ -240,12 +240,6 @@ def test_entrypoint_turns_each_platforms_variables_into_torchrun_options(tmp_pat
 
 
 # --------------------------------------------------------------------- the container commands, run on two local "nodes"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Node:

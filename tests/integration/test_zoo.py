@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image
 pytest.importorskip("segmentation_models_pytorch", reason="the zoo extra is not installed (pip install -e '.[zoo]')")
 
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config  # noqa: E402
+from support.torchrun import free_port  # noqa: E402
 
 from dist_seg.config import config_from_dict  # noqa: E402
 from dist_seg.errors import CheckpointError, ConfigError  # noqa: E402
@@ -163,9 +163,7 @@ def test_two_ranks_under_torchrun(zoo_data, tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "smp.yaml"
     config.write_text(yaml.safe_dump(zoo_raw(zoo_data, out, "Unet", "resnet18", batch_size=2, val_batch_size=2)))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = subprocess_env()
     env.update(GLOO_SOCKET_IFNAME="lo", PATH=os.pathsep.join([str(Path(PYTHON).parent), env.get("PATH", "")]))
     cmd = [PYTHON, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 from pathlib import Path
 
@@ -10,6 +12,30 @@ from support.helpers import PYTHON, REPO_ROOT, subprocess_env
 
 # Generous bound on one launch on a loaded 2-core machine; only reached when something hangs.
 LAUNCH_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    """A loopback port free now, for a rendezvous a launcher binds a few seconds later.
+
+    Taken from below the kernel's ephemeral range: the suite runs two test processes at once,
+    and a port the kernel handed out (``bind(("", 0))``, an outgoing connection) could be
+    given to the other one's processes before our launcher binds it. Ports below the range
+    are only ever taken by name.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    chooser = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little"))
+    for _ in range(200):
+        port = chooser.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port below {low}")
 
 
 def launch_env(**extra: str) -> dict[str, str]:
