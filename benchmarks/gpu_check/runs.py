@@ -404,15 +404,32 @@ def _two_ranks_one_device(ctx: PartContext, backend: str) -> dict[str, Any]:
     result = ctx.command("torchrun-two-ranks", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                 "--nproc_per_node=2", "-m", "benchmarks.gpu_check.share_probe",
                                                 backend, ctx.sizes.target], limit_s=TWO_RANK_PROBE_S)
-    reduced = log_lines(result, r"^share_probe: rank \d")
-    refused = log_lines(result, r"(?i)duplicate gpu|invalid usage")
-    if result.ok and len(reduced) == 2:
+    output = "\n".join(log_lines(result, r"."))
+    return {**probe_outcome(backend, result.ok, output, result.describe()), "wall_s": round(result.seconds, 1)}
+
+
+_PROBE_LINE = re.compile(r"share_probe: rank \d+ of \d+ on \S+: all_reduce gave \S+ \(expected \S+\)")
+# NCCL's own words first ("Duplicate GPU detected ..."), else torch's wrapper ("... invalid usage ...").
+_REFUSALS = (re.compile(r"(?i)[^\n]*duplicate gpu[^\n]*"), re.compile(r"(?i)[^\n]*invalid usage[^\n]*"))
+
+
+def probe_outcome(backend: str, ok: bool, output: str, describe: str) -> dict[str, Any]:
+    """What the two-ranks probe's output says: allowed (both ranks reduced), refused (and why), or failed.
+
+    The ranks' lines are counted anywhere in the output: two ranks writing to one pipe may
+    still share a line.
+    """
+    reduced = _PROBE_LINE.findall(output)
+    refused = next((m for m in (pattern.search(output) for pattern in _REFUSALS) if m), None)
+    if ok and len(reduced) == 2:
         outcome = "allowed: both ranks reduced"
     elif refused:
-        outcome = f"refused by {backend}: {refused[0].strip()[:200]}"
+        outcome = f"refused by {backend}: {refused.group(0).strip()[:200]}"
+    elif ok:
+        outcome = f"unclear: the launcher exited 0 but {len(reduced)} of 2 ranks reported ({describe})"
     else:
-        outcome = f"failed: {result.describe()}"
-    return {"outcome": outcome, "ranks_lines": reduced, "wall_s": round(result.seconds, 1)}
+        outcome = f"failed: {describe}"
+    return {"outcome": outcome, "ranks": reduced}
 
 
 def predict(ctx: PartContext) -> None:

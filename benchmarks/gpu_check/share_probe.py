@@ -29,8 +29,10 @@ def main(argv: list[str]) -> int:
         value = torch.full((1,), float(rank + 1), device=device)
         dist.all_reduce(value)
         expected = world * (world + 1) / 2
-        print(f"share_probe: rank {rank} of {world} on {device}: all_reduce gave {value.item():g} "
-              f"(expected {expected:g})", flush=True)
+        # One write per line: the ranks share the launcher's stdout, and print() may write the text and
+        # its newline separately, which interleaves two ranks' lines into one.
+        os.write(sys.stdout.fileno(), f"share_probe: rank {rank} of {world} on {device}: all_reduce gave "
+                                      f"{value.item():g} (expected {expected:g})\n".encode())
         return 0 if value.item() == expected else 1
     finally:
         dist.destroy_process_group()
