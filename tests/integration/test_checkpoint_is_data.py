@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.helpers import tiny_raw_config
+from support.helpers import save_model_checkpoint, tiny_raw_config
 
-from dist_seg.checkpoint_file import save_checkpoint
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.export import main as export_main
@@ -44,8 +43,7 @@ def foreign(synth_root, tmp_path_factory) -> Path:
     model = build_model(cfg.model, cfg.dataset.num_classes)
     embedded = config_to_dict(cfg)
     embedded["model"]["type"] = NAMED_INSIDE
-    return save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": 8, "config": embedded},
-                           base / "run" / "checkpoints", "epoch_0001.pth", keep=1)
+    return save_model_checkpoint(model, cfg, base / "run" / "checkpoints", global_step=8, config=embedded)
 
 
 def _frame(synth_root: Path) -> str:
@@ -85,8 +83,7 @@ def test_custom_model_option_on_a_built_in_checkpoint_is_refused(synth_root, tmp
     raw["model"] = {"type": "lraspp", "backbone": "mobilenet_v3_large"}
     cfg = config_from_dict(raw)
     model = build_model(cfg.model, cfg.dataset.num_classes)
-    ckpt = save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": 1, "config": config_to_dict(cfg)},
-                           tmp_path, "epoch_0001.pth", keep=1)
+    ckpt = save_model_checkpoint(model, cfg, tmp_path)
     args = _commands(ckpt, synth_root, tmp_path / "out")["predict"]
     assert predict_main([*args, "--custom-model", TRUSTED]) == 1
     assert "holds the built-in model 'lraspp'" in capsys.readouterr().err

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
+from support.helpers import PYTHON, REPO_ROOT, save_model_checkpoint, subprocess_env, tiny_raw_config
 from support.tmpfs import small_tmpfs
 
 from dist_seg import atomic
-from dist_seg.checkpoint_file import save_checkpoint
-from dist_seg.config import config_from_dict, config_to_dict
+from dist_seg.config import config_from_dict
 from dist_seg.errors import DiskSpaceError
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.export import main as export_main
@@ -40,8 +39,7 @@ def checkpoint(synth_root, tmp_path_factory) -> Path:
     cfg = config_from_dict(raw)
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.dataset.num_classes)
-    return save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": 8, "config": config_to_dict(cfg)},
-                           base / "run" / "checkpoints", "epoch_0001.pth", keep=1)
+    return save_model_checkpoint(model, cfg, base / "run" / "checkpoints", global_step=8)
 
 
 TINY = "fixtures_custom_model:TinyNet"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from support.helpers import PYTHON, REPO_ROOT, TINY_NET, subprocess_env, tiny_raw_config, write_config
+from support.torchrun import launch_env
 
 from dist_seg.data.decode import load_image
 from dist_seg.errors import DataError
@@ -33,7 +34,7 @@ def test_data_error_under_torchrun_is_reported_once_by_rank_0(synth_root, tmp_pa
     raw = tiny_raw_config(root, tmp_path / "run")
     raw["model"] = dict(TINY_NET)
     config = write_config(tmp_path / "c.yaml", raw)
-    env = {**subprocess_env(), "GLOO_SOCKET_IFNAME": "lo", "PET_LOCAL_ADDR": "127.0.0.1"}
+    env = launch_env()
     proc = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "dist_seg.train", str(config)], capture_output=True, text=True, cwd=REPO_ROOT,
                           env=env, timeout=300)

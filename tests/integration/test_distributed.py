@@ -28,8 +28,8 @@ import pytest
 import torch
 import yaml
 from support.dist_eval_script import evaluate_checkpoint
-from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, subprocess_env, tiny_raw_config
-from support.torchrun import free_port
+from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, tiny_raw_config
+from support.torchrun import free_port, launch_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dist_seg.checkpoint_file import list_checkpoints
@@ -60,16 +60,6 @@ LINEAR = {
 
 
 # ------------------------------------------------------------------------------------------------------------ helpers
-
-
-def launch_env(**extra: str) -> dict[str, str]:
-    """Child environment: repo and tests importable, one thread, loopback only, torchrun on PATH."""
-    env = subprocess_env()
-    env["PATH"] = os.pathsep.join([str(Path(PYTHON).parent), env.get("PATH", "")])
-    env["GLOO_SOCKET_IFNAME"] = "lo"
-    env["PET_LOCAL_ADDR"] = "127.0.0.1"  # the address torchrun publishes for this "node"
-    env.update(extra)
-    return env
 
 
 def torchrun(*args: str) -> list[str]:

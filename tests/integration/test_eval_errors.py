@@ -15,11 +15,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.helpers import PYTHON, REPO_ROOT, TINY_NET, subprocess_env, tiny_raw_config, tiny_run, write_config
+from support.helpers import (
+    PYTHON,
+    REPO_ROOT,
+    TINY_NET,
+    save_model_checkpoint,
+    subprocess_env,
+    tiny_raw_config,
+    tiny_run,
+    write_config,
+)
 from support.tmpfs import read_only_bind, small_tmpfs
+from support.torchrun import launch_env
 
-from dist_seg.checkpoint_file import save_checkpoint
-from dist_seg.config import config_from_dict, config_to_dict
+from dist_seg.config import config_from_dict
 from dist_seg.data.pipeline import prepare
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.models import build_model
@@ -45,8 +54,7 @@ def run(tmp_path_factory):
     prepare(cfg, log=lambda _m: None, progress=False)
     torch.manual_seed(5)
     model = build_model(cfg.model, cfg.dataset.num_classes)
-    ckpt = save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": 1, "config": config_to_dict(cfg)},
-                           base / "run" / "checkpoints", "epoch_0001.pth", keep=1)
+    ckpt = save_model_checkpoint(model, cfg, base / "run" / "checkpoints")
     return {"base": base, "root": root, "raw": raw, "ckpt": ckpt}
 
 
@@ -141,7 +149,7 @@ def test_bad_frame_in_one_ranks_shard_under_torchrun_is_reported_once_by_rank_0(
     # Video_001 is rank 1's shard (longest first to the least-loaded rank: 000 -> 0, 001 -> 1, 002 -> 0).
     victim = sorted((broken / "Labels" / "Video_001").glob("*.png"))[2]
     victim.write_bytes(victim.read_bytes()[:60])
-    env = {**subprocess_env(), "GLOO_SOCKET_IFNAME": "lo", "PET_LOCAL_ADDR": "127.0.0.1"}
+    env = launch_env()
     proc = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "dist_seg.evaluate", "--checkpoint", str(run["ckpt"]), "--root", str(broken),
                            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o"), "--device", "cpu",

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config
+from support.helpers import PYTHON, REPO_ROOT, save_model_checkpoint, tiny_raw_config
+from support.torchrun import launch_env
 
-from dist_seg.checkpoint_file import save_checkpoint
 from dist_seg.config import config_from_dict, config_to_dict
 from dist_seg.data.discovery import discover
 from dist_seg.data.native_masks import FrameSequence, ensure_native_masks
@@ -49,8 +49,7 @@ def run(tmp_path_factory):
     model = build_model(cfg.model, cfg.dataset.num_classes)
     with torch.no_grad():  # lean on the colours a little so that some classes are right
         model.classifier.weight.mul_(4)
-    ckpt = save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": 1, "config": config_to_dict(cfg)},
-                           base / "run" / "checkpoints", "epoch_0001.pth", keep=1)
+    ckpt = save_model_checkpoint(model, cfg, base / "run" / "checkpoints")
     return {"base": base, "root": root, "cfg": cfg, "raw": raw, "ckpt": ckpt, "model": model.eval()}
 
 
@@ -207,8 +206,7 @@ def test_sharding_takes_whole_sequences_and_balances_frames():
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_ranks_equal_one(run, tmp_path):
-    env = subprocess_env()
-    env.update({"GLOO_SOCKET_IFNAME": "lo", "PET_LOCAL_ADDR": "127.0.0.1"})
+    env = launch_env()
     common = ["-m", "dist_seg.evaluate", "--checkpoint", str(run["ckpt"]), "--root", str(run["root"]),
               "--device", "cpu", "--workers", "0", "--batch-size", "4", "--tta", "flip", "--custom-model", CUSTOM]
     one = subprocess.run([PYTHON, *common, "--out", str(tmp_path / "one")], cwd=REPO_ROOT, env=env,

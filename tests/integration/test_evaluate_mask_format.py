@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 from PIL import Image
-from support.helpers import tiny_raw_config
+from support.helpers import save_model_checkpoint, tiny_raw_config
 
-from dist_seg.checkpoint_file import save_checkpoint
-from dist_seg.config import config_from_dict, config_to_dict
+from dist_seg.config import config_from_dict
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.models import build_model
 
@@ -34,8 +33,7 @@ def test_grey_scale_rgb_format_masks_keep_their_white_class(tmp_path, capsys):
     raw["model"] = {"type": LINEAR}
     cfg = config_from_dict(raw)
     model = build_model(cfg.model, 2)
-    ckpt = save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": 1, "config": config_to_dict(cfg)},
-                           tmp_path / "run", "epoch_0001.pth", keep=1)
+    ckpt = save_model_checkpoint(model, cfg, tmp_path / "run")
     out = tmp_path / "report"
     assert evaluate_main(["--checkpoint", str(ckpt), "--root", str(root), "--out", str(out), "--device", "cpu",
                           "--workers", "0", "--custom-model", LINEAR, "--cache-dir", str(tmp_path / "cache")]) == 0

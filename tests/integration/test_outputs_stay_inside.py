@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.helpers import tiny_raw_config
+from support.helpers import save_model_checkpoint, tiny_raw_config
 
-from dist_seg.checkpoint_file import save_checkpoint
-from dist_seg.config import config_from_dict, config_to_dict
+from dist_seg.config import config_from_dict
 from dist_seg.errors import ConfigError
 from dist_seg.evaluate import main as evaluate_main
 from dist_seg.export import main as export_main
@@ -32,8 +31,7 @@ def checkpoint(synth_root, tmp_path_factory) -> Path:
     raw["model"] = {"type": TINY}
     cfg = config_from_dict(raw)
     model = build_model(cfg.model, cfg.dataset.num_classes)
-    return save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": 1, "config": config_to_dict(cfg)},
-                           base / "run" / "checkpoints", "epoch_0001.pth", keep=1)
+    return save_model_checkpoint(model, cfg, base / "run" / "checkpoints")
 
 
 def predict(checkpoint: Path, *args: str) -> int:

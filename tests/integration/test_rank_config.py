@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 import yaml
-from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, subprocess_env, tiny_raw_config
+from support.helpers import PYTHON, REPO_ROOT, SUPPORT_DIR, tiny_raw_config
+from support.torchrun import launch_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -16,7 +17,7 @@ def test_a_per_rank_override_stops_every_rank_before_the_data_is_prepared(synth_
     raw["model"] = {"type": "fixtures_custom_model:TinyNet"}
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(raw))
-    env = {**subprocess_env(), "GLOO_SOCKET_IFNAME": "lo", "PET_LOCAL_ADDR": "127.0.0.1"}
+    env = launch_env()
     proc = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(SUPPORT_DIR / "rank_lr_train.py"), str(config)],
                           capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)

@@ -9,7 +9,6 @@ Segformer (stride 32) go through the padding to a multiple of 32.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +22,7 @@ from PIL import Image
 pytest.importorskip("segmentation_models_pytorch", reason="the zoo extra is not installed (pip install -e '.[zoo]')")
 
 from support.helpers import PYTHON, REPO_ROOT, subprocess_env, tiny_raw_config  # noqa: E402
-from support.torchrun import free_port  # noqa: E402
+from support.torchrun import free_port, launch_env  # noqa: E402
 
 from dist_seg.config import config_from_dict  # noqa: E402
 from dist_seg.errors import CheckpointError, ConfigError  # noqa: E402
@@ -164,8 +163,7 @@ def test_two_ranks_under_torchrun(zoo_data, tmp_path):
     config = tmp_path / "smp.yaml"
     config.write_text(yaml.safe_dump(zoo_raw(zoo_data, out, "Unet", "resnet18", batch_size=2, val_batch_size=2)))
     port = free_port()
-    env = subprocess_env()
-    env.update(GLOO_SOCKET_IFNAME="lo", PATH=os.pathsep.join([str(Path(PYTHON).parent), env.get("PATH", "")]))
+    env = launch_env()
     cmd = [PYTHON, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--rdzv-backend=c10d",
            f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "dist_seg.train", str(config)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from dist_seg.config import Config, apply_overrides, config_from_dict
+from dist_seg.checkpoint_file import save_checkpoint
+from dist_seg.config import Config, apply_overrides, config_from_dict, config_to_dict
 
 SUPPORT_DIR = Path(__file__).resolve().parent
 TESTS_DIR = SUPPORT_DIR.parent
@@ -54,6 +55,15 @@ def tiny_run(data_root: Path, out_dir: Path, **overrides: Any) -> Config:
     """:func:`tiny_config` with the two-conv TinyNet (seconds per run) unless ``model`` is given."""
     overrides.setdefault("model", TINY_NET)
     return tiny_config(data_root, out_dir, **overrides)
+
+
+def save_model_checkpoint(model: Any, cfg: Config, directory: Path, *, global_step: int = 1,
+                          config: dict[str, Any] | None = None) -> Path:
+    """``model``'s weights as ``directory/epoch_0001.pth`` with ``cfg`` embedded (or ``config``, an edited copy):
+    what the predict / evaluate / export tests load, without a training run."""
+    return save_checkpoint({"model": model.state_dict(), "epoch": 1, "global_step": global_step,
+                            "config": config_to_dict(cfg) if config is None else config},
+                           directory, "epoch_0001.pth", keep=1)
 
 
 def nothing_prepared(cfg: Config) -> bool:
