@@ -21,6 +21,7 @@ import torch
 import torch._dynamo  # a function-local import would make `torch` local there (UnboundLocalError on GPUs)
 from torch._dynamo.utils import counters as dynamo_counters
 
+from dist_seg.config import ModelConfig
 from dist_seg.runtime.device import tf32_enabled
 
 from ..common import cpu_model, synchronize, usable_cores
@@ -31,13 +32,29 @@ from .parts import NO_CUDA, PartContext
 COPY_ITERATIONS = 20
 
 
-def env(ctx: PartContext) -> None:
-    """Versions, the card and its driver, a bf16 matmul's TFLOP/s and a device-to-device copy's GB/s."""
-    cuda = torch.cuda.is_available()
-    if ctx.on_gpu and not cuda:
+def part_device(ctx: PartContext) -> torch.device:
+    """The device a part measures: GPU 0, or the CPU in the smoke run; a GPU check without CUDA stops here."""
+    if not ctx.on_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise RuntimeError(f"torch {torch.__version__} sees no CUDA device (CUDA build: {torch.version.cuda}); "
                            "run with --cpu-smoke on a machine without a GPU")
-    device = torch.device("cuda", 0) if ctx.on_gpu else torch.device("cpu")
+    return torch.device("cuda", 0)
+
+
+def matmul_peak(ctx: PartContext, device: torch.device) -> float:
+    """The env part's bf16 matmul peak (TFLOP/s), or one measured here (and said so) when it did not run."""
+    peak = ctx.shared.get("matmul_peak_tflops")
+    if peak is None:
+        peak = statistics.median(matmul_peak_tflops(device, torch.bfloat16, ctx.sizes.matmul_n,
+                                                    ctx.sizes.matmul_repeats))
+        ctx.set(matmul_peak_note="measured here: the env part did not run")
+    return peak
+
+
+def env(ctx: PartContext) -> None:
+    """Versions, the card and its driver, a bf16 matmul's TFLOP/s and a device-to-device copy's GB/s."""
+    device = part_device(ctx)
     ctx.set(python=platform.python_version(), torch=torch.__version__, cpu=cpu_model(), cores=usable_cores(),
             cuda_runtime=torch.version.cuda or NO_CUDA, **_gpu_fields(device), **_library_versions(device))
     ctx.set(driver=_driver_fields(device))
@@ -156,13 +173,8 @@ MEASURE_ORDER = ("all: channels_last + amp bf16 + compile", "eager fp32", "chann
 def step(ctx: PartContext) -> None:
     """images/s, achieved TFLOP/s, fraction of the matmul peak and peak memory of each step variant."""
     sizes = ctx.sizes
-    if ctx.on_gpu and not torch.cuda.is_available():
-        raise RuntimeError("torch sees no CUDA device; run with --cpu-smoke on a machine without a GPU")
-    device = torch.device("cuda", 0) if ctx.on_gpu else torch.device("cpu")
-    peak = ctx.shared.get("matmul_peak_tflops")
-    if peak is None:
-        peak = statistics.median(matmul_peak_tflops(device, torch.bfloat16, sizes.matmul_n, sizes.matmul_repeats))
-        ctx.set(matmul_peak_note="measured here: the env part did not run")
+    device = part_device(ctx)
+    peak = matmul_peak(ctx, device)
     ctx.set(model=sizes.step_model.describe(), matmul_peak_tflops=significant(peak),
             steps_per_repeat=sizes.step_steps, warmup_steps=sizes.step_warmup)
     results: dict[str, object] = {}
@@ -272,10 +284,8 @@ ZOO_VARIANT = StepVariant("bf16 channels_last", channels_last=True, amp_dtype=to
 def zoo(ctx: PartContext) -> None:
     """The zoo table's GPU columns: each pair's training images/s, TFLOP/s, MFU and peak memory (bf16, eager)."""
     sizes = ctx.sizes
-    device = torch.device("cuda", 0) if ctx.on_gpu else torch.device("cpu")
-    peak = ctx.shared.get("matmul_peak_tflops")
-    if peak is None:
-        peak = statistics.median(matmul_peak_tflops(device, torch.bfloat16, sizes.matmul_n, sizes.matmul_repeats))
+    device = part_device(ctx)
+    peak = matmul_peak(ctx, device)
     spec = sizes.zoo_model
     ctx.set(size=f"{spec.image_size[0]}x{spec.image_size[1]}", batch=spec.batch_size, settings=ZOO_VARIANT.settings(),
             steps=f"{sizes.step_warmup} warm-up + {sizes.zoo_steps} timed", matmul_peak_tflops=significant(peak))
@@ -299,7 +309,7 @@ def zoo(ctx: PartContext) -> None:
                                                          else "")
 
 
-def _zoo_row(ctx: PartContext, model_cfg, device: torch.device, peak_tflops: float) -> dict:
+def _zoo_row(ctx: PartContext, model_cfg: ModelConfig, device: torch.device, peak_tflops: float) -> dict:
     sizes, spec = ctx.sizes, ctx.sizes.zoo_model
     harness = StepHarness(spec, ZOO_VARIANT, device, model_cfg=model_cfg)
     params = sum(p.numel() for p in harness.eager_model.parameters())

@@ -257,7 +257,7 @@ def e2e(ctx: PartContext) -> None:
         ctx.set(runs=runs)
     done = {k: v for k, v in runs.items() if isinstance(v, dict) and "images_per_s" in v}
     pinned = {k: v for k, v in done.items() if k != ON_DEVICE}
-    keeping_up = [workers for workers, (key, _w, _d) in zip(sizes.e2e_workers, variants, strict=False)
+    keeping_up = [workers for key, workers, _on_device in variants
                   if key in pinned and pinned[key]["data_wait_frac_median"] < DATA_WAIT_TARGET]
     ctx.set(runs=runs, fewest_threads_under_5pct_wait=min(keeping_up) if keeping_up else
             f"none of {', '.join(map(str, sizes.e2e_workers))}")
